@@ -1,0 +1,50 @@
+//! Liveness and readiness.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Value, json};
+
+use super::{AppState, DRAINING, READY};
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// 200 whenever the process serves HTTP.
+pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let uptime = state.started_at.elapsed();
+    Json(json!({
+        "status": "ok",
+        "time": now(),
+        "uptime": format!("{:.3}s", uptime.as_secs_f64()),
+        "uptime_sec": uptime.as_secs_f64(),
+        "started_at": state.started_wall.to_rfc3339_opts(SecondsFormat::Secs, true),
+    }))
+}
+
+/// 200 once start-up (WAL replay) is done; 503 before that and while draining on shutdown.
+pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    let uptime_sec = state.started_at.elapsed().as_secs_f64();
+    match state.phase.load(Ordering::SeqCst) {
+        READY => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "time": now(), "uptime_sec": uptime_sec })),
+        ),
+        phase => {
+            let reason = if phase == DRAINING {
+                "shutting_down"
+            } else {
+                "starting"
+            };
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not_ready", "time": now(), "reason": reason })),
+            )
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! HTTP API: thin handlers that decode a request, call a module, and encode the answer.
+//! Errors become HTTP responses in one place ([`ApiError`]).
+
+mod health;
+mod write;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::flush::{FlushError, Flusher};
+use crate::ingest::{IngestError, Ingester};
+
+/// What a node that accepts writes has running.
+pub struct WritePath {
+    pub ingester: Arc<Ingester>,
+    pub flusher: Arc<Flusher>,
+}
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+/// State shared by all handlers.
+pub struct AppState {
+    started_at: Instant,
+    started_wall: DateTime<Utc>,
+    phase: AtomicU8,
+    write_path: OnceLock<WritePath>,
+    max_payload_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(max_payload_bytes: usize) -> AppState {
+        AppState {
+            started_at: Instant::now(),
+            started_wall: Utc::now(),
+            phase: AtomicU8::new(STARTING),
+            write_path: OnceLock::new(),
+            max_payload_bytes,
+        }
+    }
+
+    /// Start-up (WAL replay) is done: requests may use the write path.
+    pub fn set_ready(&self, write_path: WritePath) {
+        let _ = self.write_path.set(write_path);
+        self.phase.store(READY, Ordering::SeqCst);
+    }
+
+    pub fn set_draining(&self) {
+        self.phase.store(DRAINING, Ordering::SeqCst);
+    }
+
+    fn write_path(&self) -> Result<&WritePath, ApiError> {
+        match (self.phase.load(Ordering::SeqCst), self.write_path.get()) {
+            (READY, Some(path)) => Ok(path),
+            (DRAINING, _) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is shutting down",
+            )),
+            _ => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is starting (WAL replay in progress)",
+            )),
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/api/v1/write/msgpack", post(write::msgpack))
+        .route("/write", post(write::influx_v1))
+        .route("/api/v2/write", post(write::influx_v2))
+        .route("/api/v1/write/line-protocol", post(write::line_protocol))
+        .route("/api/v1/write/line-protocol/flush", post(write::flush))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(common_headers))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("Cannot {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}
+
+/// CORS and security headers Arc sends on every response.
+async fn common_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("access-control-allow-origin", "*"),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("x-xss-protection", "1; mode=block"),
+        ("referrer-policy", "strict-origin-when-cross-origin"),
+        (
+            "permissions-policy",
+            "geolocation=(), microphone=(), camera=()",
+        ),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// An error answer: status plus Arc's `{"error": "..."}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, error = %self.message, "request failed");
+        }
+        let mut response =
+            (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(err: IngestError) -> ApiError {
+        let status = match &err {
+            IngestError::InvalidDatabase(_)
+            | IngestError::EmptyBody
+            | IngestError::BadCompression { .. }
+            | IngestError::Decode(_)
+            | IngestError::Schema(_) => StatusCode::BAD_REQUEST,
+            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::BufferFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl From<FlushError> for ApiError {
+    fn from(err: FlushError) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("flush failed: {err}"),
+        )
+    }
+}

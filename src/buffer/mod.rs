@@ -1,0 +1,463 @@
+//! In-memory rows per (database, measurement), as Arrow batches, until a flush turns them into
+//! Parquet files.
+//!
+//! One mutex guards LSN assignment and insertion together, so within a measurement rows are
+//! buffered in LSN order. A flush takes a measurement's whole pending chunk, which makes
+//! "every row of this measurement up to LSN x is in files" exact: replay relies on it.
+//! A chunk being flushed stays readable (frozen) until its files are registered.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arrow::array::ArrayRef;
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+
+use crate::ingest::MeasurementBatch;
+use crate::meta::{ColumnType, MetaState};
+use crate::wal::Lsn;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MeasurementKey {
+    pub database: String,
+    pub measurement: String,
+}
+
+impl std::fmt::Display for MeasurementKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.database, self.measurement)
+    }
+}
+
+/// A column whose type differs from what the measurement already has.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("measurement '{measurement}': column '{column}' is {existing}, this write has {incoming}")]
+pub struct SchemaConflict {
+    pub measurement: String,
+    pub column: String,
+    pub existing: &'static str,
+    pub incoming: &'static str,
+}
+
+pub fn type_name(data_type: &DataType) -> &'static str {
+    match data_type {
+        DataType::Int64 => "int64",
+        DataType::Float64 => "float64",
+        DataType::Utf8 => "string",
+        DataType::Boolean => "boolean",
+        DataType::Timestamp(..) => "timestamp",
+        _ => "unsupported",
+    }
+}
+
+pub fn column_type(data_type: &DataType) -> Option<ColumnType> {
+    match data_type {
+        DataType::Int64 => Some(ColumnType::Int64),
+        DataType::Float64 => Some(ColumnType::Float64),
+        DataType::Utf8 => Some(ColumnType::Utf8),
+        DataType::Boolean => Some(ColumnType::Boolean),
+        _ => None,
+    }
+}
+
+fn data_type(column_type: ColumnType) -> DataType {
+    match column_type {
+        ColumnType::Int64 => DataType::Int64,
+        ColumnType::Float64 => DataType::Float64,
+        ColumnType::Utf8 => DataType::Utf8,
+        ColumnType::Boolean => DataType::Boolean,
+    }
+}
+
+/// Rows of one measurement covering a contiguous run of LSNs.
+#[derive(Debug)]
+pub struct Chunk {
+    pub batches: Vec<RecordBatch>,
+    pub tags: BTreeSet<String>,
+    pub rows: usize,
+    pub bytes: usize,
+    pub min_lsn: Lsn,
+    pub max_lsn: Lsn,
+    created_at: Instant,
+}
+
+impl Chunk {
+    fn new(lsn: Lsn) -> Chunk {
+        Chunk {
+            batches: Vec::new(),
+            tags: BTreeSet::new(),
+            rows: 0,
+            bytes: 0,
+            min_lsn: lsn,
+            max_lsn: lsn,
+            created_at: Instant::now(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct TableBuffer {
+    /// Every column type this measurement has had, flushed or not: later writes must agree.
+    columns: HashMap<String, DataType>,
+    active: Option<Chunk>,
+    /// Chunks handed to a flush, oldest first; readable until their files are registered.
+    frozen: VecDeque<Arc<Chunk>>,
+}
+
+/// A decoded batch checked against its measurement's schema, ready to insert.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    key: MeasurementKey,
+    batch: RecordBatch,
+    tags: Vec<String>,
+}
+
+/// Why a measurement should be flushed now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPolicy {
+    pub max_rows: usize,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct Buffers {
+    inner: Mutex<BufferSet>,
+}
+
+#[derive(Debug, Default)]
+pub struct BufferSet {
+    next_lsn: Lsn,
+    tables: HashMap<MeasurementKey, TableBuffer>,
+    bytes: usize,
+}
+
+impl Buffers {
+    /// Buffers whose column types start from the manifest's, and whose LSNs continue after
+    /// `last_lsn`.
+    pub fn new(meta: &MetaState, last_lsn: Lsn) -> Buffers {
+        let mut set = BufferSet {
+            next_lsn: last_lsn + 1,
+            ..BufferSet::default()
+        };
+        for (database, measurement, facts) in meta.measurements() {
+            let key = MeasurementKey {
+                database: database.to_string(),
+                measurement: measurement.to_string(),
+            };
+            let table = set.tables.entry(key).or_default();
+            for (name, column_type) in &facts.columns {
+                table.columns.insert(name.clone(), data_type(*column_type));
+            }
+        }
+        Buffers {
+            inner: Mutex::new(set),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, BufferSet> {
+        self.inner.lock().unwrap()
+    }
+}
+
+impl BufferSet {
+    /// Checks decoded batches against the measurements' column types (and each other), widening
+    /// integer columns where the measurement already stores floats. Nothing changes on error.
+    pub fn prepare(
+        &self,
+        database: &str,
+        batches: Vec<MeasurementBatch>,
+    ) -> Result<Vec<PreparedBatch>, SchemaConflict> {
+        // Types first seen in this request, per (measurement, column).
+        let mut pending: HashMap<(String, String), DataType> = HashMap::new();
+        let mut prepared = Vec::with_capacity(batches.len());
+        for MeasurementBatch {
+            measurement,
+            batch,
+            tags,
+        } in batches
+        {
+            let key = MeasurementKey {
+                database: database.to_string(),
+                measurement,
+            };
+            let known = self.tables.get(&key).map(|t| &t.columns);
+            let schema = batch.schema();
+            let mut widened: Option<Vec<ArrayRef>> = None;
+            for (index, field) in schema.fields().iter().enumerate().skip(1) {
+                let name = field.name();
+                let existing = known
+                    .and_then(|c| c.get(name))
+                    .or_else(|| pending.get(&(key.measurement.clone(), name.clone())));
+                let Some(existing) = existing.cloned() else {
+                    pending.insert(
+                        (key.measurement.clone(), name.clone()),
+                        field.data_type().clone(),
+                    );
+                    continue;
+                };
+                if &existing == field.data_type() {
+                    continue;
+                }
+                if existing == DataType::Float64 && field.data_type() == &DataType::Int64 {
+                    let columns = widened.get_or_insert_with(|| batch.columns().to_vec());
+                    columns[index] =
+                        cast(batch.column(index), &DataType::Float64).expect("int64 casts to f64");
+                    continue;
+                }
+                return Err(SchemaConflict {
+                    measurement: key.measurement.clone(),
+                    column: name.clone(),
+                    existing: type_name(&existing),
+                    incoming: type_name(field.data_type()),
+                });
+            }
+            let batch = match widened {
+                None => batch,
+                Some(columns) => {
+                    let fields: Vec<Field> = schema
+                        .fields()
+                        .iter()
+                        .zip(&columns)
+                        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+                        .collect();
+                    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                        .expect("widened batch is consistent")
+                }
+            };
+            prepared.push(PreparedBatch { key, batch, tags });
+        }
+        Ok(prepared)
+    }
+
+    /// The LSN the next entry gets. Call [`BufferSet::insert`] with it before releasing the lock.
+    pub fn allocate_lsn(&mut self) -> Lsn {
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        lsn
+    }
+
+    /// Moves LSN assignment past an entry found in the WAL at start-up.
+    pub fn observe_lsn(&mut self, lsn: Lsn) {
+        self.next_lsn = self.next_lsn.max(lsn + 1);
+    }
+
+    /// The highest LSN handed out so far.
+    pub fn last_lsn(&self) -> Lsn {
+        self.next_lsn - 1
+    }
+
+    /// Buffers prepared rows under `lsn`. Returns the measurements that reached `max_rows`.
+    pub fn insert(
+        &mut self,
+        lsn: Lsn,
+        batches: Vec<PreparedBatch>,
+        max_rows: usize,
+    ) -> Vec<MeasurementKey> {
+        let mut full = Vec::new();
+        for PreparedBatch { key, batch, tags } in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let table = self.tables.entry(key.clone()).or_default();
+            for field in batch.schema().fields().iter().skip(1) {
+                table
+                    .columns
+                    .entry(field.name().clone())
+                    .or_insert_with(|| field.data_type().clone());
+            }
+            let chunk = table.active.get_or_insert_with(|| Chunk::new(lsn));
+            let bytes = batch.get_array_memory_size();
+            chunk.rows += batch.num_rows();
+            chunk.bytes += bytes;
+            chunk.max_lsn = lsn;
+            chunk.tags.extend(tags);
+            chunk.batches.push(batch);
+            self.bytes += bytes;
+            if chunk.rows >= max_rows && !full.contains(&key) {
+                full.push(key);
+            }
+        }
+        full
+    }
+
+    /// Memory held by buffered rows, flushed or not yet.
+    pub fn buffered_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The chunk a flush of `key` should write next: the oldest frozen one (left by a failed
+    /// flush; `false`), else the active rows, frozen now (`true`).
+    pub fn next_flush_chunk(&mut self, key: &MeasurementKey) -> Option<(Arc<Chunk>, bool)> {
+        let table = self.tables.get_mut(key)?;
+        if let Some(oldest) = table.frozen.front() {
+            return Some((Arc::clone(oldest), false));
+        }
+        let chunk = Arc::new(table.active.take()?);
+        table.frozen.push_back(Arc::clone(&chunk));
+        Some((chunk, true))
+    }
+
+    /// Drops a chunk whose files are registered.
+    pub fn chunk_flushed(&mut self, key: &MeasurementKey, chunk: &Arc<Chunk>) {
+        if let Some(table) = self.tables.get_mut(key) {
+            if table.frozen.front().is_some_and(|c| Arc::ptr_eq(c, chunk)) {
+                table.frozen.pop_front();
+                self.bytes -= chunk.bytes;
+            }
+        }
+    }
+
+    /// Every entry at or below this LSN has all its rows in registered files.
+    pub fn durable_through(&self) -> Lsn {
+        self.tables
+            .values()
+            .flat_map(|t| {
+                t.frozen
+                    .iter()
+                    .map(|c| c.min_lsn)
+                    .chain(t.active.as_ref().map(|c| c.min_lsn))
+            })
+            .min()
+            .map_or(self.last_lsn(), |oldest| oldest - 1)
+    }
+
+    /// Measurements that should be flushed now under `policy`: full, old, or with a frozen chunk
+    /// left by a failed flush.
+    pub fn due_for_flush(&self, policy: FlushPolicy, now: Instant) -> Vec<MeasurementKey> {
+        self.tables
+            .iter()
+            .filter(|(_, t)| {
+                !t.frozen.is_empty()
+                    || t.active.as_ref().is_some_and(|c| {
+                        c.rows >= policy.max_rows
+                            || now.saturating_duration_since(c.created_at) >= policy.max_age
+                    })
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Measurements holding any unflushed rows.
+    pub fn with_data(&self) -> Vec<MeasurementKey> {
+        self.tables
+            .iter()
+            .filter(|(_, t)| t.active.is_some() || !t.frozen.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, TimestampMicrosecondArray};
+
+    fn batch(measurement: &str, column: &str, values: ArrayRef) -> MeasurementBatch {
+        let rows = values.len();
+        let time = Arc::new(
+            TimestampMicrosecondArray::from((0..rows as i64).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ) as ArrayRef;
+        let schema = Schema::new(vec![
+            Field::new("time", time.data_type().clone(), false),
+            Field::new(column, values.data_type().clone(), true),
+        ]);
+        MeasurementBatch {
+            measurement: measurement.into(),
+            batch: RecordBatch::try_new(Arc::new(schema), vec![time, values]).unwrap(),
+            tags: vec![],
+        }
+    }
+
+    fn ints(v: &[i64]) -> ArrayRef {
+        Arc::new(Int64Array::from(v.to_vec()))
+    }
+
+    fn floats(v: &[f64]) -> ArrayRef {
+        Arc::new(Float64Array::from(v.to_vec()))
+    }
+
+    const POLICY: FlushPolicy = FlushPolicy {
+        max_rows: 3,
+        max_age: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn conflicting_types_are_refused_and_ints_widen_into_floats() {
+        let buffers = Buffers::new(&MetaState::default(), 0);
+        let mut set = buffers.lock();
+        let prepared = set
+            .prepare("db", vec![batch("cpu", "v", floats(&[1.0]))])
+            .unwrap();
+        let lsn = set.allocate_lsn();
+        set.insert(lsn, prepared, 10);
+
+        let widened = set
+            .prepare("db", vec![batch("cpu", "v", ints(&[2]))])
+            .unwrap();
+        assert_eq!(widened[0].batch.column(1).data_type(), &DataType::Float64);
+
+        let err = set
+            .prepare(
+                "db",
+                vec![batch(
+                    "cpu",
+                    "v",
+                    Arc::new(arrow::array::StringArray::from(vec!["x"])),
+                )],
+            )
+            .unwrap_err();
+        assert_eq!(err.existing, "float64");
+        assert_eq!(err.incoming, "string");
+
+        // Two batches in one request must agree with each other too.
+        let err = set
+            .prepare(
+                "db",
+                vec![
+                    batch("mem", "v", ints(&[1])),
+                    batch(
+                        "mem",
+                        "v",
+                        Arc::new(arrow::array::BooleanArray::from(vec![true])),
+                    ),
+                ],
+            )
+            .unwrap_err();
+        assert_eq!((err.existing, err.incoming), ("int64", "boolean"));
+    }
+
+    #[test]
+    fn flush_bookkeeping_tracks_lsns_and_retries() {
+        let buffers = Buffers::new(&MetaState::default(), 10);
+        let mut set = buffers.lock();
+        let key = MeasurementKey {
+            database: "db".into(),
+            measurement: "cpu".into(),
+        };
+        for _ in 0..2 {
+            let prepared = set
+                .prepare("db", vec![batch("cpu", "v", floats(&[1.0, 2.0]))])
+                .unwrap();
+            let lsn = set.allocate_lsn();
+            let full = set.insert(lsn, prepared, POLICY.max_rows);
+            assert_eq!(full.is_empty(), lsn == 11);
+        }
+        assert_eq!(set.durable_through(), 10);
+        assert_eq!(set.due_for_flush(POLICY, Instant::now()), vec![key.clone()]);
+
+        let (chunk, was_active) = set.next_flush_chunk(&key).unwrap();
+        assert!(was_active);
+        assert_eq!((chunk.min_lsn, chunk.max_lsn, chunk.rows), (11, 12, 4));
+        // A failed flush leaves the chunk frozen: the retry gets the same one.
+        let (retry, was_active) = set.next_flush_chunk(&key).unwrap();
+        assert!(Arc::ptr_eq(&retry, &chunk) && !was_active);
+        assert_eq!(set.durable_through(), 10);
+        set.chunk_flushed(&key, &chunk);
+        assert_eq!(set.durable_through(), 12);
+        assert_eq!(set.buffered_bytes(), 0);
+        assert!(set.with_data().is_empty());
+    }
+}

@@ -1,0 +1,333 @@
+//! Buffer → Parquet → storage → manifest → WAL release, in that order.
+//!
+//! The order is the durability contract: a WAL segment may go only once every row in it is in a
+//! file that the manifest lists. A crash between upload and registration leaves an unlisted
+//! object, which [`reconcile_storage`] removes at start-up while the WAL replays its rows.
+
+pub mod parquet;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::buffer::{Buffers, FlushPolicy, MeasurementKey};
+use crate::config::IngestConfig;
+use crate::meta::{Meta, MetaCommand, MetaError};
+use crate::storage::{Storage, StorageError, paths};
+use crate::wal::Wal;
+
+use self::parquet::{EncodeError, FlushTarget, ParquetOptions, encode_chunk};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("encoding {key} failed: {source}")]
+    Encode { key: String, source: EncodeError },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("registering files of {key} failed: {source}")]
+    Meta { key: String, source: MetaError },
+}
+
+/// How long a measurement whose flush failed waits before the next attempt.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+pub struct Flusher {
+    buffers: Arc<Buffers>,
+    storage: Storage,
+    meta: Arc<Meta>,
+    wal: Option<Arc<Wal>>,
+    options: ParquetOptions,
+    ingest: IngestConfig,
+    node_id: String,
+    /// One flush at a time per measurement, so registrations happen in LSN order.
+    locks: Mutex<HashMap<MeasurementKey, Arc<tokio::sync::Mutex<()>>>>,
+    workers: Semaphore,
+    /// Last flush time handed out, in ns: file names must never repeat.
+    last_flush_ns: AtomicI64,
+    /// Set once storage has been reconciled with the manifest; no flush may upload before.
+    reconciled: tokio::sync::OnceCell<()>,
+}
+
+impl Flusher {
+    pub fn new(
+        buffers: Arc<Buffers>,
+        storage: Storage,
+        meta: Arc<Meta>,
+        wal: Option<Arc<Wal>>,
+        ingest: IngestConfig,
+        node_id: String,
+    ) -> Flusher {
+        let workers = match ingest.flush_workers {
+            0 => (2 * std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(2, 8),
+            n => n,
+        };
+        Flusher {
+            buffers,
+            storage,
+            meta,
+            wal,
+            options: ParquetOptions::from_config(&ingest),
+            ingest,
+            node_id,
+            locks: Mutex::default(),
+            workers: Semaphore::new(workers),
+            last_flush_ns: AtomicI64::new(0),
+            reconciled: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub fn policy(&self) -> FlushPolicy {
+        FlushPolicy {
+            max_rows: self.ingest.max_buffer_size,
+            max_age: Duration::from_millis(self.ingest.max_buffer_age_ms),
+        }
+    }
+
+    /// Writes out everything buffered for `key` when the call starts (and any chunk a failed
+    /// flush left behind). Returns the number of files written.
+    pub async fn flush(&self, key: &MeasurementKey) -> Result<usize, FlushError> {
+        self.ensure_reconciled().await?;
+        let lock = Arc::clone(self.locks.lock().unwrap().entry(key.clone()).or_default());
+        let _serial = lock.lock().await;
+        let _worker = self
+            .workers
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let mut written = 0;
+        loop {
+            let Some((chunk, was_active)) = self.buffers.lock().next_flush_chunk(key) else {
+                break;
+            };
+            written += self.write_chunk(key, &chunk).await?;
+            let durable_through = {
+                let mut buffers = self.buffers.lock();
+                buffers.chunk_flushed(key, &chunk);
+                buffers.durable_through()
+            };
+            if let Some(wal) = &self.wal {
+                wal.release_through(durable_through);
+            }
+            if was_active {
+                break;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Flushes every measurement with buffered rows; the first error is returned after all
+    /// measurements were tried.
+    pub async fn flush_all(&self) -> Result<usize, FlushError> {
+        let keys = self.buffers.lock().with_data();
+        let results = join_all(keys.iter().map(|key| self.flush(key))).await;
+        let mut written = 0;
+        for result in results {
+            written += result?;
+        }
+        Ok(written)
+    }
+
+    /// Runs start-up reconciliation once it can succeed. It happens here rather than before
+    /// the node accepts writes so that an unreachable storage backend delays flushes (the WAL
+    /// holds the rows) instead of keeping the node down.
+    async fn ensure_reconciled(&self) -> Result<(), FlushError> {
+        self.reconciled
+            .get_or_try_init(|| async {
+                let report = reconcile_storage(&self.storage, &self.meta).await?;
+                if report != Reconciliation::default() {
+                    tracing::warn!(?report, "storage reconciled with the manifest");
+                }
+                Ok::<_, FlushError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn write_chunk(
+        &self,
+        key: &MeasurementKey,
+        chunk: &Arc<crate::buffer::Chunk>,
+    ) -> Result<usize, FlushError> {
+        let flushed_at = self.unique_flush_time();
+        let sort_keys = self.ingest.sort_keys_for(&key.measurement);
+        let files = {
+            let (key, chunk, options, node_id) = (
+                key.clone(),
+                Arc::clone(chunk),
+                self.options.clone(),
+                self.node_id.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let target = FlushTarget {
+                    database: &key.database,
+                    measurement: &key.measurement,
+                    sort_keys: &sort_keys,
+                    flushed_at,
+                    node_id: &node_id,
+                };
+                encode_chunk(&chunk, &target, &options).map_err(|source| FlushError::Encode {
+                    key: key.to_string(),
+                    source,
+                })
+            })
+            .await
+            .expect("encode task panicked")?
+        };
+
+        let uploads = join_all(
+            files
+                .iter()
+                .map(|f| self.storage.put(&f.entry.path, f.bytes.clone())),
+        )
+        .await;
+        if let Some(err) = uploads.into_iter().find_map(Result::err) {
+            self.remove_uploads(&files).await;
+            return Err(err.into());
+        }
+
+        let count = files.len();
+        let command = MetaCommand::AddFiles {
+            database: key.database.clone(),
+            measurement: key.measurement.clone(),
+            files: files.iter().map(|f| f.entry.clone()).collect(),
+            flushed_through_lsn: chunk.max_lsn,
+        };
+        let meta = Arc::clone(&self.meta);
+        let committed = tokio::task::spawn_blocking(move || meta.commit(command))
+            .await
+            .expect("meta commit task panicked");
+        match committed {
+            Ok(()) => Ok(count),
+            Err(MetaError::Io { path, source }) => {
+                // After a failed sync the log's durable contents are unknown; continuing could
+                // register these rows twice. Restarting recovers a consistent state.
+                tracing::error!(path = %path.display(), error = %source, "metadata log sync failed; aborting");
+                std::process::abort();
+            }
+            Err(source) => {
+                self.remove_uploads(&files).await;
+                Err(FlushError::Meta {
+                    key: key.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    async fn remove_uploads(&self, files: &[parquet::EncodedFile]) {
+        for file in files {
+            if let Err(err) = self.storage.delete(&file.entry.path).await {
+                tracing::warn!(error = %err, "could not remove unregistered upload; start-up reconciliation will");
+            }
+        }
+    }
+
+    fn unique_flush_time(&self) -> DateTime<Utc> {
+        let now = Utc::now()
+            .timestamp_nanos_opt()
+            .expect("clock within i64 ns");
+        let previous = self
+            .last_flush_ns
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .expect("update closure always succeeds");
+        DateTime::from_timestamp_nanos(now.max(previous + 1))
+    }
+
+    /// Flushes measurements as they fill up (`requests`) or age, until `stop` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        mut requests: mpsc::UnboundedReceiver<MeasurementKey>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let policy = self.policy();
+        let period =
+            (policy.max_age / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let in_flight: Arc<Mutex<HashSet<MeasurementKey>>> = Arc::default();
+        let failed_at: Arc<Mutex<HashMap<MeasurementKey, Instant>>> = Arc::default();
+        loop {
+            let keys = tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                Some(key) = requests.recv() => vec![key],
+                _ = tick.tick() => self.buffers.lock().due_for_flush(policy, Instant::now()),
+            };
+            for key in keys {
+                let retry_pending = failed_at
+                    .lock()
+                    .unwrap()
+                    .get(&key)
+                    .is_some_and(|at| at.elapsed() < RETRY_DELAY);
+                if retry_pending || !in_flight.lock().unwrap().insert(key.clone()) {
+                    continue;
+                }
+                let (flusher, in_flight, failed_at) = (
+                    Arc::clone(&self),
+                    Arc::clone(&in_flight),
+                    Arc::clone(&failed_at),
+                );
+                tokio::spawn(async move {
+                    match flusher.flush(&key).await {
+                        Ok(_) => {
+                            failed_at.lock().unwrap().remove(&key);
+                        }
+                        Err(err) => {
+                            tracing::error!(measurement = %key, error = %err, "flush failed; rows stay in the WAL and will be retried");
+                            failed_at
+                                .lock()
+                                .unwrap()
+                                .insert(key.clone(), Instant::now());
+                        }
+                    }
+                    in_flight.lock().unwrap().remove(&key);
+                });
+            }
+        }
+    }
+}
+
+/// What start-up reconciliation of storage against the manifest found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    pub orphans_removed: usize,
+    pub missing_files: usize,
+}
+
+/// Makes storage agree with the manifest: data files the manifest does not list (uploads a crash
+/// cut off before registration) are deleted. Must run before any flush starts.
+pub async fn reconcile_storage(
+    storage: &Storage,
+    meta: &Meta,
+) -> Result<Reconciliation, StorageError> {
+    let mut report = Reconciliation::default();
+    storage.remove_local_staging_files().await?;
+    let listed = storage.list("").await?;
+    let orphans: Vec<String> = {
+        let state = meta.state();
+        listed
+            .iter()
+            .filter(|o| paths::is_data_file(&o.key) && state.file(&o.key).is_none())
+            .map(|o| o.key.clone())
+            .collect()
+    };
+    for key in &orphans {
+        tracing::info!(key = %key, "removing unregistered data file left by an interrupted flush");
+        storage.delete(key).await?;
+        report.orphans_removed += 1;
+    }
+    let present: HashSet<&str> = listed.iter().map(|o| o.key.as_str()).collect();
+    for file in meta.state().files() {
+        if !present.contains(file.path.as_str()) {
+            tracing::error!(key = %file.path, "manifest lists a file that storage does not have");
+            report.missing_files += 1;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,269 @@
+//! Turning a buffered chunk into Parquet files: one per UTC hour of the rows, `time` first then
+//! columns by name, rows sorted by the measurement's sort keys then time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, TimestampMicrosecondArray, UInt32Array, new_null_array};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use sha2::{Digest, Sha256};
+
+use crate::buffer::{Chunk, column_type};
+use crate::config::{DataPageVersion, IngestConfig, ParquetCompression};
+use crate::meta::FileEntry;
+use crate::storage::paths::{flush_file_key, hour_start};
+
+/// Key-value metadata naming the tag columns (line protocol and row-form MessagePack).
+pub const TAGS_METADATA_KEY: &str = "arc:tags";
+
+/// The Parquet writer settings that come from `[ingest]`.
+#[derive(Debug, Clone)]
+pub struct ParquetOptions {
+    compression: Compression,
+    writer_version: WriterVersion,
+    dictionary: bool,
+    numeric_dictionary: bool,
+    statistics: EnabledStatistics,
+}
+
+impl ParquetOptions {
+    pub fn from_config(config: &IngestConfig) -> ParquetOptions {
+        ParquetOptions {
+            compression: match config.compression {
+                ParquetCompression::Snappy => Compression::SNAPPY,
+                ParquetCompression::Zstd => Compression::ZSTD(ZstdLevel::default()),
+                ParquetCompression::Gzip => Compression::GZIP(GzipLevel::default()),
+                ParquetCompression::Lz4 => Compression::LZ4_RAW,
+                ParquetCompression::None => Compression::UNCOMPRESSED,
+            },
+            writer_version: match config.data_page_version {
+                DataPageVersion::V1 => WriterVersion::PARQUET_1_0,
+                DataPageVersion::V2 => WriterVersion::PARQUET_2_0,
+            },
+            dictionary: config.use_dictionary,
+            numeric_dictionary: config.use_dictionary && config.numeric_dictionary,
+            statistics: if config.write_statistics {
+                EnabledStatistics::Page
+            } else {
+                EnabledStatistics::None
+            },
+        }
+    }
+}
+
+/// A file ready to upload, with its manifest entry.
+#[derive(Debug)]
+pub struct EncodedFile {
+    pub bytes: bytes::Bytes,
+    pub entry: FileEntry,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+/// Identity of the files a flush writes.
+pub struct FlushTarget<'a> {
+    pub database: &'a str,
+    pub measurement: &'a str,
+    pub sort_keys: &'a [String],
+    pub flushed_at: DateTime<Utc>,
+    pub node_id: &'a str,
+}
+
+/// Encodes a chunk into one file per hour bucket.
+pub fn encode_chunk(
+    chunk: &Chunk,
+    target: &FlushTarget<'_>,
+    options: &ParquetOptions,
+) -> Result<Vec<EncodedFile>, EncodeError> {
+    let batch = unify(&chunk.batches)?;
+    let tags: Vec<String> = chunk
+        .tags
+        .iter()
+        .filter(|t| batch.schema().index_of(t).is_ok())
+        .cloned()
+        .collect();
+    let mut files = Vec::new();
+    for (hour, rows) in split_by_hour(&batch)? {
+        let sorted = sort_rows(&rows, target.sort_keys)?;
+        files.push(write_file(&sorted, hour, &tags, chunk, target, options)?);
+    }
+    Ok(files)
+}
+
+/// Concatenates batches whose column sets differ: the union of columns, `time` first then by
+/// name, missing columns filled with nulls.
+fn unify(batches: &[RecordBatch]) -> Result<RecordBatch, EncodeError> {
+    let mut columns: BTreeMap<&str, &Field> = BTreeMap::new();
+    for batch in batches {
+        for field in batch.schema_ref().fields().iter().skip(1) {
+            columns.entry(field.name()).or_insert(field);
+        }
+    }
+    let time_field = batches[0].schema_ref().field(0).clone();
+    let fields: Vec<Field> = std::iter::once(time_field)
+        .chain(columns.values().map(|f| (*f).clone().with_nullable(true)))
+        .collect();
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let aligned: Vec<RecordBatch> = batches
+        .iter()
+        .map(|batch| {
+            let arrays: Vec<ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|field| match batch.column_by_name(field.name()) {
+                    Some(array) => Arc::clone(array),
+                    None => new_null_array(field.data_type(), batch.num_rows()),
+                })
+                .collect();
+            RecordBatch::try_new(Arc::clone(&schema), arrays)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(concat_batches(&schema, &aligned)?)
+}
+
+fn times(batch: &RecordBatch) -> &TimestampMicrosecondArray {
+    batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("column 0 is the µs time column")
+}
+
+fn split_by_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, EncodeError> {
+    let time = times(batch).values();
+    let first = hour_start(time[0]);
+    if time.iter().all(|t| hour_start(*t) == first) {
+        return Ok(vec![(first, batch.clone())]);
+    }
+    let mut rows_by_hour: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (row, t) in time.iter().enumerate() {
+        rows_by_hour
+            .entry(hour_start(*t))
+            .or_default()
+            .push(row as u32);
+    }
+    rows_by_hour
+        .into_iter()
+        .map(|(hour, rows)| Ok((hour, take_record_batch(batch, &UInt32Array::from(rows))?)))
+        .collect()
+}
+
+/// Sorts by the sort keys (which end with `time`); keys the batch lacks are skipped.
+fn sort_rows(batch: &RecordBatch, sort_keys: &[String]) -> Result<RecordBatch, EncodeError> {
+    let keys: Vec<usize> = sort_keys
+        .iter()
+        .filter_map(|k| batch.schema_ref().index_of(k).ok())
+        .collect();
+    if keys == [0] && times(batch).values().is_sorted() {
+        return Ok(batch.clone());
+    }
+    let columns: Vec<SortColumn> = keys
+        .iter()
+        .map(|&i| SortColumn {
+            values: Arc::clone(batch.column(i)),
+            options: None,
+        })
+        .collect();
+    let indices = lexsort_to_indices(&columns, None)?;
+    Ok(take_record_batch(batch, &indices)?)
+}
+
+fn write_file(
+    batch: &RecordBatch,
+    hour: i64,
+    tags: &[String],
+    chunk: &Chunk,
+    target: &FlushTarget<'_>,
+    options: &ParquetOptions,
+) -> Result<EncodedFile, EncodeError> {
+    let schema = batch.schema();
+    let sorting: Vec<SortingColumn> = target
+        .sort_keys
+        .iter()
+        .filter_map(|k| schema.index_of(k).ok())
+        .map(|i| SortingColumn {
+            column_idx: i as i32,
+            descending: false,
+            nulls_first: true,
+        })
+        .collect();
+    let mut props = WriterProperties::builder()
+        .set_compression(options.compression)
+        .set_writer_version(options.writer_version)
+        .set_dictionary_enabled(options.dictionary)
+        .set_statistics_enabled(options.statistics)
+        .set_sorting_columns(Some(sorting));
+    for field in schema.fields() {
+        if field.data_type().is_numeric() || field.data_type().is_temporal() {
+            props = props.set_column_dictionary_enabled(
+                field.name().as_str().into(),
+                options.numeric_dictionary,
+            );
+        }
+    }
+    if !tags.is_empty() {
+        props = props.set_key_value_metadata(Some(vec![KeyValue::new(
+            TAGS_METADATA_KEY.to_string(),
+            tags.join(","),
+        )]));
+    }
+    let mut buffer = Vec::with_capacity(batch.get_array_memory_size() / 2);
+    let mut writer = ArrowWriter::try_new(&mut buffer, Arc::clone(&schema), Some(props.build()))?;
+    writer.write(batch)?;
+    writer.close()?;
+
+    let time = times(batch);
+    let (min_time_us, max_time_us) = time
+        .values()
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
+    let columns = schema
+        .fields()
+        .iter()
+        .skip(1)
+        .filter_map(|f| Some((f.name().clone(), column_type(f.data_type())?)))
+        .collect();
+    let entry = FileEntry {
+        path: flush_file_key(target.database, target.measurement, hour, target.flushed_at),
+        database: target.database.to_string(),
+        measurement: target.measurement.to_string(),
+        min_time_us,
+        max_time_us,
+        rows: batch.num_rows() as u64,
+        size_bytes: buffer.len() as u64,
+        sha256: hex(&Sha256::digest(&buffer)),
+        min_lsn: chunk.min_lsn,
+        max_lsn: chunk.max_lsn,
+        columns,
+        tags: tags.to_vec(),
+        created_at_us: target.flushed_at.timestamp_micros(),
+        origin_node: target.node_id.to_string(),
+    };
+    Ok(EncodedFile {
+        bytes: buffer.into(),
+        entry,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

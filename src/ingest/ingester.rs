@@ -1,0 +1,301 @@
+//! The commit path of a write: decode → check schema → LSN + WAL → buffer → wait for durability.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::buffer::{Buffers, MeasurementKey, SchemaConflict};
+use crate::meta::MetaState;
+use crate::wal::{Lsn, Wal, WalError};
+
+use super::{DecodeError, MeasurementBatch, Precision, line_protocol, msgpack, names};
+
+/// Arc caps decompressed line protocol at 100 MB.
+pub const MAX_LINE_PROTOCOL_BYTES: usize = 100 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(
+        "invalid database name '{0}': must match ^[A-Za-z][A-Za-z0-9_-]*$ and be at most 64 characters"
+    )]
+    InvalidDatabase(String),
+    #[error("empty request body")]
+    EmptyBody,
+    #[error("invalid {codec}-compressed {format} body: {message}")]
+    BadCompression {
+        format: &'static str,
+        codec: &'static str,
+        message: String,
+    },
+    #[error("payload too large: more than {limit} bytes after decompression")]
+    TooLarge { limit: usize },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Schema(#[from] SchemaConflict),
+    #[error("write buffer is full ({bytes} bytes waiting for storage); retry later")]
+    BufferFull { bytes: usize },
+    #[error("write-ahead log failure: {0}")]
+    Wal(#[from] WalError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadFormat {
+    Msgpack,
+    LineProtocol(Precision),
+}
+
+/// A write as received: the body is kept as sent (possibly compressed) because that is what the
+/// WAL stores.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub database: String,
+    pub format: PayloadFormat,
+    pub body: Bytes,
+    pub received_at_us: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// Largest decompressed MessagePack body (`server.max_payload_size`).
+    pub max_msgpack_bytes: usize,
+    /// Rows at which a measurement is flushed (`ingest.max_buffer_size`).
+    pub max_buffer_rows: usize,
+    /// Buffered bytes above which writes are refused until flushes catch up.
+    pub max_buffered_bytes: usize,
+}
+
+pub struct Ingester {
+    buffers: Arc<Buffers>,
+    wal: Option<Arc<Wal>>,
+    flush_requests: mpsc::UnboundedSender<MeasurementKey>,
+    limits: IngestLimits,
+}
+
+impl Ingester {
+    pub fn new(
+        buffers: Arc<Buffers>,
+        wal: Option<Arc<Wal>>,
+        flush_requests: mpsc::UnboundedSender<MeasurementKey>,
+        limits: IngestLimits,
+    ) -> Ingester {
+        Ingester {
+            buffers,
+            wal,
+            flush_requests,
+            limits,
+        }
+    }
+
+    /// Stores a write. Returns once its WAL entry is durable (per `wal.sync_mode`); on error
+    /// nothing of the request was accepted, except after a WAL failure (the rows may then still
+    /// reach storage, but the client was not told they are safe).
+    pub async fn write(&self, request: WriteRequest) -> Result<usize, IngestError> {
+        if !names::valid_database(&request.database) {
+            return Err(IngestError::InvalidDatabase(request.database));
+        }
+        let batches = decode_request(&request, &self.limits)?;
+        let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
+        let (durable, full) = {
+            let mut buffers = self.buffers.lock();
+            let bytes = buffers.buffered_bytes();
+            if bytes > self.limits.max_buffered_bytes {
+                return Err(IngestError::BufferFull { bytes });
+            }
+            let prepared = buffers.prepare(&request.database, batches)?;
+            let lsn = buffers.allocate_lsn();
+            let durable = self
+                .wal
+                .as_ref()
+                .map(|wal| wal.append(lsn, encode_entry(&request)));
+            let full = buffers.insert(lsn, prepared, self.limits.max_buffer_rows);
+            (durable, full)
+        };
+        for key in full {
+            let _ = self.flush_requests.send(key);
+        }
+        if let Some(durable) = durable {
+            durable.await.map_err(|_| WalError::Closed)??;
+        }
+        Ok(rows)
+    }
+}
+
+/// Re-applies one WAL entry at start-up, skipping the measurements whose rows from it are
+/// already in registered files.
+pub fn replay_entry(
+    buffers: &Buffers,
+    meta: &MetaState,
+    lsn: Lsn,
+    payload: &[u8],
+    limits: &IngestLimits,
+) -> Result<usize, String> {
+    let request = decode_entry(payload).ok_or("unreadable WAL entry header")?;
+    let batches: Vec<MeasurementBatch> = decode_request(&request, limits)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|b| meta.flushed_through(&request.database, &b.measurement) < lsn)
+        .collect();
+    let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
+    let mut buffers = buffers.lock();
+    buffers.observe_lsn(lsn);
+    let prepared = buffers
+        .prepare(&request.database, batches)
+        .map_err(|e| e.to_string())?;
+    buffers.insert(lsn, prepared, usize::MAX);
+    Ok(rows)
+}
+
+fn decode_request(
+    request: &WriteRequest,
+    limits: &IngestLimits,
+) -> Result<Vec<MeasurementBatch>, IngestError> {
+    if request.body.is_empty() {
+        return Err(IngestError::EmptyBody);
+    }
+    match request.format {
+        PayloadFormat::Msgpack => {
+            let body = decompress(&request.body, limits.max_msgpack_bytes, "MessagePack")?;
+            Ok(msgpack::decode(&body, request.received_at_us)?)
+        }
+        PayloadFormat::LineProtocol(precision) => {
+            let body = decompress(&request.body, MAX_LINE_PROTOCOL_BYTES, "line protocol")?;
+            Ok(line_protocol::parse(
+                &body,
+                precision,
+                request.received_at_us,
+            )?)
+        }
+    }
+}
+
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+
+/// Undoes gzip or zstd, recognised by magic bytes (Arc ignores `Content-Encoding`).
+pub fn decompress(body: &Bytes, limit: usize, format: &'static str) -> Result<Bytes, IngestError> {
+    let bad = |codec, err: std::io::Error| IngestError::BadCompression {
+        format,
+        codec,
+        message: err.to_string(),
+    };
+    let (codec, reader): (_, Box<dyn Read + '_>) = if body.starts_with(GZIP_MAGIC) {
+        (
+            "gzip",
+            Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        )
+    } else if body.starts_with(ZSTD_MAGIC) {
+        let decoder = zstd::stream::read::Decoder::new(&body[..]).map_err(|e| bad("zstd", e))?;
+        ("zstd", Box::new(decoder))
+    } else if body.len() > limit {
+        return Err(IngestError::TooLarge { limit });
+    } else {
+        return Ok(body.clone());
+    };
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(codec, e))?;
+    if out.len() > limit {
+        return Err(IngestError::TooLarge { limit });
+    }
+    if out.is_empty() {
+        return Err(IngestError::EmptyBody);
+    }
+    Ok(out.into())
+}
+
+const ENTRY_VERSION: u8 = 1;
+const KIND_MSGPACK: u8 = 1;
+const KIND_LINE_PROTOCOL: u8 = 2;
+const ENTRY_HEADER_LEN: usize = 12;
+
+/// WAL entry: `version u8 | kind u8 | precision u8 | db length u8 | received_at_us i64 LE | db |
+/// body as received`. Keeping the client's bytes (compressed or not) keeps the WAL small and the
+/// hot path free of re-encoding; decoding is deterministic given the receive time.
+fn encode_entry(request: &WriteRequest) -> Vec<Bytes> {
+    let (kind, precision) = match request.format {
+        PayloadFormat::Msgpack => (KIND_MSGPACK, 0),
+        PayloadFormat::LineProtocol(p) => (KIND_LINE_PROTOCOL, p.as_u8()),
+    };
+    let db = request.database.as_bytes();
+    let mut header = Vec::with_capacity(ENTRY_HEADER_LEN + db.len());
+    header.extend_from_slice(&[ENTRY_VERSION, kind, precision, db.len() as u8]);
+    header.extend_from_slice(&request.received_at_us.to_le_bytes());
+    header.extend_from_slice(db);
+    vec![Bytes::from(header), request.body.clone()]
+}
+
+fn decode_entry(payload: &[u8]) -> Option<WriteRequest> {
+    let header = payload.get(..ENTRY_HEADER_LEN)?;
+    if header[0] != ENTRY_VERSION {
+        return None;
+    }
+    let format = match header[1] {
+        KIND_MSGPACK => PayloadFormat::Msgpack,
+        KIND_LINE_PROTOCOL => PayloadFormat::LineProtocol(Precision::from_u8(header[2])?),
+        _ => return None,
+    };
+    let db_end = ENTRY_HEADER_LEN + header[3] as usize;
+    let database = std::str::from_utf8(payload.get(ENTRY_HEADER_LEN..db_end)?).ok()?;
+    Some(WriteRequest {
+        database: database.to_string(),
+        format,
+        body: Bytes::copy_from_slice(&payload[db_end..]),
+        received_at_us: i64::from_le_bytes(header[4..12].try_into().unwrap()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn wal_entries_round_trip() {
+        let request = WriteRequest {
+            database: "prod-db".into(),
+            format: PayloadFormat::LineProtocol(Precision::Milliseconds),
+            body: Bytes::from_static(b"cpu v=1 1"),
+            received_at_us: -42,
+        };
+        let encoded: Vec<u8> = encode_entry(&request).concat();
+        let decoded = decode_entry(&encoded).unwrap();
+        assert_eq!(decoded.database, "prod-db");
+        assert_eq!(decoded.format, request.format);
+        assert_eq!(decoded.body, request.body);
+        assert_eq!(decoded.received_at_us, -42);
+        assert!(decode_entry(&encoded[..5]).is_none());
+    }
+
+    #[test]
+    fn decompression_by_magic_bytes_with_limits() {
+        let plain = Bytes::from(vec![b'x'; 1000]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = Bytes::from(gz.finish().unwrap());
+        let zst = Bytes::from(zstd::encode_all(&plain[..], 1).unwrap());
+
+        for body in [&plain, &gz, &zst] {
+            assert_eq!(decompress(body, 1000, "test").unwrap(), plain);
+            assert!(matches!(
+                decompress(body, 999, "test"),
+                Err(IngestError::TooLarge { limit: 999 })
+            ));
+        }
+        let mut broken = gz.to_vec();
+        broken.truncate(12);
+        assert!(matches!(
+            decompress(&Bytes::from(broken), 1000, "test"),
+            Err(IngestError::BadCompression { .. })
+        ));
+        let bad_zstd = Bytes::from_static(&[0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3]);
+        assert!(matches!(
+            decompress(&bad_zstd, 1000, "test"),
+            Err(IngestError::BadCompression { .. })
+        ));
+    }
+}

@@ -1,0 +1,1084 @@
+//! InfluxDB line protocol decoder:
+//! `measurement[,tag=value…] field=value[,field=value…] [timestamp]`, one point per line.
+//!
+//! Each line is scanned once into borrowed slices and fully validated before any of it is
+//! written, so a line is either stored whole or dropped whole. Invalid lines are dropped
+//! silently (InfluxDB and Arc behave the same); only a type conflict between accepted lines
+//! fails the request.
+
+use std::borrow::Cow;
+
+use super::DecodeError;
+use super::batch::{MeasurementBatch, RowBatcher, Value};
+use super::names::{MAX_MEASUREMENT_LEN, valid_name_bytes};
+
+/// Unit of the timestamps in a line-protocol body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Nanoseconds,
+    Microseconds,
+    Milliseconds,
+    Seconds,
+}
+
+impl Precision {
+    /// Parses the `precision` query parameter.
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "ns" | "n" => Some(Precision::Nanoseconds),
+            "us" | "u" | "µ" => Some(Precision::Microseconds),
+            "ms" => Some(Precision::Milliseconds),
+            "s" => Some(Precision::Seconds),
+            _ => None,
+        }
+    }
+
+    /// Stable one-byte code, as stored in the WAL.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Precision::Nanoseconds => 0,
+            Precision::Microseconds => 1,
+            Precision::Milliseconds => 2,
+            Precision::Seconds => 3,
+        }
+    }
+
+    /// Inverse of [`Precision::as_u8`].
+    pub fn from_u8(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Precision::Nanoseconds),
+            1 => Some(Precision::Microseconds),
+            2 => Some(Precision::Milliseconds),
+            3 => Some(Precision::Seconds),
+            _ => None,
+        }
+    }
+
+    /// Epoch µs for a timestamp in this unit; `None` when it does not fit in an i64.
+    fn to_micros(self, timestamp: i64) -> Option<i64> {
+        match self {
+            Precision::Nanoseconds => Some(timestamp.div_euclid(1000)),
+            Precision::Microseconds => Some(timestamp),
+            Precision::Milliseconds => timestamp.checked_mul(1000),
+            Precision::Seconds => timestamp.checked_mul(1_000_000),
+        }
+    }
+}
+
+/// Decodes a line-protocol body into one batch per measurement, in order of first
+/// appearance. Missing or unusable timestamps become `now_us`.
+pub fn parse(
+    body: &[u8],
+    precision: Precision,
+    now_us: i64,
+) -> Result<Vec<MeasurementBatch>, DecodeError> {
+    let mut rows = RowBatcher::new();
+    let mut line = LineParts::default();
+    let mut key_buf = Vec::new();
+    let mut value_buf = Vec::new();
+    // Validating the measurement name once per run of lines that share it.
+    let mut last_valid_measurement: Option<&[u8]> = None;
+    let mut accepted = 0usize;
+
+    let mut rest = body;
+    while !rest.is_empty() {
+        let text = match find_newline(rest) {
+            Some(end) => {
+                let text = &rest[..end];
+                rest = &rest[end + 1..];
+                text
+            }
+            None => std::mem::take(&mut rest),
+        };
+        if !line.parse(text) {
+            continue;
+        }
+        if last_valid_measurement != Some(line.measurement) {
+            if !valid_name_bytes(line.measurement, MAX_MEASUREMENT_LEN) {
+                continue;
+            }
+            last_valid_measurement = Some(line.measurement);
+        }
+        // Valid names are ASCII, so this never fails.
+        let Ok(measurement) = std::str::from_utf8(line.measurement) else {
+            continue;
+        };
+        let time = line
+            .timestamp
+            .and_then(|timestamp| precision.to_micros(timestamp))
+            .unwrap_or(now_us);
+
+        let mut row = rows.start_row(measurement, time);
+        for tag in &line.tags {
+            let key = tag.key.unescape(KEY_ESCAPES, &mut key_buf);
+            let value = tag.value.unescape(KEY_ESCAPES, &mut value_buf);
+            row.tag(&key, &value)?;
+        }
+        for field in &line.fields {
+            let key = field.key.unescape(KEY_ESCAPES, &mut key_buf);
+            match field.value {
+                FieldValue::Int(v) => row.field(&key, Value::Int(v))?,
+                FieldValue::Float(v) => row.field(&key, Value::Float(v))?,
+                FieldValue::Bool(v) => row.field(&key, Value::Bool(v))?,
+                FieldValue::Str(text) => {
+                    let value = text.unescape(STRING_ESCAPES, &mut value_buf);
+                    row.field(&key, Value::Str(&value))?
+                }
+            }
+        }
+        accepted += 1;
+    }
+
+    if accepted == 0 {
+        return Err(DecodeError::NoValidRecords);
+    }
+    Ok(rows.finish())
+}
+
+/// Characters a backslash escapes in tag keys, tag values and field keys.
+const KEY_ESCAPES: &[u8] = b", =";
+/// Characters a backslash escapes in quoted string field values.
+const STRING_ESCAPES: &[u8] = b"\"\\";
+
+/// Raw bytes of a name or value, still escaped.
+#[derive(Debug, Clone, Copy)]
+struct Text<'a> {
+    raw: &'a [u8],
+    has_backslash: bool,
+}
+
+impl<'a> Text<'a> {
+    /// The text with `\x` turned into `x` for each `x` in `escapes`; invalid UTF-8 is
+    /// replaced. Borrows from the body unless there was something to unescape.
+    fn unescape<'s>(self, escapes: &[u8], buf: &'s mut Vec<u8>) -> Cow<'s, str>
+    where
+        'a: 's,
+    {
+        if !self.has_backslash {
+            return String::from_utf8_lossy(self.raw);
+        }
+        buf.clear();
+        let raw = self.raw;
+        let mut i = 0;
+        while i < raw.len() {
+            // Pairs here mirror the scanner, which always treats `\` plus the next byte as
+            // one unit.
+            if raw[i] == b'\\' && i + 1 < raw.len() {
+                let next = raw[i + 1];
+                if !escapes.contains(&next) {
+                    buf.push(b'\\');
+                }
+                buf.push(next);
+                i += 2;
+            } else {
+                buf.push(raw[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(buf)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawTag<'a> {
+    key: Text<'a>,
+    value: Text<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FieldValue<'a> {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// A quoted string (with string escapes) or a bare value that is not a number or bool.
+    Str(Text<'a>),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawField<'a> {
+    key: Text<'a>,
+    value: FieldValue<'a>,
+}
+
+/// One line split into its parts; the vectors are reused from line to line.
+#[derive(Debug, Default)]
+struct LineParts<'a> {
+    measurement: &'a [u8],
+    /// Stored tags (keys starting with `_` are left out).
+    tags: Vec<RawTag<'a>>,
+    /// Stored fields (keys starting with `_` are left out).
+    fields: Vec<RawField<'a>>,
+    /// `None` when missing or not an i64.
+    timestamp: Option<i64>,
+}
+
+impl<'a> LineParts<'a> {
+    /// Splits `line`; false when it is blank, a comment or invalid. Measurement name rules
+    /// are checked by the caller.
+    fn parse(&mut self, line: &'a [u8]) -> bool {
+        self.tags.clear();
+        self.fields.clear();
+        self.parse_parts(trim(line)).is_some()
+    }
+
+    fn parse_parts(&mut self, line: &'a [u8]) -> Option<()> {
+        if line.first().is_none_or(|&b| b == b'#') {
+            return None;
+        }
+        let len = line.len();
+        // A backslash in the measurement can only produce characters the name rules reject,
+        // so the name ends at the first comma or space regardless.
+        let mut i = line
+            .iter()
+            .position(|&b| b == b',' || b == b' ')
+            .unwrap_or(len);
+        self.measurement = &line[..i];
+
+        while i < len && line[i] == b',' {
+            let (key, key_end) = scan_key(line, i + 1)?;
+            let (value, value_end) = scan_tag_value(line, key_end + 1);
+            if key.raw.is_empty() || value.raw.is_empty() || key.raw == b"time" {
+                return None;
+            }
+            if key.raw[0] != b'_' {
+                self.tags.push(RawTag { key, value });
+            }
+            i = value_end;
+        }
+
+        i = skip_spaces(line, i);
+        if i == len {
+            return None;
+        }
+        loop {
+            let (key, key_end) = scan_key(line, i)?;
+            if key.raw.is_empty() || key.raw == b"time" {
+                return None;
+            }
+            let (value, value_end) = scan_field_value(line, key_end + 1)?;
+            if key.raw[0] != b'_' {
+                self.fields.push(RawField { key, value });
+            }
+            i = value_end;
+            if i < len && line[i] == b',' {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        if self.fields.is_empty() {
+            return None;
+        }
+
+        i = skip_spaces(line, i);
+        let timestamp_end = line[i..]
+            .iter()
+            .position(|&b| b == b' ')
+            .map_or(len, |p| i + p);
+        self.timestamp = match parse_integer(&line[i..timestamp_end]) {
+            Integer::Value(timestamp) => Some(timestamp),
+            Integer::Overflow | Integer::NotInteger => None,
+        };
+        Some(())
+    }
+}
+
+fn trim(line: &[u8]) -> &[u8] {
+    let start = line
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(line.len());
+    let end = line
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |p| p + 1);
+    &line[start..end]
+}
+
+fn skip_spaces(line: &[u8], mut i: usize) -> usize {
+    while i < line.len() && line[i] == b' ' {
+        i += 1;
+    }
+    i
+}
+
+/// A tag or field key starting at `start`: returns it and the index of its `=`, or `None`
+/// when a comma, space or the end of the line comes first.
+#[inline]
+fn scan_key(line: &[u8], start: usize) -> Option<(Text<'_>, usize)> {
+    let mut has_backslash = false;
+    let mut i = start;
+    while i < line.len() {
+        match line[i] {
+            b'=' => {
+                let key = Text {
+                    raw: &line[start..i],
+                    has_backslash,
+                };
+                return Some((key, i));
+            }
+            b',' | b' ' => return None,
+            b'\\' => {
+                has_backslash = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A tag value starting at `start`, ending at an unescaped comma or space or the line end.
+#[inline]
+fn scan_tag_value(line: &[u8], start: usize) -> (Text<'_>, usize) {
+    let mut has_backslash = false;
+    let mut i = start;
+    while i < line.len() {
+        match line[i] {
+            b',' | b' ' => break,
+            b'\\' => {
+                has_backslash = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    let end = i.min(line.len());
+    let value = Text {
+        raw: &line[start..end],
+        has_backslash,
+    };
+    (value, end)
+}
+
+/// A field value starting at `start` and the index just past it; `None` for an empty value,
+/// an unterminated string, junk after a closing quote, or an out-of-range integer.
+#[inline]
+fn scan_field_value(line: &[u8], start: usize) -> Option<(FieldValue<'_>, usize)> {
+    if line.get(start) == Some(&b'"') {
+        let mut has_backslash = false;
+        let mut i = start + 1;
+        loop {
+            match line.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    has_backslash = true;
+                    i += 2;
+                }
+                _ => i += 1,
+            }
+        }
+        let text = Text {
+            raw: &line[start + 1..i],
+            has_backslash,
+        };
+        let end = i + 1;
+        if end < line.len() && line[end] != b',' && line[end] != b' ' {
+            return None;
+        }
+        return Some((FieldValue::Str(text), end));
+    }
+    let end = line
+        .get(start..)?
+        .iter()
+        .position(|&b| b == b',' || b == b' ')
+        .map_or(line.len(), |p| start + p);
+    let value = classify_bare_value(&line[start..end])?;
+    Some((value, end))
+}
+
+/// Types an unquoted field value; `None` when it is empty or an integer out of range.
+#[inline]
+fn classify_bare_value(raw: &[u8]) -> Option<FieldValue<'_>> {
+    let (&last, body) = raw.split_last()?;
+    match raw {
+        b"t" | b"T" | b"true" | b"True" | b"TRUE" => return Some(FieldValue::Bool(true)),
+        b"f" | b"F" | b"false" | b"False" | b"FALSE" => return Some(FieldValue::Bool(false)),
+        _ => {}
+    }
+    let integer = match last {
+        b'i' => parse_integer(body),
+        b'u' => parse_unsigned(body),
+        _ => Integer::NotInteger,
+    };
+    match integer {
+        Integer::Value(v) => return Some(FieldValue::Int(v)),
+        Integer::Overflow => return None,
+        Integer::NotInteger => {}
+    }
+    if let Some(v) = parse_float(raw) {
+        return Some(FieldValue::Float(v));
+    }
+    Some(FieldValue::Str(Text {
+        raw,
+        has_backslash: false,
+    }))
+}
+
+/// Outcome of reading a decimal integer literal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Integer {
+    Value(i64),
+    /// Looks like an integer but does not fit in an i64.
+    Overflow,
+    NotInteger,
+}
+
+/// `[+-]?[0-9]+` as an i64.
+fn parse_integer(text: &[u8]) -> Integer {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', digits)) => (true, digits),
+        Some((b'+', digits)) => (false, digits),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Integer::NotInteger;
+    }
+    // Accumulating downwards reaches i64::MIN without overflowing.
+    let mut value: i64 = 0;
+    for &digit in digits {
+        match value
+            .checked_mul(10)
+            .and_then(|v| v.checked_sub(i64::from(digit - b'0')))
+        {
+            Some(v) => value = v,
+            None => return Integer::Overflow,
+        }
+    }
+    if negative {
+        Integer::Value(value)
+    } else {
+        value
+            .checked_neg()
+            .map_or(Integer::Overflow, Integer::Value)
+    }
+}
+
+/// `[0-9]+` as an unsigned integer that must also fit in an i64 (the column type).
+fn parse_unsigned(digits: &[u8]) -> Integer {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Integer::NotInteger;
+    }
+    let mut value: i64 = 0;
+    for &digit in digits {
+        match value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(i64::from(digit - b'0')))
+        {
+            Some(v) => value = v,
+            None => return Integer::Overflow,
+        }
+    }
+    Integer::Value(value)
+}
+
+/// A finite float, or `None` (infinities and NaN count as text).
+#[inline]
+fn parse_float(raw: &[u8]) -> Option<f64> {
+    let value: f64 = std::str::from_utf8(raw).ok()?.parse().ok()?;
+    value.is_finite().then_some(value)
+}
+
+/// Position of the first `\n`, comparing eight bytes at a time.
+fn find_newline(haystack: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const NEWLINES: u64 = ONES * b'\n' as u64;
+    let (words, tail) = haystack.as_chunks::<8>();
+    for (index, word) in words.iter().enumerate() {
+        let x = u64::from_le_bytes(*word) ^ NEWLINES;
+        // Sets the high bit of each zero byte of `x` (the lowest one is exact, which is all
+        // that trailing_zeros looks at).
+        let zero_bytes = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero_bytes != 0 {
+            return Some(index * 8 + (zero_bytes.trailing_zeros() / 8) as usize);
+        }
+    }
+    tail.iter()
+        .position(|&b| b == b'\n')
+        .map(|p| words.len() * 8 + p)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::datatypes::DataType;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ingest::batch::test_support::{Cell, column, column_names, data_type, times};
+
+    const NOW: i64 = 1_700_000_000_123_456;
+
+    fn parse_ns(body: &str) -> Result<Vec<MeasurementBatch>, DecodeError> {
+        parse(body.as_bytes(), Precision::Nanoseconds, NOW)
+    }
+
+    fn single(body: &str) -> MeasurementBatch {
+        let mut batches = parse_ns(body).unwrap();
+        assert_eq!(batches.len(), 1, "{batches:?}");
+        batches.remove(0)
+    }
+
+    fn s(text: &str) -> Option<Cell> {
+        Some(Cell::Str(text.into()))
+    }
+
+    #[test]
+    fn parses_a_typical_line() {
+        let batch = single(
+            "cpu,host=server01,region=us-west usage_idle=12.5,usage_user=3.25,count=7i,ok=t,msg=\"hi\" 1700000000000000000",
+        );
+        assert_eq!(batch.measurement, "cpu");
+        assert_eq!(batch.tags, ["host", "region"]);
+        assert_eq!(times(&batch), [1_700_000_000_000_000]);
+        assert_eq!(
+            column_names(&batch),
+            [
+                "count",
+                "host",
+                "msg",
+                "ok",
+                "region",
+                "usage_idle",
+                "usage_user"
+            ]
+        );
+        assert_eq!(column(&batch, "host"), [s("server01")]);
+        assert_eq!(column(&batch, "region"), [s("us-west")]);
+        assert_eq!(column(&batch, "usage_idle"), [Some(Cell::Float(12.5))]);
+        assert_eq!(column(&batch, "count"), [Some(Cell::Int(7))]);
+        assert_eq!(column(&batch, "ok"), [Some(Cell::Bool(true))]);
+        assert_eq!(column(&batch, "msg"), [s("hi")]);
+        assert_eq!(data_type(&batch, "host"), DataType::Utf8);
+    }
+
+    #[test]
+    fn precision_names_and_codes() {
+        for (text, precision) in [
+            ("ns", Precision::Nanoseconds),
+            ("n", Precision::Nanoseconds),
+            ("us", Precision::Microseconds),
+            ("u", Precision::Microseconds),
+            ("µ", Precision::Microseconds),
+            ("ms", Precision::Milliseconds),
+            ("s", Precision::Seconds),
+        ] {
+            assert_eq!(Precision::parse(text), Some(precision), "{text}");
+        }
+        for text in ["", "NS", "m", "h", "sec", "µs"] {
+            assert_eq!(Precision::parse(text), None, "{text}");
+        }
+        for code in 0..=255u8 {
+            match Precision::from_u8(code) {
+                Some(precision) => assert_eq!(precision.as_u8(), code),
+                None => assert!(code > 3),
+            }
+        }
+        assert_eq!(Precision::default(), Precision::Nanoseconds);
+    }
+
+    #[test]
+    fn timestamps_are_converted_to_microseconds_by_precision() {
+        let cases = [
+            (
+                Precision::Nanoseconds,
+                "1700000000123456789",
+                1_700_000_000_123_456,
+            ),
+            (Precision::Nanoseconds, "-1", -1),
+            (Precision::Nanoseconds, "-1000", -1),
+            (Precision::Nanoseconds, "-1001", -2),
+            (
+                Precision::Microseconds,
+                "1700000000123456",
+                1_700_000_000_123_456,
+            ),
+            (
+                Precision::Milliseconds,
+                "1700000000123",
+                1_700_000_000_123_000,
+            ),
+            (Precision::Seconds, "1700000000", 1_700_000_000_000_000),
+            (Precision::Seconds, "-5", -5_000_000),
+            (Precision::Seconds, "+5", 5_000_000),
+        ];
+        for (precision, timestamp, expected) in cases {
+            let body = format!("m v=1 {timestamp}");
+            let batches = parse(body.as_bytes(), precision, NOW).unwrap();
+            assert_eq!(times(&batches[0]), [expected], "{precision:?} {timestamp}");
+        }
+    }
+
+    #[test]
+    fn missing_unparseable_or_overflowing_timestamps_become_now() {
+        let cases = [
+            (Precision::Nanoseconds, "m v=1"),
+            (Precision::Nanoseconds, "m v=1   "),
+            (Precision::Nanoseconds, "m v=1 abc"),
+            (Precision::Nanoseconds, "m v=1 12x"),
+            (Precision::Nanoseconds, "m v=1 99999999999999999999"),
+            (Precision::Milliseconds, "m v=1 9223372036854775807"),
+            (Precision::Seconds, "m v=1 -9223372036854775"),
+        ];
+        for (precision, body) in cases {
+            let batches = parse(body.as_bytes(), precision, NOW).unwrap();
+            assert_eq!(times(&batches[0]), [NOW], "{body}");
+        }
+        // Anything after the timestamp is ignored.
+        assert_eq!(times(&single("m v=1 5000 trailing")), [5]);
+    }
+
+    #[test]
+    fn comments_blank_lines_and_crlf_are_tolerated() {
+        let body = "# comment\r\n\r\n  \nm v=1 1000\r\n   # indented comment\n\tm v=2 2000\r\n";
+        let batch = single(body);
+        assert_eq!(times(&batch), [1, 2]);
+        assert_eq!(
+            column(&batch, "v"),
+            [Some(Cell::Float(1.0)), Some(Cell::Float(2.0))]
+        );
+    }
+
+    #[test]
+    fn field_value_types() {
+        let body = "m a=1i,b=-9223372036854775808i,c=18u,d=9223372036854775807u,e=1.5,f=-2,g=1e3,h=.5,i=abc,j=1.5i,k=-3u,l=inf,m=NaN,n=0x10";
+        let batch = single(body);
+        let expect = [
+            ("a", Cell::Int(1)),
+            ("b", Cell::Int(i64::MIN)),
+            ("c", Cell::Int(18)),
+            ("d", Cell::Int(i64::MAX)),
+            ("e", Cell::Float(1.5)),
+            ("f", Cell::Float(-2.0)),
+            ("g", Cell::Float(1000.0)),
+            ("h", Cell::Float(0.5)),
+            ("i", Cell::Str("abc".into())),
+            ("j", Cell::Str("1.5i".into())),
+            ("k", Cell::Str("-3u".into())),
+            ("l", Cell::Str("inf".into())),
+            ("m", Cell::Str("NaN".into())),
+            ("n", Cell::Str("0x10".into())),
+        ];
+        for (name, cell) in expect {
+            assert_eq!(column(&batch, name), [Some(cell)], "{name}");
+        }
+    }
+
+    #[test]
+    fn boolean_spellings() {
+        let trues = ["t", "T", "true", "True", "TRUE"];
+        let falses = ["f", "F", "false", "False", "FALSE"];
+        for (spellings, expected) in [(trues, true), (falses, false)] {
+            for spelling in spellings {
+                let batch = single(&format!("m v={spelling}"));
+                assert_eq!(
+                    column(&batch, "v"),
+                    [Some(Cell::Bool(expected))],
+                    "{spelling}"
+                );
+            }
+        }
+        assert_eq!(column(&single("m v=tRUE"), "v"), [s("tRUE")]);
+    }
+
+    #[test]
+    fn out_of_range_integers_drop_the_line() {
+        for body in [
+            "m v=9223372036854775808u",
+            "m v=99999999999999999999u",
+            "m v=9223372036854775808i",
+            "m v=-9223372036854775809i",
+        ] {
+            assert_eq!(
+                parse_ns(body).unwrap_err(),
+                DecodeError::NoValidRecords,
+                "{body}"
+            );
+        }
+        let batch = single("m v=9223372036854775808u\nm v=1i");
+        assert_eq!(column(&batch, "v"), [Some(Cell::Int(1))]);
+    }
+
+    #[test]
+    fn escapes_in_keys_tag_values_and_strings() {
+        let body = r#"m,tag\ key=a\,b\=c\ d,k=x\y field\,key\==1i,s="say \"hi\" \\ \n",bare=x\y"#;
+        let batch = single(body);
+        assert_eq!(batch.tags, ["k", "tag key"]);
+        assert_eq!(column(&batch, "tag key"), [s("a,b=c d")]);
+        assert_eq!(column(&batch, "k"), [s(r"x\y")]);
+        assert_eq!(column(&batch, "field,key="), [Some(Cell::Int(1))]);
+        assert_eq!(column(&batch, "s"), [s(r#"say "hi" \ \n"#)]);
+        assert_eq!(column(&batch, "bare"), [s(r"x\y")]);
+    }
+
+    #[test]
+    fn strings_may_contain_separators() {
+        let batch = single(r#"m s="a, b=c d",v=1i 1000"#);
+        assert_eq!(column(&batch, "s"), [s("a, b=c d")]);
+        assert_eq!(times(&batch), [1]);
+        assert_eq!(column(&single(r#"m s="""#), "s"), [s("")]);
+    }
+
+    #[test]
+    fn invalid_lines_are_dropped_silently() {
+        let invalid = [
+            "m",
+            "m ",
+            "m,host=a",
+            "m v",
+            "m v=",
+            "m =1",
+            "m v=1,",
+            "m v=1,,w=2",
+            "m,host= v=1",
+            "m,=a v=1",
+            "m,host v=1",
+            "m,host=a, v=1",
+            "m s=\"unterminated",
+            "m s=\"abc\\\"",
+            "m s=\"a\"b",
+            "m time=1",
+            "m,time=a v=1",
+            "1m v=1",
+            "_m v=1",
+            "m.x v=1",
+            "m\\ x v=1",
+            "m\\,x v=1",
+            ",host=a v=1",
+            " v=1",
+            "m _hidden=1",
+        ];
+        for line in invalid {
+            assert_eq!(
+                parse_ns(line).unwrap_err(),
+                DecodeError::NoValidRecords,
+                "{line:?}"
+            );
+            let body = format!("{line}\nm good=1i\n");
+            let batch = single(&body);
+            assert_eq!(times(&batch).len(), 1, "{line:?}");
+            assert_eq!(column_names(&batch), ["good"], "{line:?}");
+        }
+        let long_name = "m".repeat(129);
+        assert_eq!(
+            parse_ns(&format!("{long_name} v=1")).unwrap_err(),
+            DecodeError::NoValidRecords
+        );
+        assert_eq!(
+            single(&format!("{} v=1", "m".repeat(128)))
+                .measurement
+                .len(),
+            128
+        );
+    }
+
+    #[test]
+    fn empty_or_comment_only_bodies_have_no_valid_records() {
+        for body in ["", "\n\n", "# only a comment\n", "   \r\n"] {
+            assert_eq!(parse_ns(body).unwrap_err(), DecodeError::NoValidRecords);
+        }
+    }
+
+    #[test]
+    fn a_field_named_like_a_tag_is_renamed() {
+        let batch = single("m,host=a host=1i,v=2i");
+        assert_eq!(column_names(&batch), ["host", "host_value", "v"]);
+        assert_eq!(column(&batch, "host"), [s("a")]);
+        assert_eq!(column(&batch, "host_value"), [Some(Cell::Int(1))]);
+    }
+
+    #[test]
+    fn underscore_columns_are_ignored() {
+        let batch = single("m,_tag=x,host=a _f=1,v=2");
+        assert_eq!(column_names(&batch), ["host", "v"]);
+        assert_eq!(batch.tags, ["host"]);
+    }
+
+    #[test]
+    fn missing_columns_are_null_padded() {
+        let batch = single("m,a=x v=1i 1000\nm w=2i 2000\nm,b=y v=3i 3000");
+        assert_eq!(column(&batch, "a"), [s("x"), None, None]);
+        assert_eq!(column(&batch, "b"), [None, None, s("y")]);
+        assert_eq!(
+            column(&batch, "v"),
+            [Some(Cell::Int(1)), None, Some(Cell::Int(3))]
+        );
+        assert_eq!(column(&batch, "w"), [None, Some(Cell::Int(2)), None]);
+        assert_eq!(batch.tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn type_conflicts_fail_the_request() {
+        assert_eq!(
+            parse_ns("m v=1i\nm v=\"x\"").unwrap_err(),
+            DecodeError::TypeConflict {
+                measurement: "m".into(),
+                column: "v".into(),
+                first: "int64",
+                second: "string",
+            }
+        );
+        assert!(matches!(
+            parse_ns("m v=1i\nm v=1.5").unwrap_err(),
+            DecodeError::TypeConflict { .. }
+        ));
+        // An integer joining a float column is converted.
+        let batch = single("m v=1.5\nm v=2i");
+        assert_eq!(
+            column(&batch, "v"),
+            [Some(Cell::Float(1.5)), Some(Cell::Float(2.0))]
+        );
+    }
+
+    #[test]
+    fn measurements_come_out_in_order_of_first_appearance() {
+        let batches = parse_ns("b v=1\na v=2\nb v=3\nc v=4").unwrap();
+        let names: Vec<_> = batches.iter().map(|b| b.measurement.as_str()).collect();
+        assert_eq!(names, ["b", "a", "c"]);
+        assert_eq!(times(&batches[0]).len(), 2);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced() {
+        let body = b"m,t\xff=v\xfe s=\"a\xffb\",k\xff=1i";
+        let batch = &parse(body, Precision::Nanoseconds, NOW).unwrap()[0];
+        assert_eq!(column(batch, "t\u{fffd}"), [s("v\u{fffd}")]);
+        assert_eq!(column(batch, "s"), [s("a\u{fffd}b")]);
+        assert_eq!(column(batch, "k\u{fffd}"), [Some(Cell::Int(1))]);
+        // The same invalid key on a second line lands in the same column.
+        let body = b"m k\xff=1i\nm k\xff=2i";
+        let batch = &parse(body, Precision::Nanoseconds, NOW).unwrap()[0];
+        assert_eq!(
+            column(batch, "k\u{fffd}"),
+            [Some(Cell::Int(1)), Some(Cell::Int(2))]
+        );
+    }
+
+    #[test]
+    fn a_repeated_field_keeps_the_last_value() {
+        let batch = single("m v=1i,v=2i");
+        assert_eq!(column(&batch, "v"), [Some(Cell::Int(2))]);
+    }
+
+    #[test]
+    fn find_newline_matches_a_plain_search() {
+        let mut text = vec![b'a'; 40];
+        assert_eq!(find_newline(&text), None);
+        for position in 0..40 {
+            text[position] = b'\n';
+            assert_eq!(find_newline(&text), Some(position));
+            text[position] = 0x8a;
+            assert_eq!(find_newline(&text), None);
+            text[position] = b'a';
+        }
+        assert_eq!(find_newline(b"\x0b\n"), Some(1));
+        assert_eq!(find_newline(b"\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\n"), Some(8));
+    }
+
+    // ---- property tests ----
+
+    #[derive(Debug, Clone)]
+    enum GenValue {
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+        Bool(bool, &'static str),
+        Str(String),
+    }
+
+    impl GenValue {
+        fn encode(&self) -> String {
+            match self {
+                GenValue::Int(v) => format!("{v}i"),
+                GenValue::Uint(v) => format!("{v}u"),
+                GenValue::Float(v) => format!("{v:?}"),
+                GenValue::Bool(_, spelling) => (*spelling).to_owned(),
+                GenValue::Str(v) => format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")),
+            }
+        }
+
+        fn expected(&self) -> Cell {
+            match self {
+                GenValue::Int(v) => Cell::Int(*v),
+                GenValue::Uint(v) => Cell::Int(*v as i64),
+                GenValue::Float(v) => Cell::Float(*v),
+                GenValue::Bool(v, _) => Cell::Bool(*v),
+                GenValue::Str(v) => Cell::Str(v.clone()),
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct GenRow {
+        measurement: &'static str,
+        tags: BTreeMap<String, String>,
+        fields: BTreeMap<String, GenValue>,
+        timestamp: Option<i64>,
+    }
+
+    /// Names and values without backslashes or newlines, but with every separator.
+    fn text() -> impl Strategy<Value = String> {
+        "[a-z0-9 ,=\"#éß\u{1F600}\t-]{1,8}"
+    }
+
+    fn escape_key(text: &str) -> String {
+        let mut out = String::new();
+        for c in text.chars() {
+            if matches!(c, ',' | '=' | ' ') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    /// Field types follow the key's prefix so rows never conflict.
+    fn field() -> impl Strategy<Value = (String, GenValue)> {
+        let bool_value = prop::sample::select(vec![
+            (true, "t"),
+            (true, "T"),
+            (true, "true"),
+            (true, "True"),
+            (true, "TRUE"),
+            (false, "f"),
+            (false, "F"),
+            (false, "false"),
+            (false, "False"),
+            (false, "FALSE"),
+        ]);
+        prop_oneof![
+            (text(), any::<i64>()).prop_map(|(k, v)| (format!("i{k}"), GenValue::Int(v))),
+            (text(), 0..=i64::MAX as u64).prop_map(|(k, v)| (format!("u{k}"), GenValue::Uint(v))),
+            (
+                text(),
+                prop::num::f64::NORMAL | prop::num::f64::ZERO | prop::num::f64::SUBNORMAL
+            )
+                .prop_map(|(k, v)| (format!("f{k}"), GenValue::Float(v))),
+            (text(), bool_value)
+                .prop_map(|(k, (v, spelling))| (format!("b{k}"), GenValue::Bool(v, spelling))),
+            (text(), "(?s)[^\n]{0,12}").prop_map(|(k, v)| (format!("s{k}"), GenValue::Str(v))),
+        ]
+    }
+
+    fn row() -> impl Strategy<Value = GenRow> {
+        (
+            prop::sample::select(vec!["cpu", "mem", "disk_io", "Net-2"]),
+            // Tag keys start with `k`, field keys never do, so nothing gets renamed.
+            prop::collection::btree_map(text().prop_map(|k| format!("k{k}")), text(), 0..3),
+            prop::collection::vec(field(), 1..4),
+            prop::option::of(-9_000_000_000_000i64..9_000_000_000_000),
+        )
+            .prop_map(|(measurement, tags, fields, timestamp)| GenRow {
+                measurement,
+                tags,
+                fields: fields.into_iter().collect(),
+                timestamp,
+            })
+    }
+
+    fn precision() -> impl Strategy<Value = Precision> {
+        prop::sample::select(vec![
+            Precision::Nanoseconds,
+            Precision::Microseconds,
+            Precision::Milliseconds,
+            Precision::Seconds,
+        ])
+    }
+
+    fn encode_row(row: &GenRow, crlf: bool) -> String {
+        let mut line = row.measurement.to_owned();
+        for (k, v) in &row.tags {
+            line.push_str(&format!(",{}={}", escape_key(k), escape_key(v)));
+        }
+        line.push(' ');
+        let fields: Vec<String> = row
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", escape_key(k), v.encode()))
+            .collect();
+        line.push_str(&fields.join(","));
+        if let Some(timestamp) = row.timestamp {
+            line.push_str(&format!(" {timestamp}"));
+        }
+        line.push_str(if crlf { "\r\n" } else { "\n" });
+        line
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&body, Precision::Nanoseconds, NOW);
+        }
+
+        #[test]
+        fn line_protocol_like_text_never_panics(
+            body in "[a-c ,=\"\\\\#_\n\r\t0-9.iutfe+-]{0,200}",
+            precision in precision(),
+        ) {
+            if let Ok(batches) = parse(body.as_bytes(), precision, NOW) {
+                for batch in batches {
+                    prop_assert!(batch.batch.num_rows() > 0);
+                }
+            }
+        }
+
+        #[test]
+        fn round_trip(
+            rows in prop::collection::vec(row(), 1..20),
+            precision in precision(),
+            crlf in any::<bool>(),
+        ) {
+            let mut body = String::from("# generated\n");
+            for row in &rows {
+                body.push_str(&encode_row(row, crlf));
+            }
+            let batches = parse(body.as_bytes(), precision, NOW).unwrap();
+
+            let mut order: Vec<&str> = Vec::new();
+            for row in &rows {
+                if !order.contains(&row.measurement) {
+                    order.push(row.measurement);
+                }
+            }
+            prop_assert_eq!(batches.len(), order.len());
+            for (batch, measurement) in batches.iter().zip(order) {
+                prop_assert_eq!(&batch.measurement, measurement);
+                let rows: Vec<&GenRow> =
+                    rows.iter().filter(|r| r.measurement == measurement).collect();
+                let expected_times: Vec<i64> = rows
+                    .iter()
+                    .map(|r| r.timestamp.map_or(NOW, |t| precision.to_micros(t).unwrap()))
+                    .collect();
+                prop_assert_eq!(times(batch), expected_times);
+
+                let mut expected: BTreeMap<String, Vec<Option<Cell>>> = BTreeMap::new();
+                let mut tags: Vec<String> = Vec::new();
+                for (index, row) in rows.iter().enumerate() {
+                    let cells = row
+                        .tags
+                        .iter()
+                        .map(|(k, v)| (k, Cell::Str(v.clone())))
+                        .chain(row.fields.iter().map(|(k, v)| (k, v.expected())));
+                    for (key, cell) in cells {
+                        expected.entry(key.clone()).or_insert_with(|| vec![None; rows.len()])
+                            [index] = Some(cell);
+                    }
+                    tags.extend(row.tags.keys().cloned());
+                }
+                tags.sort();
+                tags.dedup();
+                prop_assert_eq!(&batch.tags, &tags);
+                let names: Vec<String> = expected.keys().cloned().collect();
+                prop_assert_eq!(column_names(batch), names);
+                for (name, cells) in &expected {
+                    prop_assert_eq!(&column(batch, name), cells, "column {}", name);
+                }
+            }
+        }
+    }
+}

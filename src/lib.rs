@@ -1,0 +1,23 @@
+//! arcdb: a clustered time-series database compatible with Arc.
+//!
+//! A write flows through the modules in this order:
+//!
+//! ```text
+//! api ─► ingest (decode) ─► wal (durable, LSN) ─► buffer (Arrow, per measurement)
+//!                                                    │
+//!                                 flush (Parquet) ◄──┘ ─► storage (object_store) ─► meta (manifest)
+//! ```
+//!
+//! A request is acknowledged once its WAL entry is durable. A flush writes Parquet files, registers
+//! them in `meta` through a durable command log, and only then lets the WAL release the entries.
+
+pub mod api;
+pub mod buffer;
+pub mod config;
+pub mod flush;
+pub mod frame;
+pub mod ingest;
+pub mod meta;
+pub mod node;
+pub mod storage;
+pub mod wal;

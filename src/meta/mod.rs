@@ -1,0 +1,261 @@
+//! Metadata: the file manifest (and later tokens, policies, nodes) as a state machine fed by a
+//! durable command log.
+//!
+//! On a standalone node [`Meta::commit`] appends the command to a local log, syncs it, then
+//! applies it. The log is periodically folded into a snapshot so start-up stays fast.
+
+mod state;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+
+pub use state::{ApplyError, ColumnType, FileEntry, MeasurementMeta, MetaCommand, MetaState};
+
+use crate::frame::{RecordReader, encode_record};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("metadata file {path} is corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MetaError + '_ {
+    move |source| MetaError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+const SNAPSHOT_FILE: &str = "snapshot.json";
+const LOG_FILE: &str = "commands.log";
+/// Commands appended before the log is folded into a new snapshot.
+const COMMANDS_PER_SNAPSHOT: u64 = 1000;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    last_index: u64,
+    state: MetaState,
+}
+
+struct CommandLog {
+    dir: PathBuf,
+    file: File,
+    last_index: u64,
+    commands_since_snapshot: u64,
+}
+
+/// Metadata handle: readers see the applied state, writers go through the log.
+pub struct Meta {
+    state: RwLock<MetaState>,
+    log: Mutex<CommandLog>,
+}
+
+impl Meta {
+    /// Loads the snapshot and replays the command log; a torn last command is cut off.
+    pub fn open(dir: &Path) -> Result<Meta, MetaError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let (mut state, snapshot_index) = match fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                let snapshot: Snapshot =
+                    serde_json::from_slice(&bytes).map_err(|e| MetaError::Corrupt {
+                        path: snapshot_path.clone(),
+                        message: e.to_string(),
+                    })?;
+                (snapshot.state, snapshot.last_index)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (MetaState::default(), 0),
+            Err(e) => return Err(io_err(&snapshot_path)(e)),
+        };
+
+        let log_path = dir.join(LOG_FILE);
+        let mut data = Vec::new();
+        match File::open(&log_path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut data).map_err(io_err(&log_path))?;
+            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&log_path)(e)),
+            Err(_) => {}
+        }
+        let mut last_index = snapshot_index;
+        let mut commands_since_snapshot = 0;
+        let mut reader = RecordReader::new(&data);
+        for (index, payload) in reader.by_ref() {
+            commands_since_snapshot += 1;
+            if index <= snapshot_index {
+                continue;
+            }
+            let command: MetaCommand =
+                serde_json::from_slice(payload).map_err(|e| MetaError::Corrupt {
+                    path: log_path.clone(),
+                    message: format!("command {index}: {e}"),
+                })?;
+            state.apply(&command)?;
+            last_index = index;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(&log_path))?;
+        if reader.is_torn() {
+            tracing::warn!(path = %log_path.display(), "metadata log has a torn tail; truncating it");
+            file.set_len(reader.valid_len() as u64)
+                .and_then(|_| file.sync_all())
+                .map_err(io_err(&log_path))?;
+        }
+        sync_dir(dir)?;
+        Ok(Meta {
+            state: RwLock::new(state),
+            log: Mutex::new(CommandLog {
+                dir: dir.to_path_buf(),
+                file,
+                last_index,
+                commands_since_snapshot,
+            }),
+        })
+    }
+
+    pub fn state(&self) -> RwLockReadGuard<'_, MetaState> {
+        self.state.read().unwrap()
+    }
+
+    /// Makes the command durable, then applies it. Blocking (it syncs a file).
+    pub fn commit(&self, command: MetaCommand) -> Result<(), MetaError> {
+        let mut log = self.log.lock().unwrap();
+        self.state().check(&command)?;
+        let index = log.last_index + 1;
+        let payload = serde_json::to_vec(&command).expect("meta commands serialize");
+        let mut record = Vec::with_capacity(payload.len() + 16);
+        encode_record(&mut record, index, &[&payload]);
+        let path = log.dir.join(LOG_FILE);
+        log.file
+            .write_all(&record)
+            .and_then(|_| log.file.sync_data())
+            .map_err(io_err(&path))?;
+        log.last_index = index;
+        log.commands_since_snapshot += 1;
+        self.state.write().unwrap().apply(&command)?;
+        if log.commands_since_snapshot >= COMMANDS_PER_SNAPSHOT {
+            let state = self.state().clone();
+            if let Err(err) = log.fold_into_snapshot(&state) {
+                // The log still holds everything; folding will be tried again next commit.
+                tracing::warn!(error = %err, "could not write metadata snapshot");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CommandLog {
+    /// Writes the state as a snapshot, then starts an empty log. A crash in between is harmless:
+    /// commands at or below the snapshot index are skipped on open.
+    fn fold_into_snapshot(&mut self, state: &MetaState) -> Result<(), MetaError> {
+        let snapshot = Snapshot {
+            last_index: self.last_index,
+            state: state.clone(),
+        };
+        let bytes = serde_json::to_vec(&snapshot).expect("meta state serializes");
+        write_atomically(&self.dir.join(SNAPSHOT_FILE), &bytes)?;
+        let log_path = self.dir.join(LOG_FILE);
+        write_atomically(&log_path, &[])?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(&log_path))?;
+        self.commands_since_snapshot = 0;
+        Ok(())
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MetaError> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), MetaError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn add(path: &str, lsn: u64) -> MetaCommand {
+        MetaCommand::AddFiles {
+            database: "db".into(),
+            measurement: "cpu".into(),
+            files: vec![FileEntry {
+                path: path.into(),
+                database: "db".into(),
+                measurement: "cpu".into(),
+                min_time_us: 0,
+                max_time_us: 1,
+                rows: 1,
+                size_bytes: 1,
+                sha256: "ab".into(),
+                min_lsn: lsn,
+                max_lsn: lsn,
+                columns: BTreeMap::new(),
+                tags: vec![],
+                created_at_us: 0,
+                origin_node: "n".into(),
+            }],
+            flushed_through_lsn: lsn,
+        }
+    }
+
+    #[test]
+    fn commands_survive_reopen_through_snapshots_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = COMMANDS_PER_SNAPSHOT + 5;
+        {
+            let meta = Meta::open(dir.path()).unwrap();
+            for i in 1..=total {
+                meta.commit(add(&format!("f{i}.parquet"), i)).unwrap();
+            }
+        }
+        assert!(dir.path().join(SNAPSHOT_FILE).exists());
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(LOG_FILE))
+            .unwrap();
+        log.write_all(&[9, 0, 0, 0, 1]).unwrap();
+
+        let meta = Meta::open(dir.path()).unwrap();
+        assert_eq!(meta.state().files().count() as u64, total);
+        assert_eq!(meta.state().flushed_through("db", "cpu"), total);
+        meta.commit(add("after.parquet", total + 1)).unwrap();
+        drop(meta);
+        let meta = Meta::open(dir.path()).unwrap();
+        assert!(meta.state().file("after.parquet").is_some());
+    }
+
+    #[test]
+    fn rejected_command_is_not_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        meta.commit(add("a.parquet", 3)).unwrap();
+        assert!(matches!(
+            meta.commit(add("a.parquet", 4)),
+            Err(MetaError::Rejected(ApplyError::DuplicateFile(_)))
+        ));
+        drop(meta);
+        let meta = Meta::open(dir.path()).unwrap();
+        assert_eq!(meta.state().flushed_through("db", "cpu"), 3);
+    }
+}

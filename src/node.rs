@@ -1,0 +1,200 @@
+//! Composition root: builds the parts a node needs and runs them until shutdown.
+//!
+//! Start-up order: bind the listener (so `/health` answers at once) → open metadata → connect
+//! storage and remove files a crash left unregistered → replay the WAL into the buffers → start
+//! a fresh WAL segment → `/ready`. Shutdown runs it backwards: stop taking requests, flush every
+//! buffer, sync and close the WAL.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{self, AppState, WritePath};
+use crate::buffer::Buffers;
+use crate::config::Config;
+use crate::flush::Flusher;
+use crate::ingest::{IngestLimits, Ingester, replay_entry};
+use crate::meta::{Meta, MetaError};
+use crate::storage::{Storage, StorageError};
+use crate::wal::{self, Wal, WalError, WalOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Writes are refused above this much buffered data, so an unreachable storage backend makes
+/// clients back off instead of exhausting memory.
+const MAX_BUFFERED_BYTES: usize = 4 << 30;
+
+/// Runs a node until `shutdown` resolves, then drains and stops it.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let host = if config.server.host.is_empty() {
+        "::"
+    } else {
+        config.server.host.as_str()
+    };
+    let addr = format!("{host}:{}", config.server.port);
+    let listener = bind(&addr).await?;
+    tracing::info!(addr = %listener.local_addr().map_err(NodeError::Serve)?, "listening");
+
+    let state = Arc::new(AppState::new(
+        config.server.max_payload_size.bytes() as usize
+    ));
+    let (stop_http, http_stopped) = watch::channel(false);
+    let server = {
+        let router = api::router(Arc::clone(&state));
+        let mut http_stopped = http_stopped.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        })
+    };
+
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+
+    let started = tokio::select! {
+        started = start_write_path(&config) => started?,
+        _ = shutdown_rx.wait_for(|s| *s) => {
+            tracing::info!("shutdown requested during start-up");
+            let _ = stop_http.send(true);
+            return Ok(());
+        }
+    };
+    let (write_path, wal, flush_requests) = started;
+    let (stop_flusher, flusher_stopped) = watch::channel(false);
+    let background =
+        tokio::spawn(Arc::clone(&write_path.flusher).run(flush_requests, flusher_stopped));
+    let flusher = Arc::clone(&write_path.flusher);
+    state.set_ready(write_path);
+    tracing::info!("ready");
+
+    let _ = shutdown_rx.wait_for(|s| *s).await;
+    tracing::info!("shutting down: draining requests");
+    state.set_draining();
+    let _ = stop_http.send(true);
+    let grace = Duration::from_secs(config.server.shutdown_timeout);
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::error!(error = %err, "HTTP server error"),
+        Ok(Err(err)) => tracing::error!(error = %err, "HTTP server task failed"),
+        Err(_) => tracing::warn!("requests still running after shutdown_timeout; stopping anyway"),
+    }
+    let _ = stop_flusher.send(true);
+    let _ = background.await;
+    match flusher.flush_all().await {
+        Ok(files) => tracing::info!(files, "buffers flushed"),
+        Err(err) => {
+            tracing::error!(error = %err, "final flush failed; the rows stay in the WAL for the next start")
+        }
+    }
+    if let Some(wal) = wal {
+        wal.close().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
+    let bind_err = |source| NodeError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let socket_addr: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .map_err(bind_err)?
+        .next()
+        .ok_or_else(|| bind_err(std::io::Error::other("address resolves to nothing")))?;
+    TcpListener::bind(socket_addr).await.map_err(bind_err)
+}
+
+type StartedWritePath = (
+    WritePath,
+    Option<Arc<Wal>>,
+    mpsc::UnboundedReceiver<crate::buffer::MeasurementKey>,
+);
+
+async fn start_write_path(config: &Config) -> Result<StartedWritePath, NodeError> {
+    let meta = Arc::new(Meta::open(Path::new(&config.meta.directory))?);
+    let storage = Storage::from_config(&config.storage)?;
+    tracing::info!(storage = storage.description(), "storage configured");
+
+    let limits = IngestLimits {
+        max_msgpack_bytes: config.server.max_payload_size.bytes() as usize,
+        max_buffer_rows: config.ingest.max_buffer_size,
+        max_buffered_bytes: MAX_BUFFERED_BYTES,
+    };
+    let buffers = Arc::new(Buffers::new(&meta.state(), meta.state().max_flushed_lsn()));
+    let wal = if config.wal.enabled {
+        let options = WalOptions {
+            dir: config.wal.directory.clone().into(),
+            sync_mode: config.wal.sync_mode,
+            max_segment_bytes: config.wal.max_size_mb << 20,
+            max_segment_age: Duration::from_secs(config.wal.max_age_seconds),
+        };
+        let (replay_buffers, replay_meta, dir) =
+            (Arc::clone(&buffers), Arc::clone(&meta), options.dir.clone());
+        let recovery = tokio::task::spawn_blocking(move || {
+            let state = replay_meta.state();
+            wal::replay(&dir, |lsn, payload| {
+                if let Err(err) = replay_entry(&replay_buffers, &state, lsn, payload, &limits) {
+                    tracing::error!(lsn, error = %err, "WAL entry could not be replayed");
+                }
+            })
+        })
+        .await
+        .expect("WAL replay task panicked")?;
+        tracing::info!(
+            entries = recovery.entries,
+            truncated_segments = recovery.truncated_segments,
+            "WAL replayed"
+        );
+        let next_lsn = buffers.lock().last_lsn() + 1;
+        Some(Arc::new(Wal::start(options, next_lsn, recovery)?))
+    } else {
+        None
+    };
+
+    let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+    let node_id = if config.cluster.node_id.is_empty() {
+        "standalone".to_string()
+    } else {
+        config.cluster.node_id.clone()
+    };
+    let flusher = Arc::new(Flusher::new(
+        Arc::clone(&buffers),
+        storage,
+        meta,
+        wal.clone(),
+        config.ingest.clone(),
+        node_id,
+    ));
+    let ingester = Arc::new(Ingester::new(buffers, wal.clone(), flush_tx, limits));
+    Ok((WritePath { ingester, flusher }, wal, flush_rx))
+}

@@ -1,0 +1,310 @@
+//! Object storage: the only module that talks to `object_store`.
+//!
+//! Objects are written whole with a single put, so a reader never sees part of one: S3 and Azure
+//! publish an object only when its upload completes, and the local backend writes a staging file
+//! and renames it. On the local backend the file and its directory are also synced, so a
+//! registered file survives a power cut, not just a process crash.
+
+pub mod paths;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+
+use crate::config::{StorageBackend, StorageConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage configuration: {0}")]
+    Config(String),
+    #[error("storage {operation} of '{key}' failed: {source}")]
+    Backend {
+        operation: &'static str,
+        key: String,
+        source: object_store::Error,
+    },
+    #[error("storage I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// An object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    /// Root directory when the backend is the local filesystem.
+    local_root: Option<PathBuf>,
+    description: String,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+/// Failing fast matters more than riding out long outages: a failed flush keeps its rows in the
+/// WAL and the buffer and is retried by the flusher.
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+    }
+}
+
+fn client_options(allow_http: bool) -> ClientOptions {
+    ClientOptions::new()
+        .with_allow_http(allow_http)
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(60))
+}
+
+impl Storage {
+    pub fn from_config(config: &StorageConfig) -> Result<Storage, StorageError> {
+        let backend_err = |e: object_store::Error| StorageError::Config(e.to_string());
+        let (store, local_root, description): (Arc<dyn ObjectStore>, _, _) = match config.backend {
+            StorageBackend::Local => {
+                let root = PathBuf::from(&config.local_path);
+                std::fs::create_dir_all(&root).map_err(|source| StorageError::Io {
+                    path: root.clone(),
+                    source,
+                })?;
+                let root = root.canonicalize().map_err(|source| StorageError::Io {
+                    path: root.clone(),
+                    source,
+                })?;
+                let store = LocalFileSystem::new_with_prefix(&root)
+                    .map_err(backend_err)?
+                    .with_automatic_cleanup(true);
+                let description = format!("local:{}", root.display());
+                (Arc::new(store), Some(root), description)
+            }
+            StorageBackend::S3 | StorageBackend::Minio => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(&config.s3_bucket)
+                    .with_region(&config.s3_region)
+                    .with_virtual_hosted_style_request(!config.s3_path_style)
+                    .with_retry(retry_config())
+                    .with_client_options(client_options(!config.s3_use_ssl));
+                if !config.s3_endpoint.is_empty() {
+                    let scheme = if config.s3_use_ssl { "https" } else { "http" };
+                    let endpoint = if config.s3_endpoint.contains("://") {
+                        config.s3_endpoint.clone()
+                    } else {
+                        format!("{scheme}://{}", config.s3_endpoint)
+                    };
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if !config.s3_access_key.is_empty() {
+                    builder = builder
+                        .with_access_key_id(&config.s3_access_key)
+                        .with_secret_access_key(&config.s3_secret_key);
+                }
+                let store = builder.build().map_err(backend_err)?;
+                let description = format!("s3://{}", config.s3_bucket);
+                (Arc::new(store), None, description)
+            }
+            StorageBackend::Azure | StorageBackend::Azblob => {
+                let mut builder = MicrosoftAzureBuilder::from_env()
+                    .with_container_name(&config.azure_container)
+                    .with_retry(retry_config())
+                    .with_client_options(client_options(false));
+                let connection = parse_connection_string(&config.azure_connection_string);
+                let account = connection
+                    .get("AccountName")
+                    .cloned()
+                    .unwrap_or_else(|| config.azure_account_name.clone());
+                if !account.is_empty() {
+                    builder = builder.with_account(account);
+                }
+                let key = connection
+                    .get("AccountKey")
+                    .cloned()
+                    .unwrap_or_else(|| config.azure_account_key.clone());
+                if !key.is_empty() {
+                    builder = builder.with_access_key(key);
+                }
+                let sas = connection
+                    .get("SharedAccessSignature")
+                    .cloned()
+                    .unwrap_or_else(|| config.azure_sas_token.clone());
+                if !sas.is_empty() {
+                    builder = builder.with_config(
+                        object_store::azure::AzureConfigKey::SasKey,
+                        sas.trim_start_matches('?'),
+                    );
+                }
+                let endpoint = connection
+                    .get("BlobEndpoint")
+                    .cloned()
+                    .unwrap_or_else(|| config.azure_endpoint.clone());
+                if !endpoint.is_empty() {
+                    builder = builder
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_endpoint(endpoint);
+                }
+                let store = builder.build().map_err(backend_err)?;
+                let description = format!("azure://{}", config.azure_container);
+                (Arc::new(store), None, description)
+            }
+        };
+        let prefix = config.s3_prefix.trim_matches('/');
+        let store: Arc<dyn ObjectStore> = if local_root.is_none() && !prefix.is_empty() {
+            Arc::new(PrefixStore::new(store, prefix))
+        } else {
+            store
+        };
+        Ok(Storage {
+            store,
+            local_root,
+            description,
+        })
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The underlying store, for readers (the query engine) that speak `object_store` directly.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// Writes a whole object; it becomes visible only complete.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        let location = ObjectPath::from(key);
+        self.store
+            .put(&location, PutPayload::from(bytes))
+            .await
+            .map_err(|source| StorageError::Backend {
+                operation: "put",
+                key: key.to_string(),
+                source,
+            })?;
+        if let Some(root) = &self.local_root {
+            let path = root.join(key);
+            tokio::task::spawn_blocking(move || sync_file_and_parent(&path))
+                .await
+                .expect("sync task panicked")?;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let err = |source| StorageError::Backend {
+            operation: "get",
+            key: key.to_string(),
+            source,
+        };
+        let result = self.store.get(&ObjectPath::from(key)).await.map_err(err)?;
+        result.bytes().await.map_err(err)
+    }
+
+    /// Deletes an object; deleting one that is already gone succeeds.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StorageError::Backend {
+                operation: "delete",
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Every object under `prefix` ("" for all).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let location = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+        self.store
+            .list(location.as_ref())
+            .map_ok(|meta| ObjectInfo {
+                key: meta.location.to_string(),
+                size: meta.size,
+            })
+            .try_collect()
+            .await
+            .map_err(|source| StorageError::Backend {
+                operation: "list",
+                key: prefix.to_string(),
+                source,
+            })
+    }
+
+    /// Removes staging files a crashed local put left behind (`object_store` names them
+    /// `<key>#<n>` and does not list them).
+    pub async fn remove_local_staging_files(&self) -> Result<usize, StorageError> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(0);
+        };
+        tokio::task::spawn_blocking(move || remove_staging_files(&root))
+            .await
+            .expect("cleanup task panicked")
+    }
+}
+
+fn parse_connection_string(connection: &str) -> std::collections::HashMap<String, String> {
+    connection
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn sync_file_and_parent(path: &Path) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+fn remove_staging_files(dir: &Path) -> Result<usize, StorageError> {
+    let io = |source| StorageError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        if entry.file_type().map_err(io)?.is_dir() {
+            removed += remove_staging_files(&path)?;
+        } else if entry.file_name().to_string_lossy().contains('#') {
+            std::fs::remove_file(&path).map_err(io)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,410 @@
+//! Write-ahead log: durability before acknowledgement.
+//!
+//! Every accepted request becomes one entry with a log sequence number (LSN), the position a
+//! replica will later follow. Entries go to a single writer thread that writes everything queued
+//! since its last sync and then syncs once (group commit), so concurrent requests share one
+//! `fdatasync`. A segment file is deleted only when the flush path says every row of it is in
+//! Parquet files registered in the manifest ([`Wal::release_through`]).
+
+mod segment;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::config::WalSyncMode;
+use crate::frame::encode_record;
+
+/// Log sequence number: strictly increasing over all entries this node ever wrote.
+pub type Lsn = u64;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WalError {
+    #[error("WAL I/O error on {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("WAL is closed")]
+    Closed,
+}
+
+impl WalError {
+    fn io(path: &Path, err: std::io::Error) -> Self {
+        WalError::Io {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    pub dir: PathBuf,
+    pub sync_mode: WalSyncMode,
+    pub max_segment_bytes: u64,
+    pub max_segment_age: Duration,
+}
+
+/// A segment that is no longer written to, with the last LSN it holds.
+#[derive(Debug, Clone)]
+pub struct ClosedSegment {
+    path: PathBuf,
+    last_lsn: Option<Lsn>,
+}
+
+/// What replay found on disk.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub last_lsn: Option<Lsn>,
+    pub entries: u64,
+    pub truncated_segments: usize,
+    segments: Vec<ClosedSegment>,
+}
+
+/// Reads every segment in log order, handing each intact entry to `on_entry`. A torn tail
+/// (a crash mid-write) is cut off the file; it is never an error.
+pub fn replay(dir: &Path, mut on_entry: impl FnMut(Lsn, &[u8])) -> Result<Recovery, WalError> {
+    std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
+    let mut recovery = Recovery::default();
+    for (_, path) in segment::list_segments(dir)? {
+        let contents = segment::read_segment(&path)?;
+        let mut last_lsn = None;
+        for (lsn, payload) in contents.records() {
+            on_entry(lsn, payload);
+            last_lsn = Some(lsn);
+            recovery.entries += 1;
+        }
+        if contents.torn {
+            tracing::warn!(
+                segment = %path.display(),
+                valid_bytes = contents.valid_len,
+                file_bytes = contents.data.len(),
+                "WAL segment has a torn tail; truncating it"
+            );
+            segment::truncate_segment(&path, contents.valid_len)?;
+            recovery.truncated_segments += 1;
+        }
+        if last_lsn.is_some() {
+            recovery.last_lsn = last_lsn;
+        }
+        recovery.segments.push(ClosedSegment { path, last_lsn });
+    }
+    Ok(recovery)
+}
+
+enum Command {
+    Append {
+        lsn: Lsn,
+        parts: Vec<Bytes>,
+        done: oneshot::Sender<Result<(), WalError>>,
+    },
+    Release {
+        through: Lsn,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Handle to the WAL writer thread.
+pub struct Wal {
+    commands: mpsc::Sender<Command>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Wal {
+    /// Opens a fresh segment starting at `next_lsn` and starts the writer. Segments found by
+    /// [`replay`] are kept until released.
+    pub fn start(options: WalOptions, next_lsn: Lsn, recovery: Recovery) -> Result<Wal, WalError> {
+        // Replayed segments with no entries hold nothing to protect (and one of them may carry
+        // the name the new segment needs).
+        let mut closed = Vec::new();
+        for replayed in recovery.segments {
+            if replayed.last_lsn.is_some() {
+                closed.push(replayed);
+            } else {
+                segment::remove_segment(&replayed.path)?;
+            }
+        }
+        let (file, path) = segment::create_segment(&options.dir, next_lsn)?;
+        let (commands, receiver) = mpsc::channel();
+        let writer = Writer {
+            file,
+            path,
+            size: segment::HEADER_LEN as u64,
+            opened_at: Instant::now(),
+            last_lsn: None,
+            closed,
+            buf: Vec::with_capacity(1 << 20),
+            options,
+        };
+        let thread = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| WalError::io(Path::new("wal-writer thread"), e))?;
+        Ok(Wal {
+            commands,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues an entry; the receiver resolves once it is durable per the sync mode.
+    /// Callers must append in LSN order.
+    pub fn append(&self, lsn: Lsn, parts: Vec<Bytes>) -> oneshot::Receiver<Result<(), WalError>> {
+        let (done, receiver) = oneshot::channel();
+        if let Err(mpsc::SendError(Command::Append { done, .. })) =
+            self.commands.send(Command::Append { lsn, parts, done })
+        {
+            let _ = done.send(Err(WalError::Closed));
+        }
+        receiver
+    }
+
+    /// Allows deleting every closed segment whose entries all have LSN ≤ `through`.
+    pub fn release_through(&self, through: Lsn) {
+        let _ = self.commands.send(Command::Release { through });
+    }
+
+    /// Syncs what is written and stops the writer thread.
+    pub async fn close(&self) {
+        let (done, receiver) = oneshot::channel();
+        if self.commands.send(Command::Close { done }).is_ok() {
+            let _ = receiver.await;
+        }
+        let thread = self.thread.lock().unwrap().take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Largest amount of queued entries written before one sync: bounds the latency of a group.
+const MAX_GROUP_BYTES: usize = 32 << 20;
+
+struct Writer {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    opened_at: Instant,
+    last_lsn: Option<Lsn>,
+    closed: Vec<ClosedSegment>,
+    buf: Vec<u8>,
+    options: WalOptions,
+}
+
+impl Writer {
+    fn run(mut self, receiver: mpsc::Receiver<Command>) {
+        let tick = Duration::from_secs(1).min(self.options.max_segment_age);
+        loop {
+            let first = match receiver.recv_timeout(tick) {
+                Ok(command) => command,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.rotate_if_due();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.finish(),
+            };
+            let mut waiters = Vec::new();
+            let mut releases = Vec::new();
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append { lsn, parts, done } => {
+                        let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_ref()).collect();
+                        encode_record(&mut self.buf, lsn, &slices);
+                        self.last_lsn = Some(lsn);
+                        waiters.push(done);
+                    }
+                    Command::Release { through } => releases.push(through),
+                    Command::Close { done } => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if self.buf.len() < MAX_GROUP_BYTES {
+                    next = receiver.try_recv().ok();
+                }
+            }
+            let result = self.write_group();
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+            if let Some(through) = releases.into_iter().max() {
+                self.release(through);
+            }
+            if let Some(done) = close {
+                self.finish();
+                let _ = done.send(());
+                return;
+            }
+            self.rotate_if_due();
+        }
+    }
+
+    fn write_group(&mut self) -> Result<(), WalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|_| match self.options.sync_mode {
+                WalSyncMode::Fdatasync => self.file.sync_data(),
+                WalSyncMode::Fsync => self.file.sync_all(),
+                WalSyncMode::Async => Ok(()),
+            });
+        let written = self.buf.len() as u64;
+        self.buf.clear();
+        match result {
+            Ok(()) => {
+                self.size += written;
+                Ok(())
+            }
+            Err(err) => {
+                let err = WalError::io(&self.path, err);
+                tracing::error!(error = %err, "WAL write failed; cutting the segment back");
+                // Part of the group may have reached the file; cut it off so later entries
+                // never sit behind a damaged one, then continue in a new segment.
+                if let Err(trim) = segment::truncate_segment(&self.path, self.size as usize) {
+                    tracing::error!(error = %trim, "could not trim the failed WAL segment");
+                }
+                if let Err(rotate) = self.rotate() {
+                    tracing::error!(error = %rotate, "could not start a new WAL segment");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn rotate_if_due(&mut self) {
+        let due = self.size >= self.options.max_segment_bytes
+            || self.opened_at.elapsed() >= self.options.max_segment_age;
+        if due && self.last_lsn.is_some() {
+            if let Err(err) = self.rotate() {
+                tracing::error!(error = %err, "WAL segment rotation failed");
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> Result<(), WalError> {
+        let next_first = self.last_lsn.map_or(0, |lsn| lsn + 1);
+        self.file
+            .sync_all()
+            .map_err(|e| WalError::io(&self.path, e))?;
+        let (file, path) = segment::create_segment(&self.options.dir, next_first)?;
+        let old_path = std::mem::replace(&mut self.path, path);
+        self.file = file;
+        self.closed.push(ClosedSegment {
+            path: old_path,
+            last_lsn: self.last_lsn,
+        });
+        self.size = segment::HEADER_LEN as u64;
+        self.opened_at = Instant::now();
+        Ok(())
+    }
+
+    fn release(&mut self, through: Lsn) {
+        let mut kept = Vec::with_capacity(self.closed.len());
+        for closed in self.closed.drain(..) {
+            if closed.last_lsn.is_none_or(|last| last <= through) {
+                if let Err(err) = segment::remove_segment(&closed.path) {
+                    tracing::error!(error = %err, "could not delete released WAL segment");
+                    kept.push(closed);
+                }
+            } else {
+                kept.push(closed);
+            }
+        }
+        self.closed = kept;
+    }
+
+    fn finish(&mut self) {
+        if let Err(err) = self.file.sync_all() {
+            tracing::error!(error = %err, "final WAL sync failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path, max_segment_bytes: u64) -> WalOptions {
+        WalOptions {
+            dir: dir.to_path_buf(),
+            sync_mode: WalSyncMode::Fdatasync,
+            max_segment_bytes,
+            max_segment_age: Duration::from_secs(3600),
+        }
+    }
+
+    fn collect(dir: &Path) -> (Vec<(Lsn, Vec<u8>)>, Recovery) {
+        let mut entries = Vec::new();
+        let recovery = replay(dir, |lsn, payload| entries.push((lsn, payload.to_vec()))).unwrap();
+        (entries, recovery)
+    }
+
+    #[tokio::test]
+    async fn appends_replay_in_order_and_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, recovery) = collect(dir.path());
+        let wal = Wal::start(options(dir.path(), 1 << 20), 1, recovery).unwrap();
+        let acks: Vec<_> = (1..=5)
+            .map(|lsn| wal.append(lsn, vec![Bytes::from(format!("entry-{lsn}"))]))
+            .collect();
+        for ack in acks {
+            ack.await.unwrap().unwrap();
+        }
+        wal.close().await;
+
+        let (_, path) = segment::list_segments(dir.path()).unwrap().pop().unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&[42, 0, 0, 0, 1, 2]).unwrap();
+
+        let (entries, recovery) = collect(dir.path());
+        let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
+        assert_eq!(lsns, vec![1, 2, 3, 4, 5]);
+        assert_eq!(entries[2].1, b"entry-3");
+        assert_eq!(recovery.truncated_segments, 1);
+        assert_eq!(recovery.last_lsn, Some(5));
+        let (_, again) = collect(dir.path());
+        assert_eq!(again.truncated_segments, 0);
+    }
+
+    #[tokio::test]
+    async fn released_segments_are_deleted_and_unreleased_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, recovery) = collect(dir.path());
+        // Tiny segments: every group rotates.
+        let wal = Wal::start(options(dir.path(), 1), 1, recovery).unwrap();
+        for lsn in 1..=4 {
+            wal.append(lsn, vec![Bytes::from_static(b"x")])
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        wal.release_through(2);
+        wal.close().await;
+        let (entries, _) = collect(dir.path());
+        let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
+        assert_eq!(lsns, vec![3, 4]);
+    }
+
+    #[tokio::test]
+    async fn append_after_close_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, recovery) = collect(dir.path());
+        let wal = Wal::start(options(dir.path(), 1 << 20), 1, recovery).unwrap();
+        wal.close().await;
+        let result = wal.append(1, vec![Bytes::from_static(b"late")]).await;
+        assert!(matches!(result, Ok(Err(WalError::Closed)) | Err(_)));
+    }
+}

@@ -1,0 +1,121 @@
+//! WAL segment files: naming, header, reading back with torn-tail repair.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::frame::RecordReader;
+
+use super::{Lsn, WalError};
+
+const MAGIC: &[u8; 8] = b"ARCDBWAL";
+const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 12;
+
+/// A segment is named after the first LSN it may contain, so name order is log order.
+pub fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
+    dir.join(format!("{first_lsn:020}.wal"))
+}
+
+/// Segment files of `dir` as (first LSN, path), in log order.
+pub fn list_segments(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, WalError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| WalError::io(dir, e))? {
+        let entry = entry.map_err(|e| WalError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+            continue;
+        };
+        if let Ok(first) = stem.parse::<Lsn>() {
+            segments.push((first, entry.path()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Creates a new segment with its header written and the directory entry made durable.
+pub fn create_segment(dir: &Path, first_lsn: Lsn) -> Result<(File, PathBuf), WalError> {
+    let path = segment_path(dir, first_lsn);
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| WalError::io(&path, e))?;
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    file.write_all(&header)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| WalError::io(&path, e))?;
+    sync_dir(dir)?;
+    Ok((file, path))
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WalError::io(dir, e))
+}
+
+/// What reading a segment back found.
+pub struct SegmentContents {
+    pub data: Vec<u8>,
+    /// Byte length of the intact prefix (header included).
+    pub valid_len: usize,
+    pub torn: bool,
+}
+
+impl SegmentContents {
+    pub fn records(&self) -> RecordReader<'_> {
+        RecordReader::new(&self.data[HEADER_LEN.min(self.data.len())..self.valid_len])
+    }
+}
+
+/// Reads a whole segment and finds its intact prefix. A file too short for its header, or with a
+/// foreign header, counts as torn at offset zero (a crash during creation leaves such files).
+pub fn read_segment(path: &Path) -> Result<SegmentContents, WalError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| WalError::io(path, e))?;
+    if data.len() < HEADER_LEN
+        || &data[..8] != MAGIC
+        || u32::from_le_bytes(data[8..12].try_into().unwrap()) != VERSION
+    {
+        let torn = !data.is_empty();
+        return Ok(SegmentContents {
+            data,
+            valid_len: 0,
+            torn,
+        });
+    }
+    let mut reader = RecordReader::new(&data[HEADER_LEN..]);
+    for _ in reader.by_ref() {}
+    let valid_len = HEADER_LEN + reader.valid_len();
+    let torn = reader.is_torn();
+    Ok(SegmentContents {
+        data,
+        valid_len,
+        torn,
+    })
+}
+
+/// Cuts a segment back to its intact prefix and makes that durable.
+pub fn truncate_segment(path: &Path, len: usize) -> Result<(), WalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| WalError::io(path, e))?;
+    file.set_len(len as u64)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| WalError::io(path, e))
+}
+
+pub fn remove_segment(path: &Path) -> Result<(), WalError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(WalError::io(path, e)),
+    }
+}

@@ -1,0 +1,8 @@
+//! The integration test binary: real `arcdb` processes on loopback, real files, real S3 (Garage).
+
+mod bad_input;
+mod crash;
+mod garage;
+mod harness;
+mod s3;
+mod write;
