@@ -106,7 +106,7 @@ fn bodies(protocol: &str, compression: &str, options: &Options) -> Result<Vec<By
             }
             "lp" => {
                 let mut buf = String::with_capacity(options.batch * 100);
-                for i in 0..options.batch {
+                for (i, time) in times.iter().enumerate() {
                     use std::fmt::Write;
                     writeln!(
                         buf,
@@ -115,7 +115,7 @@ fn bodies(protocol: &str, compression: &str, options: &Options) -> Result<Vec<By
                         field(i, 1),
                         field(i, 2),
                         field(i, 3),
-                        times[i] * 1000
+                        time * 1000
                     )?;
                 }
                 buf.into_bytes()
@@ -173,13 +173,11 @@ async fn start_server(options: &Options) -> Result<LocalServer> {
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("{url}/ready"))
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        != Ok(true)
-    {
+    loop {
+        let ready = client.get(format!("{url}/ready")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
         if Instant::now() > deadline {
             bail!("arcdb did not become ready");
         }

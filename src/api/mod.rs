@@ -178,3 +178,45 @@ impl From<FlushError> for ApiError {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn call(state: &Arc<AppState>, method: &str, path: &str) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::from("cpu v=1"))
+            .unwrap();
+        let response = router(Arc::clone(state)).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn not_ready_while_starting_or_draining_and_writes_are_refused() {
+        let state = Arc::new(AppState::new(1 << 20));
+        assert_eq!(call(&state, "GET", "/health").await.0, StatusCode::OK);
+        let (status, body) = call(&state, "GET", "/ready").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("\"reason\":\"starting\""), "{body}");
+        let (status, body) = call(&state, "POST", "/write").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("starting"), "{body}");
+
+        state.set_draining();
+        let (status, body) = call(&state, "GET", "/ready").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("shutting_down"), "{body}");
+        let (status, body) = call(&state, "POST", "/api/v1/write/msgpack").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("shutting down"), "{body}");
+    }
+}

@@ -301,11 +301,11 @@ impl BufferSet {
 
     /// Drops a chunk whose files are registered.
     pub fn chunk_flushed(&mut self, key: &MeasurementKey, chunk: &Arc<Chunk>) {
-        if let Some(table) = self.tables.get_mut(key) {
-            if table.frozen.front().is_some_and(|c| Arc::ptr_eq(c, chunk)) {
-                table.frozen.pop_front();
-                self.bytes -= chunk.bytes;
-            }
+        if let Some(table) = self.tables.get_mut(key)
+            && table.frozen.front().is_some_and(|c| Arc::ptr_eq(c, chunk))
+        {
+            table.frozen.pop_front();
+            self.bytes -= chunk.bytes;
         }
     }
 

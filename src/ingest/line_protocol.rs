@@ -277,8 +277,8 @@ impl<'a> LineParts<'a> {
             .position(|&b| b == b' ')
             .map_or(len, |p| i + p);
         self.timestamp = match parse_integer(&line[i..timestamp_end]) {
-            Integer::Value(timestamp) => Some(timestamp),
-            Integer::Overflow | Integer::NotInteger => None,
+            IntLiteral::Value(timestamp) => Some(timestamp),
+            IntLiteral::Overflow | IntLiteral::Malformed => None,
         };
         Some(())
     }
@@ -400,12 +400,12 @@ fn classify_bare_value(raw: &[u8]) -> Option<FieldValue<'_>> {
     let integer = match last {
         b'i' => parse_integer(body),
         b'u' => parse_unsigned(body),
-        _ => Integer::NotInteger,
+        _ => IntLiteral::Malformed,
     };
     match integer {
-        Integer::Value(v) => return Some(FieldValue::Int(v)),
-        Integer::Overflow => return None,
-        Integer::NotInteger => {}
+        IntLiteral::Value(v) => return Some(FieldValue::Int(v)),
+        IntLiteral::Overflow => return None,
+        IntLiteral::Malformed => {}
     }
     if let Some(v) = parse_float(raw) {
         return Some(FieldValue::Float(v));
@@ -418,22 +418,22 @@ fn classify_bare_value(raw: &[u8]) -> Option<FieldValue<'_>> {
 
 /// Outcome of reading a decimal integer literal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Integer {
+enum IntLiteral {
     Value(i64),
     /// Looks like an integer but does not fit in an i64.
     Overflow,
-    NotInteger,
+    Malformed,
 }
 
 /// `[+-]?[0-9]+` as an i64.
-fn parse_integer(text: &[u8]) -> Integer {
+fn parse_integer(text: &[u8]) -> IntLiteral {
     let (negative, digits) = match text.split_first() {
         Some((b'-', digits)) => (true, digits),
         Some((b'+', digits)) => (false, digits),
         _ => (false, text),
     };
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Integer::NotInteger;
+        return IntLiteral::Malformed;
     }
     // Accumulating downwards reaches i64::MIN without overflowing.
     let mut value: i64 = 0;
@@ -443,22 +443,22 @@ fn parse_integer(text: &[u8]) -> Integer {
             .and_then(|v| v.checked_sub(i64::from(digit - b'0')))
         {
             Some(v) => value = v,
-            None => return Integer::Overflow,
+            None => return IntLiteral::Overflow,
         }
     }
     if negative {
-        Integer::Value(value)
+        IntLiteral::Value(value)
     } else {
         value
             .checked_neg()
-            .map_or(Integer::Overflow, Integer::Value)
+            .map_or(IntLiteral::Overflow, IntLiteral::Value)
     }
 }
 
 /// `[0-9]+` as an unsigned integer that must also fit in an i64 (the column type).
-fn parse_unsigned(digits: &[u8]) -> Integer {
+fn parse_unsigned(digits: &[u8]) -> IntLiteral {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Integer::NotInteger;
+        return IntLiteral::Malformed;
     }
     let mut value: i64 = 0;
     for &digit in digits {
@@ -467,10 +467,10 @@ fn parse_unsigned(digits: &[u8]) -> Integer {
             .and_then(|v| v.checked_add(i64::from(digit - b'0')))
         {
             Some(v) => value = v,
-            None => return Integer::Overflow,
+            None => return IntLiteral::Overflow,
         }
     }
-    Integer::Value(value)
+    IntLiteral::Value(value)
 }
 
 /// A finite float, or `None` (infinities and NaN count as text).

@@ -1396,12 +1396,7 @@ mod tests {
                 "{value:?}"
             );
         }
-        for t in [
-            Mp::from("now"),
-            Mp::Nil,
-            Mp::F64(1.0),
-            Mp::from(i64::MAX / 10),
-        ] {
+        for t in [Mp::from("now"), Mp::Nil, Mp::F64(1.0), Mp::from(u64::MAX)] {
             let value = row(vec![fields(), ("t", t.clone())]);
             assert!(
                 matches!(decode_value(&value), Err(DecodeError::InvalidTime { .. })),
@@ -1453,7 +1448,7 @@ mod tests {
 
     // ---- property tests ----
 
-    /// A timestamp whose magnitude selects `unit`, with the factor to µs as a closure.
+    /// A timestamp from any of the magnitude bands that select an epoch unit.
     fn epoch() -> impl Strategy<Value = i64> {
         prop_oneof![
             -9_999_999_999i64..10_000_000_000,
@@ -1490,14 +1485,13 @@ mod tests {
 
     impl GenColumn {
         fn encode(&self) -> Mp {
-            let encode_all = |cells: Vec<Mp>| Mp::Array(cells);
             match self {
                 GenColumn::Ints(values) => {
-                    encode_all(values.iter().map(|v| v.map_or(Mp::Nil, Mp::from)).collect())
+                    Mp::Array(values.iter().map(|v| v.map_or(Mp::Nil, Mp::from)).collect())
                 }
                 GenColumn::Floats(values) => {
                     let mut seen_float = false;
-                    encode_all(
+                    Mp::Array(
                         values
                             .iter()
                             .map(|v| match v {
@@ -1520,7 +1514,7 @@ mod tests {
                             .collect(),
                     )
                 }
-                GenColumn::Strings(values) => encode_all(
+                GenColumn::Strings(values) => Mp::Array(
                     values
                         .iter()
                         .map(|v| match v {
@@ -1531,7 +1525,7 @@ mod tests {
                         .collect(),
                 ),
                 GenColumn::Bools(values) => {
-                    encode_all(values.iter().map(|v| v.map_or(Mp::Nil, Mp::from)).collect())
+                    Mp::Array(values.iter().map(|v| v.map_or(Mp::Nil, Mp::from)).collect())
                 }
             }
         }

@@ -11,7 +11,8 @@ mod segment;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,7 @@ enum Command {
 pub struct Wal {
     commands: mpsc::Sender<Command>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    groups_written: Arc<AtomicU64>,
 }
 
 impl Wal {
@@ -132,7 +134,9 @@ impl Wal {
         }
         let (file, path) = segment::create_segment(&options.dir, next_lsn)?;
         let (commands, receiver) = mpsc::channel();
+        let groups_written = Arc::new(AtomicU64::new(0));
         let writer = Writer {
+            groups_written: Arc::clone(&groups_written),
             file,
             path,
             size: segment::HEADER_LEN as u64,
@@ -149,7 +153,13 @@ impl Wal {
         Ok(Wal {
             commands,
             thread: std::sync::Mutex::new(Some(thread)),
+            groups_written,
         })
+    }
+
+    /// How many groups of entries were written (each with one sync, unless `async`).
+    pub fn groups_written(&self) -> u64 {
+        self.groups_written.load(Ordering::Relaxed)
     }
 
     /// Queues an entry; the receiver resolves once it is durable per the sync mode.
@@ -186,6 +196,7 @@ impl Wal {
 const MAX_GROUP_BYTES: usize = 32 << 20;
 
 struct Writer {
+    groups_written: Arc<AtomicU64>,
     file: File,
     path: PathBuf,
     size: u64,
@@ -263,6 +274,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.size += written;
+                self.groups_written.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(err) => {
@@ -284,10 +296,11 @@ impl Writer {
     fn rotate_if_due(&mut self) {
         let due = self.size >= self.options.max_segment_bytes
             || self.opened_at.elapsed() >= self.options.max_segment_age;
-        if due && self.last_lsn.is_some() {
-            if let Err(err) = self.rotate() {
-                tracing::error!(error = %err, "WAL segment rotation failed");
-            }
+        if due
+            && self.last_lsn.is_some()
+            && let Err(err) = self.rotate()
+        {
+            tracing::error!(error = %err, "WAL segment rotation failed");
         }
     }
 
@@ -396,6 +409,23 @@ mod tests {
         let (entries, _) = collect(dir.path());
         let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
         assert_eq!(lsns, vec![3, 4]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, recovery) = collect(dir.path());
+        let wal = Wal::start(options(dir.path(), 1 << 30), 1, recovery).unwrap();
+        let acks: Vec<_> = (1..=2000)
+            .map(|lsn| wal.append(lsn, vec![Bytes::from(vec![7u8; 1000])]))
+            .collect();
+        for ack in acks {
+            ack.await.unwrap().unwrap();
+        }
+        let groups = wal.groups_written();
+        assert!(groups < 2000, "2000 appends took {groups} syncs");
+        wal.close().await;
+        assert_eq!(collect(dir.path()).0.len(), 2000);
     }
 
     #[tokio::test]

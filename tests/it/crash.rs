@@ -37,7 +37,7 @@ fn request_body(
     writer: usize,
     attempt: usize,
 ) -> (String, Vec<(&'static str, String)>, Vec<u8>) {
-    let measurement = if attempt % 2 == 0 {
+    let measurement = if attempt.is_multiple_of(2) {
         "crash_a"
     } else {
         "crash_b"
@@ -193,11 +193,15 @@ pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize)
     let mut keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
     keys.sort();
     assert_eq!(keys, manifest_paths(&server.meta_dir()));
+    let log = server.log();
     eprintln!(
-        "crash test: {rounds} rounds, {} acknowledged rows, {} stored rows, {} files",
+        "crash test: {rounds} rounds, {} acknowledged rows, {} stored rows, {} files; \
+         recoveries saw {} torn WAL tails and removed {} unregistered uploads",
         acknowledged.len(),
         stored.len(),
-        files.len()
+        files.len(),
+        log.matches("torn tail").count(),
+        log.matches("removing unregistered data file").count(),
     );
 }
 

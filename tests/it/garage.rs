@@ -86,7 +86,20 @@ admin_token = "arcdb-test-admin"
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     die_with_parent(&mut server);
-    server.spawn().unwrap_or_else(|e| {
+    // The parent-death signal follows the spawning thread, and test threads end early: spawn
+    // from a thread that lives as long as the test process.
+    let (spawned_tx, spawned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let child = server.spawn();
+        let failed = child.is_err();
+        spawned_tx.send(child.map(|_| ())).unwrap();
+        if !failed {
+            loop {
+                std::thread::park();
+            }
+        }
+    });
+    spawned.recv().unwrap().unwrap_or_else(|e| {
         panic!(
             "cannot start garage ({}): {e}; install it with `cargo install garage --locked`",
             garage_binary().display()

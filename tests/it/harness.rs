@@ -101,10 +101,10 @@ impl Server {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("arcdb exited during start-up ({status}):\n{}", self.log());
             }
-            if let Ok(response) = self.client.get(self.url("/ready")).send().await {
-                if response.status() == StatusCode::OK {
-                    return;
-                }
+            if let Ok(response) = self.client.get(self.url("/ready")).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -185,8 +185,10 @@ impl Server {
 
     /// The storage this server writes to, opened with arcdb's own storage code.
     pub fn storage(&self) -> Storage {
-        let mut config = StorageConfig::default();
-        config.local_path = self.dir.join("data/arc").to_string_lossy().into_owned();
+        let mut config = StorageConfig {
+            local_path: self.dir.join("data/arc").to_string_lossy().into_owned(),
+            ..StorageConfig::default()
+        };
         for (key, value) in &self.env {
             match key.as_str() {
                 "ARC_STORAGE_BACKEND" => {

@@ -143,9 +143,9 @@ pub async fn assert_stored(server: &Server, expected: &Expected) {
         }
         rows.extend(file_rows(file));
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.sort_by_key(|a| a.0);
     let mut want = expected.rows.clone();
-    want.sort_by(|a, b| a.0.cmp(&b.0));
+    want.sort_by_key(|a| a.0);
     assert_eq!(rows, want, "rows of {prefix}");
 }
 
@@ -511,4 +511,55 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
+}
+
+#[tokio::test]
+async fn files_are_sorted_by_sort_keys_then_time_with_configured_compression_and_statistics() {
+    let mut server = Server::start(&[
+        ("ARC_INGEST_SORT_KEYS", "sorted:host"),
+        ("ARC_INGEST_COMPRESSION", "zstd"),
+    ])
+    .await;
+    let t = |s: i64| (BASE_US + s * 1_000_000) * 1000;
+    let body = format!(
+        "sorted,host=b v=1 {}\nsorted,host=a v=2 {}\nsorted,host=b v=3 {}\nsorted,host=a v=4 {}\n\
+         plain,host=b v=1 {}\nplain,host=a v=2 {}\n",
+        t(3),
+        t(4),
+        t(1),
+        t(2),
+        t(9),
+        t(5),
+    );
+    post_ok(&server, "/write?db=s", &[], body.into_bytes()).await;
+    server.flush().await;
+    let storage = server.storage();
+
+    let sorted = &stored_files(&storage, "s/sorted/").await[0];
+    let order: Vec<(String, i64)> = file_rows(sorted)
+        .into_iter()
+        .map(|(time, cells)| match &cells["host"] {
+            Cell::Text(host) => (host.clone(), (time - BASE_US) / 1_000_000),
+            other => panic!("host is {other:?}"),
+        })
+        .collect();
+    let expected = [("a", 2), ("a", 4), ("b", 1), ("b", 3)].map(|(h, s)| (h.to_string(), s));
+    assert_eq!(order, expected);
+
+    let plain = &stored_files(&storage, "s/plain/").await[0];
+    let times: Vec<i64> = file_rows(plain).into_iter().map(|(t, _)| t).collect();
+    assert!(times.is_sorted(), "default sort key is time");
+
+    let bytes = storage.get(&sorted.key).await.unwrap();
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes).unwrap();
+    use parquet::file::reader::FileReader;
+    let row_group = reader.metadata().row_group(0);
+    for column in row_group.columns() {
+        assert!(matches!(
+            column.compression(),
+            parquet::basic::Compression::ZSTD(_)
+        ));
+        assert!(column.statistics().is_some(), "statistics on");
+    }
+    assert!(server.stop().await.success());
 }
