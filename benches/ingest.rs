@@ -281,13 +281,23 @@ fn main() -> Result<()> {
                 let path = if protocol == "msgpack" { "/api/v1/write/msgpack" } else { "/api/v1/write/line-protocol" };
                 let outcome = drive(&url, path, bodies, &options).await?;
                 let rate = outcome.records as f64 / outcome.elapsed.as_secs_f64();
+                // What is still buffered when the load stops shows whether flushing kept up.
+                let drain = Instant::now();
+                let flushed = reqwest::Client::new()
+                    .post(format!("{url}/api/v1/write/line-protocol/flush"))
+                    .send()
+                    .await?;
+                if !flushed.status().is_success() {
+                    bail!("flush failed: {}", flushed.text().await?);
+                }
                 println!(
-                    "{protocol:>8} {compression:>5}: {rate:>12.0} records/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, {} records, {:.1} s)",
+                    "{protocol:>8} {compression:>5}: {rate:>12.0} records/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, {} records, {:.1} s; final flush {} ms)",
                     percentile(&outcome.latencies_us, 0.50),
                     percentile(&outcome.latencies_us, 0.99),
                     outcome.requests,
                     outcome.records,
                     outcome.elapsed.as_secs_f64(),
+                    drain.elapsed().as_millis(),
                 );
                 drop(server);
             }

@@ -3,8 +3,10 @@
 //! Every accepted request becomes one entry with a log sequence number (LSN), the position a
 //! replica will later follow. Entries go to a single writer thread that writes everything queued
 //! since its last sync and then syncs once (group commit), so concurrent requests share one
-//! `fdatasync`. A segment file is deleted only when the flush path says every row of it is in
-//! Parquet files registered in the manifest ([`Wal::release_through`]).
+//! `fdatasync`. A segment file is given up only when the flush path says every row of it is in
+//! Parquet files registered in the manifest ([`Wal::release_through`]); it is then kept as a
+//! spare and overwritten by a later segment, because deleting large files stalls the syncs of
+//! the file system's journal.
 
 mod segment;
 
@@ -64,15 +66,23 @@ pub struct Recovery {
     pub entries: u64,
     pub truncated_segments: usize,
     segments: Vec<ClosedSegment>,
+    spares: Vec<PathBuf>,
 }
+
+/// Spare segment files kept for reuse; released segments beyond this are deleted.
+const MAX_SPARES: usize = 4;
 
 /// Reads every segment in log order, handing each intact entry to `on_entry`. A torn tail
 /// (a crash mid-write) is cut off the file; it is never an error.
 pub fn replay(dir: &Path, mut on_entry: impl FnMut(Lsn, &[u8])) -> Result<Recovery, WalError> {
     std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
-    let mut recovery = Recovery::default();
-    for (_, path) in segment::list_segments(dir)? {
-        let contents = segment::read_segment(&path)?;
+    let listing = segment::list_segments(dir)?;
+    let mut recovery = Recovery {
+        spares: listing.spares,
+        ..Recovery::default()
+    };
+    for (first_lsn, path) in listing.segments {
+        let contents = segment::read_segment(&path, first_lsn)?;
         let mut last_lsn = None;
         for (lsn, payload) in contents.records() {
             on_entry(lsn, payload);
@@ -84,7 +94,7 @@ pub fn replay(dir: &Path, mut on_entry: impl FnMut(Lsn, &[u8])) -> Result<Recove
                 segment = %path.display(),
                 valid_bytes = contents.valid_len,
                 file_bytes = contents.data.len(),
-                "WAL segment has a torn tail; truncating it"
+                "WAL segment ends in a torn or stale record; cutting it there"
             );
             segment::truncate_segment(&path, contents.valid_len)?;
             recovery.truncated_segments += 1;
@@ -132,7 +142,12 @@ impl Wal {
                 segment::remove_segment(&replayed.path)?;
             }
         }
-        let (file, path) = segment::create_segment(&options.dir, next_lsn)?;
+        let mut spares = recovery.spares;
+        spares.truncate(MAX_SPARES);
+        let (file, path) = match spares.pop() {
+            Some(spare) => segment::reuse_spare(&options.dir, &spare, next_lsn)?,
+            None => segment::create_segment(&options.dir, next_lsn)?,
+        };
         let (commands, receiver) = mpsc::channel();
         let groups_written = Arc::new(AtomicU64::new(0));
         let writer = Writer {
@@ -143,6 +158,7 @@ impl Wal {
             opened_at: Instant::now(),
             last_lsn: None,
             closed,
+            spares,
             buf: Vec::with_capacity(1 << 20),
             options,
         };
@@ -203,6 +219,7 @@ struct Writer {
     opened_at: Instant,
     last_lsn: Option<Lsn>,
     closed: Vec<ClosedSegment>,
+    spares: Vec<PathBuf>,
     buf: Vec<u8>,
     options: WalOptions,
 }
@@ -304,12 +321,14 @@ impl Writer {
         }
     }
 
+    /// Starts the next segment, reusing a spare file when there is one. The old segment needs
+    /// no sync: every group written to it was synced as the mode requires.
     fn rotate(&mut self) -> Result<(), WalError> {
         let next_first = self.last_lsn.map_or(0, |lsn| lsn + 1);
-        self.file
-            .sync_all()
-            .map_err(|e| WalError::io(&self.path, e))?;
-        let (file, path) = segment::create_segment(&self.options.dir, next_first)?;
+        let (file, path) = match self.spares.pop() {
+            Some(spare) => segment::reuse_spare(&self.options.dir, &spare, next_first)?,
+            None => segment::create_segment(&self.options.dir, next_first)?,
+        };
         let old_path = std::mem::replace(&mut self.path, path);
         self.file = file;
         self.closed.push(ClosedSegment {
@@ -322,18 +341,22 @@ impl Writer {
     }
 
     fn release(&mut self, through: Lsn) {
-        let mut kept = Vec::with_capacity(self.closed.len());
-        for closed in self.closed.drain(..) {
-            if closed.last_lsn.is_none_or(|last| last <= through) {
-                if let Err(err) = segment::remove_segment(&closed.path) {
-                    tracing::error!(error = %err, "could not delete released WAL segment");
-                    kept.push(closed);
-                }
+        let (released, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed)
+            .into_iter()
+            .partition(|closed| closed.last_lsn.is_none_or(|last| last <= through));
+        self.closed = kept;
+        for closed in released {
+            let outcome = if self.spares.len() < MAX_SPARES {
+                segment::make_spare(&closed.path).map(|spare| self.spares.push(spare))
             } else {
-                kept.push(closed);
+                segment::remove_segment(&closed.path)
+            };
+            // A released segment left in place is harmless: replay skips rows already in
+            // registered files.
+            if let Err(err) = outcome {
+                tracing::error!(error = %err, "could not recycle released WAL segment");
             }
         }
-        self.closed = kept;
     }
 
     fn finish(&mut self) {
@@ -375,7 +398,11 @@ mod tests {
         }
         wal.close().await;
 
-        let (_, path) = segment::list_segments(dir.path()).unwrap().pop().unwrap();
+        let (_, path) = segment::list_segments(dir.path())
+            .unwrap()
+            .segments
+            .pop()
+            .unwrap();
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -393,7 +420,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn released_segments_are_deleted_and_unreleased_kept() {
+    async fn released_segments_are_recycled_and_unreleased_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (_, recovery) = collect(dir.path());
         // Tiny segments: every group rotates.
@@ -406,9 +433,23 @@ mod tests {
         }
         wal.release_through(2);
         wal.close().await;
-        let (entries, _) = collect(dir.path());
+        let (entries, recovery) = collect(dir.path());
         let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
         assert_eq!(lsns, vec![3, 4]);
+        assert_eq!(recovery.spares.len(), 2);
+
+        // Spares are overwritten by later segments; their stale entries never come back.
+        let wal = Wal::start(options(dir.path(), 1), 5, recovery).unwrap();
+        for lsn in 5..=7 {
+            wal.append(lsn, vec![Bytes::from_static(b"y")])
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        wal.close().await;
+        let (entries, _) = collect(dir.path());
+        let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
+        assert_eq!(lsns, vec![3, 4, 5, 6, 7]);
     }
 
     #[tokio::test]

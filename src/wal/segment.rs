@@ -17,21 +17,65 @@ pub fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
     dir.join(format!("{first_lsn:020}.wal"))
 }
 
-/// Segment files of `dir` as (first LSN, path), in log order.
-pub fn list_segments(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, WalError> {
+/// The files of a WAL directory.
+pub struct Listing {
+    /// (first LSN, path), in log order.
+    pub segments: Vec<(Lsn, PathBuf)>,
+    /// Released segment files kept for reuse.
+    pub spares: Vec<PathBuf>,
+}
+
+pub fn list_segments(dir: &Path) -> Result<Listing, WalError> {
     let mut segments = Vec::new();
+    let mut spares = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| WalError::io(dir, e))? {
         let entry = entry.map_err(|e| WalError::io(dir, e))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+        let Some(name) = name.to_str() else {
             continue;
         };
-        if let Ok(first) = stem.parse::<Lsn>() {
+        if name.ends_with(SPARE_SUFFIX) {
+            spares.push(entry.path());
+        } else if let Some(Ok(first)) = name.strip_suffix(".wal").map(str::parse::<Lsn>) {
             segments.push((first, entry.path()));
         }
     }
     segments.sort();
-    Ok(segments)
+    Ok(Listing { segments, spares })
+}
+
+const SPARE_SUFFIX: &str = ".spare";
+
+/// Turns a released segment into a spare for reuse. Its stale entries are harmless: a segment
+/// only accepts entries from its own first LSN upwards, and stale ones are all older.
+pub fn make_spare(path: &Path) -> Result<PathBuf, WalError> {
+    let spare = path.with_extension(&SPARE_SUFFIX[1..]);
+    fs::rename(path, &spare).map_err(|e| WalError::io(path, e))?;
+    Ok(spare)
+}
+
+/// Reuses a spare as the segment starting at `first_lsn`. Overwriting blocks the file already
+/// has avoids the allocation work (and the freeing work of deleting it) that stalls syncs.
+pub fn reuse_spare(dir: &Path, spare: &Path, first_lsn: Lsn) -> Result<(File, PathBuf), WalError> {
+    let path = segment_path(dir, first_lsn);
+    fs::rename(spare, &path).map_err(|e| WalError::io(spare, e))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| WalError::io(&path, e))?;
+    file.write_all(&header())
+        .and_then(|_| file.sync_data())
+        .map_err(|e| WalError::io(&path, e))?;
+    // The new name must be durable before entries written under it are acknowledged.
+    sync_dir(dir)?;
+    Ok((file, path))
+}
+
+fn header() -> Vec<u8> {
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header
 }
 
 /// Creates a new segment with its header written and the directory entry made durable.
@@ -42,10 +86,7 @@ pub fn create_segment(dir: &Path, first_lsn: Lsn) -> Result<(File, PathBuf), Wal
         .write(true)
         .open(&path)
         .map_err(|e| WalError::io(&path, e))?;
-    let mut header = Vec::with_capacity(HEADER_LEN);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    file.write_all(&header)
+    file.write_all(&header())
         .and_then(|_| file.sync_all())
         .map_err(|e| WalError::io(&path, e))?;
     sync_dir(dir)?;
@@ -72,9 +113,11 @@ impl SegmentContents {
     }
 }
 
-/// Reads a whole segment and finds its intact prefix. A file too short for its header, or with a
-/// foreign header, counts as torn at offset zero (a crash during creation leaves such files).
-pub fn read_segment(path: &Path) -> Result<SegmentContents, WalError> {
+/// Reads a whole segment and finds its intact prefix: the records that pass their checksum and
+/// carry LSNs rising from `first_lsn` (a reused file holds older, stale records after the
+/// current ones). A file too short for its header, or with a foreign header, counts as torn at
+/// offset zero (a crash during creation leaves such files).
+pub fn read_segment(path: &Path, first_lsn: Lsn) -> Result<SegmentContents, WalError> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
@@ -91,9 +134,18 @@ pub fn read_segment(path: &Path) -> Result<SegmentContents, WalError> {
         });
     }
     let mut reader = RecordReader::new(&data[HEADER_LEN..]);
-    for _ in reader.by_ref() {}
-    let valid_len = HEADER_LEN + reader.valid_len();
-    let torn = reader.is_torn();
+    let mut valid_len = HEADER_LEN;
+    let mut next_min = first_lsn;
+    let mut torn = false;
+    while let Some((lsn, _)) = reader.next() {
+        if lsn < next_min {
+            torn = true;
+            break;
+        }
+        next_min = lsn + 1;
+        valid_len = HEADER_LEN + reader.valid_len();
+    }
+    let torn = torn || reader.is_torn();
     Ok(SegmentContents {
         data,
         valid_len,

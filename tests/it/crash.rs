@@ -200,7 +200,7 @@ pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize)
         acknowledged.len(),
         stored.len(),
         files.len(),
-        log.matches("torn tail").count(),
+        log.matches("torn or stale record").count(),
         log.matches("removing unregistered data file").count(),
     );
 }
