@@ -7,8 +7,8 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::ingest::{PayloadFormat, Precision, WriteRequest};
@@ -130,6 +130,10 @@ fn header_database(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     }
 }
 
+/// How much of an oversized body is read and thrown away before answering 413: a client that
+/// is still sending when the connection closes may never see the answer.
+const OVERSIZE_DRAIN_BYTES: usize = 16 << 20;
+
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -140,16 +144,30 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut body = body.into_data_stream();
+    let mut collected = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut oversize = declared.is_some_and(|len| len > limit);
+    let mut drained = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|err| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("could not read request body: {err}"),
+            )
+        })?;
+        if oversize || collected.len() + chunk.len() > limit {
+            oversize = true;
+            drained += chunk.len();
+            if drained > OVERSIZE_DRAIN_BYTES {
+                break;
+            }
+        } else {
+            collected.extend_from_slice(&chunk);
+        }
+    }
+    if oversize {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(too_large()),
-        Err(err) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("could not read request body: {err}"),
-        )),
-    }
+    Ok(collected.freeze())
 }
