@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, AppState, WritePath};
 use crate::buffer::Buffers;
 use crate::config::Config;
-use crate::flush::Flusher;
+use crate::flush::{Flusher, PendingUploads};
 use crate::ingest::{IngestLimits, Ingester, replay_entry};
 use crate::meta::{Meta, MetaError};
 use crate::storage::{Storage, StorageError};
@@ -37,6 +37,8 @@ pub enum NodeError {
     Wal(#[from] WalError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("pending-uploads journal: {0}")]
+    PendingUploads(std::io::Error),
 }
 
 /// Writes are refused above this much buffered data, so an unreachable storage backend makes
@@ -150,7 +152,10 @@ async fn start_write_path(config: &Config) -> Result<StartedWritePath, NodeError
         max_buffer_rows: config.ingest.max_buffer_size,
         max_buffered_bytes: MAX_BUFFERED_BYTES,
     };
-    let buffers = Arc::new(Buffers::new(&meta.state(), meta.state().max_flushed_lsn()));
+    let buffers = {
+        let state = meta.state();
+        Arc::new(Buffers::new(&state, state.max_flushed_lsn()))
+    };
     let wal = if config.wal.enabled {
         let options = WalOptions {
             dir: config.wal.directory.clone().into(),
@@ -163,7 +168,7 @@ async fn start_write_path(config: &Config) -> Result<StartedWritePath, NodeError
         let recovery = tokio::task::spawn_blocking(move || {
             let state = replay_meta.state();
             wal::replay(&dir, |lsn, payload| {
-                if let Err(err) = replay_entry(&replay_buffers, &state, lsn, payload, &limits) {
+                if let Err(err) = replay_entry(&replay_buffers, &state, lsn, payload) {
                     tracing::error!(lsn, error = %err, "WAL entry could not be replayed");
                 }
             })
@@ -187,10 +192,14 @@ async fn start_write_path(config: &Config) -> Result<StartedWritePath, NodeError
     } else {
         config.cluster.node_id.clone()
     };
+    let pending_uploads =
+        PendingUploads::open(&Path::new(&config.meta.directory).join("pending-uploads"))
+            .map_err(NodeError::PendingUploads)?;
     let flusher = Arc::new(Flusher::new(
         Arc::clone(&buffers),
         storage,
         meta,
+        pending_uploads,
         wal.clone(),
         config.ingest.clone(),
         node_id,

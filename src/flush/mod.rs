@@ -2,11 +2,16 @@
 //!
 //! The order is the durability contract: a WAL segment may go only once every row in it is in a
 //! file that the manifest lists. A crash between upload and registration leaves an unlisted
-//! object, which [`reconcile_storage`] removes at start-up while the WAL replays its rows.
+//! object; its key was journaled in [`PendingUploads`] before the upload, so start-up removes it
+//! while the WAL replays its rows. Only such keys are ever removed: a bucket may hold files this
+//! node did not write (an Arc installation being migrated, other writers).
 
 pub mod parquet;
 
 use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +23,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::buffer::{Buffers, FlushPolicy, MeasurementKey};
 use crate::config::IngestConfig;
 use crate::meta::{Meta, MetaCommand, MetaError};
-use crate::storage::{Storage, StorageError, paths};
+use crate::storage::{Storage, StorageError};
 use crate::wal::Wal;
 
 use self::parquet::{EncodeError, FlushTarget, ParquetOptions, encode_chunk};
@@ -31,6 +36,91 @@ pub enum FlushError {
     Storage(#[from] StorageError),
     #[error("registering files of {key} failed: {source}")]
     Meta { key: String, source: MetaError },
+    #[error("pending-uploads journal: {0}")]
+    Journal(#[from] io::Error),
+}
+
+/// Local journal of object keys about to be uploaded, so that uploads a crash left unregistered
+/// can be found and removed without touching anything else in the bucket.
+pub struct PendingUploads {
+    journal: Mutex<Journal>,
+}
+
+struct Journal {
+    file: File,
+    bytes: u64,
+    /// Flushes between `record` and `registered`. A flush that failed never reports back, so its
+    /// keys stay journaled until the next start-up cleans them.
+    in_flight: usize,
+}
+
+/// Journal size above which it is emptied once no flush is in flight.
+const JOURNAL_RESET_BYTES: u64 = 1 << 20;
+
+impl PendingUploads {
+    pub fn open(path: &Path) -> io::Result<PendingUploads> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let bytes = file.metadata()?.len();
+        Ok(PendingUploads {
+            journal: Mutex::new(Journal {
+                file,
+                bytes,
+                in_flight: 0,
+            }),
+        })
+    }
+
+    /// Durably notes keys before they are uploaded. Blocking.
+    fn record(&self, keys: &[String]) -> io::Result<()> {
+        let lines: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        let mut journal = self.journal.lock().unwrap();
+        journal.file.write_all(lines.as_bytes())?;
+        journal.file.sync_data()?;
+        journal.bytes += lines.len() as u64;
+        journal.in_flight += 1;
+        Ok(())
+    }
+
+    /// A recorded flush registered its files: its keys are no longer pending.
+    fn registered(&self) {
+        let mut journal = self.journal.lock().unwrap();
+        journal.in_flight -= 1;
+        if journal.in_flight == 0 && journal.bytes > JOURNAL_RESET_BYTES {
+            // Unsynced is fine: every key in it is registered, so a stale copy is harmless.
+            match journal.file.set_len(0) {
+                Ok(()) => journal.bytes = 0,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not reset the pending-uploads journal")
+                }
+            }
+        }
+    }
+
+    /// Every key noted since the journal was last emptied.
+    fn keys(&self) -> io::Result<Vec<String>> {
+        let mut journal = self.journal.lock().unwrap();
+        let mut text = String::new();
+        journal.file.rewind()?;
+        journal.file.read_to_string(&mut text)?;
+        // A torn last line is a key whose upload never started.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        Ok(complete.lines().map(str::to_string).collect())
+    }
+
+    fn clear(&self) -> io::Result<()> {
+        let mut journal = self.journal.lock().unwrap();
+        journal.file.set_len(0)?;
+        journal.file.sync_data()?;
+        journal.bytes = 0;
+        Ok(())
+    }
 }
 
 /// How long a measurement whose flush failed waits before the next attempt.
@@ -40,6 +130,7 @@ pub struct Flusher {
     buffers: Arc<Buffers>,
     storage: Storage,
     meta: Arc<Meta>,
+    pending_uploads: Arc<PendingUploads>,
     wal: Option<Arc<Wal>>,
     options: ParquetOptions,
     ingest: IngestConfig,
@@ -58,6 +149,7 @@ impl Flusher {
         buffers: Arc<Buffers>,
         storage: Storage,
         meta: Arc<Meta>,
+        pending_uploads: PendingUploads,
         wal: Option<Arc<Wal>>,
         ingest: IngestConfig,
         node_id: String,
@@ -70,6 +162,7 @@ impl Flusher {
             buffers,
             storage,
             meta,
+            pending_uploads: Arc::new(pending_uploads),
             wal,
             options: ParquetOptions::from_config(&ingest),
             ingest,
@@ -132,15 +225,17 @@ impl Flusher {
         Ok(written)
     }
 
-    /// Runs start-up reconciliation once it can succeed. It happens here rather than before
+    /// Runs start-up clean-up once it can succeed. It happens here rather than before
     /// the node accepts writes so that an unreachable storage backend delays flushes (the WAL
     /// holds the rows) instead of keeping the node down.
     async fn ensure_reconciled(&self) -> Result<(), FlushError> {
         self.reconciled
             .get_or_try_init(|| async {
-                let report = reconcile_storage(&self.storage, &self.meta).await?;
-                if report != Reconciliation::default() {
-                    tracing::warn!(?report, "storage reconciled with the manifest");
+                let removed =
+                    remove_unregistered_uploads(&self.storage, &self.meta, &self.pending_uploads)
+                        .await?;
+                if removed > 0 {
+                    tracing::warn!(removed, "removed uploads that a crash left unregistered");
                 }
                 Ok::<_, FlushError>(())
             })
@@ -179,6 +274,11 @@ impl Flusher {
             .expect("encode task panicked")?
         };
 
+        let journal = Arc::clone(&self.pending_uploads);
+        let keys: Vec<String> = files.iter().map(|f| f.entry.path.clone()).collect();
+        tokio::task::spawn_blocking(move || journal.record(&keys))
+            .await
+            .expect("journal task panicked")?;
         let uploads = join_all(
             files
                 .iter()
@@ -202,7 +302,10 @@ impl Flusher {
             .await
             .expect("meta commit task panicked");
         match committed {
-            Ok(()) => Ok(count),
+            Ok(()) => {
+                self.pending_uploads.registered();
+                Ok(count)
+            }
             Err(MetaError::Io { path, source }) => {
                 // After a failed sync the log's durable contents are unknown; continuing could
                 // register these rows twice. Restarting recovers a consistent state.
@@ -293,41 +396,33 @@ impl Flusher {
     }
 }
 
-/// What start-up reconciliation of storage against the manifest found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Reconciliation {
-    pub orphans_removed: usize,
-    pub missing_files: usize,
-}
-
-/// Makes storage agree with the manifest: data files the manifest does not list (uploads a crash
-/// cut off before registration) are deleted. Must run before any flush starts.
-pub async fn reconcile_storage(
+/// Removes what interrupted flushes uploaded but never registered: journaled keys the manifest
+/// does not list, and the local backend's staging files. Must run before any flush starts.
+/// Returns how many objects were removed.
+async fn remove_unregistered_uploads(
     storage: &Storage,
     meta: &Meta,
-) -> Result<Reconciliation, StorageError> {
-    let mut report = Reconciliation::default();
-    storage.remove_local_staging_files().await?;
-    let listed = storage.list("").await?;
-    let orphans: Vec<String> = {
+    journal: &Arc<PendingUploads>,
+) -> Result<usize, FlushError> {
+    let mut removed = storage.remove_local_staging_files().await?;
+    let reader = Arc::clone(journal);
+    let keys = tokio::task::spawn_blocking(move || reader.keys())
+        .await
+        .expect("journal task panicked")?;
+    let unregistered: Vec<String> = {
         let state = meta.state();
-        listed
-            .iter()
-            .filter(|o| paths::is_data_file(&o.key) && state.file(&o.key).is_none())
-            .map(|o| o.key.clone())
+        keys.into_iter()
+            .filter(|key| state.file(key).is_none())
             .collect()
     };
-    for key in &orphans {
+    for key in &unregistered {
         tracing::info!(key = %key, "removing unregistered data file left by an interrupted flush");
         storage.delete(key).await?;
-        report.orphans_removed += 1;
+        removed += 1;
     }
-    let present: HashSet<&str> = listed.iter().map(|o| o.key.as_str()).collect();
-    for file in meta.state().files() {
-        if !present.contains(file.path.as_str()) {
-            tracing::error!(key = %file.path, "manifest lists a file that storage does not have");
-            report.missing_files += 1;
-        }
-    }
-    Ok(report)
+    let clearer = Arc::clone(journal);
+    tokio::task::spawn_blocking(move || clearer.clear())
+        .await
+        .expect("journal task panicked")?;
+    Ok(removed)
 }

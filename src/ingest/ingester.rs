@@ -96,7 +96,11 @@ impl Ingester {
         if !names::valid_database(&request.database) {
             return Err(IngestError::InvalidDatabase(request.database));
         }
-        let batches = decode_request(&request, &self.limits)?;
+        let caps = SizeCaps {
+            msgpack: self.limits.max_msgpack_bytes,
+            line_protocol: MAX_LINE_PROTOCOL_BYTES,
+        };
+        let batches = decode_request(&request, caps)?;
         let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
         let (durable, full) = {
             let mut buffers = self.buffers.lock();
@@ -130,10 +134,9 @@ pub fn replay_entry(
     meta: &MetaState,
     lsn: Lsn,
     payload: &[u8],
-    limits: &IngestLimits,
 ) -> Result<usize, String> {
     let request = decode_entry(payload).ok_or("unreadable WAL entry header")?;
-    let batches: Vec<MeasurementBatch> = decode_request(&request, limits)
+    let batches: Vec<MeasurementBatch> = decode_request(&request, SizeCaps::NONE)
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|b| meta.flushed_through(&request.database, &b.measurement) < lsn)
@@ -148,20 +151,35 @@ pub fn replay_entry(
     Ok(rows)
 }
 
+/// Decompressed-size caps for decoding a request.
+#[derive(Debug, Clone, Copy)]
+struct SizeCaps {
+    msgpack: usize,
+    line_protocol: usize,
+}
+
+impl SizeCaps {
+    /// Replay decodes what was already acknowledged: a limit lowered since must not refuse it.
+    const NONE: SizeCaps = SizeCaps {
+        msgpack: usize::MAX,
+        line_protocol: usize::MAX,
+    };
+}
+
 fn decode_request(
     request: &WriteRequest,
-    limits: &IngestLimits,
+    caps: SizeCaps,
 ) -> Result<Vec<MeasurementBatch>, IngestError> {
     if request.body.is_empty() {
         return Err(IngestError::EmptyBody);
     }
     match request.format {
         PayloadFormat::Msgpack => {
-            let body = decompress(&request.body, limits.max_msgpack_bytes, "MessagePack")?;
+            let body = decompress(&request.body, caps.msgpack, "MessagePack")?;
             Ok(msgpack::decode(&body, request.received_at_us)?)
         }
         PayloadFormat::LineProtocol(precision) => {
-            let body = decompress(&request.body, MAX_LINE_PROTOCOL_BYTES, "line protocol")?;
+            let body = decompress(&request.body, caps.line_protocol, "line protocol")?;
             Ok(line_protocol::parse(
                 &body,
                 precision,
@@ -196,7 +214,7 @@ pub fn decompress(body: &Bytes, limit: usize, format: &'static str) -> Result<By
     };
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
     reader
-        .take(limit as u64 + 1)
+        .take((limit as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| bad(codec, e))?;
     if out.len() > limit {

@@ -129,6 +129,14 @@ async fn write_until_failure(server_url: String, ledger: Arc<Ledger>, writer: us
 
 /// Runs `rounds` kill/restart cycles against `server`, then checks storage.
 pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize) {
+    // A file this node never wrote (say, from an Arc installation sharing the bucket) must
+    // survive every recovery.
+    let foreign = "legacy/cpu/2025/01/01/00/cpu_20250101_000000_000000000.parquet";
+    server
+        .storage()
+        .put(foreign, bytes::Bytes::from_static(b"PAR1 not ours"))
+        .await
+        .unwrap();
     let ledger = Arc::new(Ledger {
         next_id: AtomicI64::new(0),
         acknowledged: Mutex::default(),
@@ -154,6 +162,10 @@ pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize)
     assert!(server.stop().await.success());
 
     let storage = server.storage();
+    assert!(
+        storage.get(foreign).await.is_ok(),
+        "a foreign file was removed"
+    );
     let files = stored_files(&storage, "crash/").await;
     let mut stored: HashMap<i64, usize> = HashMap::new();
     for file in &files {
