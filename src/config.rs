@@ -77,6 +77,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub wal: WalConfig,
     pub meta: MetaConfig,
+    pub query: QueryConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -302,6 +303,20 @@ impl Default for MetaConfig {
         Self {
             directory: "./data/meta".to_owned(),
         }
+    }
+}
+
+/// `[query]`: SQL execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueryConfig {
+    /// Seconds a query may run before it is cancelled with 504.
+    pub timeout: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { timeout: 300 }
     }
 }
 
@@ -1110,6 +1125,7 @@ impl Config {
         self.ingest.validate()?;
         self.wal.validate()?;
         check_data_dir("meta.directory", &self.meta.directory)?;
+        require_positive("query.timeout", self.query.timeout)?;
         self.cluster.validate()
     }
 }
@@ -1194,6 +1210,7 @@ impl WalConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         require_positive("wal.max_size_mb", self.max_size_mb)?;
+        require_positive("wal.max_age_seconds", self.max_age_seconds)?;
         if !(1..=Self::MAX_BUFFER_SIZE).contains(&self.buffer_size) {
             return Err(invalid_value(
                 "wal.buffer_size",

@@ -19,5 +19,6 @@ pub mod frame;
 pub mod ingest;
 pub mod meta;
 pub mod node;
+pub mod query;
 pub mod storage;
 pub mod wal;

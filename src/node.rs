@@ -13,12 +13,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::{self, AppState, WritePath};
+use crate::api::{self, AppState, Services};
 use crate::buffer::Buffers;
 use crate::config::Config;
 use crate::flush::{Flusher, PendingUploads};
 use crate::ingest::{IngestLimits, Ingester, replay_entry};
 use crate::meta::{Meta, MetaError};
+use crate::query::QueryEngine;
 use crate::storage::{Storage, StorageError};
 use crate::wal::{self, Wal, WalError, WalOptions};
 
@@ -60,7 +61,8 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr().map_err(NodeError::Serve)?, "listening");
 
     let state = Arc::new(AppState::new(
-        config.server.max_payload_size.bytes() as usize
+        config.server.max_payload_size.bytes() as usize,
+        Duration::from_secs(config.query.timeout),
     ));
     let (stop_http, http_stopped) = watch::channel(false);
     let server = {
@@ -82,19 +84,19 @@ pub async fn run(
     });
 
     let started = tokio::select! {
-        started = start_write_path(&config) => started?,
+        started = start_services(&config) => started?,
         _ = shutdown_rx.wait_for(|s| *s) => {
             tracing::info!("shutdown requested during start-up");
             let _ = stop_http.send(true);
             return Ok(());
         }
     };
-    let (write_path, wal, flush_requests) = started;
+    let (services, wal, flush_requests) = started;
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
-        tokio::spawn(Arc::clone(&write_path.flusher).run(flush_requests, flusher_stopped));
-    let flusher = Arc::clone(&write_path.flusher);
-    state.set_ready(write_path);
+        tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped));
+    let flusher = Arc::clone(&services.flusher);
+    state.set_ready(services);
     tracing::info!("ready");
 
     let _ = shutdown_rx.wait_for(|s| *s).await;
@@ -136,13 +138,13 @@ async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
     TcpListener::bind(socket_addr).await.map_err(bind_err)
 }
 
-type StartedWritePath = (
-    WritePath,
+type Started = (
+    Services,
     Option<Arc<Wal>>,
     mpsc::UnboundedReceiver<crate::buffer::MeasurementKey>,
 );
 
-async fn start_write_path(config: &Config) -> Result<StartedWritePath, NodeError> {
+async fn start_services(config: &Config) -> Result<Started, NodeError> {
     let meta = Arc::new(Meta::open(Path::new(&config.meta.directory))?);
     let storage = Storage::from_config(&config.storage)?;
     tracing::info!(storage = storage.description(), "storage configured");
@@ -195,6 +197,11 @@ async fn start_write_path(config: &Config) -> Result<StartedWritePath, NodeError
     let pending_uploads =
         PendingUploads::open(&Path::new(&config.meta.directory).join("pending-uploads"))
             .map_err(NodeError::PendingUploads)?;
+    let query = Arc::new(QueryEngine::new(
+        Arc::clone(&meta),
+        Arc::clone(&buffers),
+        &storage,
+    ));
     let flusher = Arc::new(Flusher::new(
         Arc::clone(&buffers),
         storage,
@@ -205,5 +212,13 @@ async fn start_write_path(config: &Config) -> Result<StartedWritePath, NodeError
         node_id,
     ));
     let ingester = Arc::new(Ingester::new(buffers, wal.clone(), flush_tx, limits));
-    Ok((WritePath { ingester, flusher }, wal, flush_rx))
+    Ok((
+        Services {
+            ingester,
+            flusher,
+            query,
+        },
+        wal,
+        flush_rx,
+    ))
 }

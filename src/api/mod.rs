@@ -2,11 +2,12 @@
 //! Errors become HTTP responses in one place ([`ApiError`]).
 
 mod health;
+mod query;
 mod write;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
@@ -17,11 +18,13 @@ use serde_json::json;
 
 use crate::flush::{FlushError, Flusher};
 use crate::ingest::{IngestError, Ingester};
+use crate::query::QueryEngine;
 
-/// What a node that accepts writes has running.
-pub struct WritePath {
+/// What a started node serves requests with.
+pub struct Services {
     pub ingester: Arc<Ingester>,
     pub flusher: Arc<Flusher>,
+    pub query: Arc<QueryEngine>,
 }
 
 const STARTING: u8 = 0;
@@ -33,24 +36,26 @@ pub struct AppState {
     started_at: Instant,
     started_wall: DateTime<Utc>,
     phase: AtomicU8,
-    write_path: OnceLock<WritePath>,
+    services: OnceLock<Services>,
     max_payload_bytes: usize,
+    query_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(max_payload_bytes: usize) -> AppState {
+    pub fn new(max_payload_bytes: usize, query_timeout: Duration) -> AppState {
         AppState {
             started_at: Instant::now(),
             started_wall: Utc::now(),
             phase: AtomicU8::new(STARTING),
-            write_path: OnceLock::new(),
+            services: OnceLock::new(),
             max_payload_bytes,
+            query_timeout,
         }
     }
 
-    /// Start-up (WAL replay) is done: requests may use the write path.
-    pub fn set_ready(&self, write_path: WritePath) {
-        let _ = self.write_path.set(write_path);
+    /// Start-up (WAL replay) is done: requests may be served.
+    pub fn set_ready(&self, services: Services) {
+        let _ = self.services.set(services);
         self.phase.store(READY, Ordering::SeqCst);
     }
 
@@ -58,9 +63,9 @@ impl AppState {
         self.phase.store(DRAINING, Ordering::SeqCst);
     }
 
-    fn write_path(&self) -> Result<&WritePath, ApiError> {
-        match (self.phase.load(Ordering::SeqCst), self.write_path.get()) {
-            (READY, Some(path)) => Ok(path),
+    fn services(&self) -> Result<&Services, ApiError> {
+        match (self.phase.load(Ordering::SeqCst), self.services.get()) {
+            (READY, Some(services)) => Ok(services),
             (DRAINING, _) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server is shutting down",
@@ -70,6 +75,10 @@ impl AppState {
                 "server is starting (WAL replay in progress)",
             )),
         }
+    }
+
+    fn query_engine(&self) -> Result<&Arc<QueryEngine>, ApiError> {
+        Ok(&self.services()?.query)
     }
 }
 
@@ -82,6 +91,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v2/write", post(write::influx_v2))
         .route("/api/v1/write/line-protocol", post(write::line_protocol))
         .route("/api/v1/write/line-protocol/flush", post(write::flush))
+        .route("/api/v1/query", post(query::json))
+        .route("/api/v1/query/arrow", post(query::arrow))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(common_headers))
@@ -202,7 +213,7 @@ mod tests {
 
     #[tokio::test]
     async fn not_ready_while_starting_or_draining_and_writes_are_refused() {
-        let state = Arc::new(AppState::new(1 << 20));
+        let state = Arc::new(AppState::new(1 << 20, Duration::from_secs(5)));
         assert_eq!(call(&state, "GET", "/health").await.0, StatusCode::OK);
         let (status, body) = call(&state, "GET", "/ready").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

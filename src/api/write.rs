@@ -60,7 +60,16 @@ pub async fn line_protocol(
 }
 
 pub async fn flush(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    state.write_path()?.flusher.flush_all().await?;
+    let flusher = Arc::clone(&state.services()?.flusher);
+    // Spawned so that a client hanging up cannot cut a flush off between its steps.
+    tokio::spawn(async move { flusher.flush_all().await })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("flush failed: {e}"),
+            )
+        })??;
     Ok(Json(
         json!({ "status": "success", "message": "All buffers flushed" }),
     ))
@@ -106,7 +115,7 @@ async fn write(
     body: Body,
     headers: &HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let write_path = state.write_path()?;
+    let services = state.services()?;
     let body = read_body(body, headers, state.max_payload_bytes).await?;
     let request = WriteRequest {
         database: database.to_string(),
@@ -114,7 +123,7 @@ async fn write(
         body,
         received_at_us: chrono::Utc::now().timestamp_micros(),
     };
-    write_path.ingester.write(request).await?;
+    services.ingester.write(request).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -146,7 +155,8 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let mut body = body.into_data_stream();
-    let mut collected = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    // The declared length is only a hint: reserve at most a few MiB before bytes arrive.
+    let mut collected = BytesMut::with_capacity(declared.unwrap_or(0).min(limit).min(8 << 20));
     let mut oversize = declared.is_some_and(|len| len > limit);
     let mut drained = 0;
     while let Some(chunk) = body.next().await {

@@ -62,7 +62,7 @@ pub fn column_type(data_type: &DataType) -> Option<ColumnType> {
     }
 }
 
-fn data_type(column_type: ColumnType) -> DataType {
+pub fn data_type(column_type: ColumnType) -> DataType {
     match column_type {
         ColumnType::Int64 => DataType::Int64,
         ColumnType::Float64 => DataType::Float64,
@@ -93,6 +93,24 @@ impl Chunk {
             min_lsn: lsn,
             max_lsn: lsn,
             created_at: Instant::now(),
+        }
+    }
+}
+
+/// Buffered rows as a query sees them.
+#[derive(Debug, Clone)]
+pub struct ChunkSnapshot {
+    pub batches: Vec<RecordBatch>,
+    pub min_lsn: Lsn,
+    pub max_lsn: Lsn,
+}
+
+impl ChunkSnapshot {
+    fn of(chunk: &Chunk) -> ChunkSnapshot {
+        ChunkSnapshot {
+            batches: chunk.batches.clone(),
+            min_lsn: chunk.min_lsn,
+            max_lsn: chunk.max_lsn,
         }
     }
 }
@@ -336,6 +354,37 @@ impl BufferSet {
                     })
             })
             .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Every measurement the node knows, with or without buffered rows.
+    pub fn measurements(&self) -> Vec<MeasurementKey> {
+        self.tables.keys().cloned().collect()
+    }
+
+    /// Column types of a measurement (all it has ever had), `time` excluded.
+    pub fn columns(&self, key: &MeasurementKey) -> Option<Vec<(String, DataType)>> {
+        let table = self.tables.get(key)?;
+        Some(
+            table
+                .columns
+                .iter()
+                .map(|(name, data_type)| (name.clone(), data_type.clone()))
+                .collect(),
+        )
+    }
+
+    /// The unflushed rows of a measurement, as chunks with their LSN ranges (cheap: batches are
+    /// shared, not copied).
+    pub fn snapshot(&self, key: &MeasurementKey) -> Vec<ChunkSnapshot> {
+        let Some(table) = self.tables.get(key) else {
+            return Vec::new();
+        };
+        table
+            .frozen
+            .iter()
+            .map(|c| ChunkSnapshot::of(c))
+            .chain(table.active.as_ref().map(ChunkSnapshot::of))
             .collect()
     }
 

@@ -197,7 +197,15 @@ impl Flusher {
             let Some((chunk, was_active)) = self.buffers.lock().next_flush_chunk(key) else {
                 break;
             };
-            written += self.write_chunk(key, &chunk).await?;
+            // A retried chunk may have been registered by an attempt whose caller went away.
+            let registered = self
+                .meta
+                .state()
+                .flushed_through(&key.database, &key.measurement)
+                >= chunk.max_lsn;
+            if !registered {
+                written += self.write_chunk(key, &chunk).await?;
+            }
             let durable_through = {
                 let mut buffers = self.buffers.lock();
                 buffers.chunk_flushed(key, &chunk);

@@ -26,6 +26,15 @@ pub struct MeasurementBatch {
 }
 
 /// The Arrow type of the `time` column.
+/// Stored times must be representable in nanoseconds too (about years 1677 to 2262), so every
+/// Parquet reader and every time computation downstream can handle them.
+pub const TIME_RANGE_US: std::ops::RangeInclusive<i64> = (i64::MIN / 1000)..=(i64::MAX / 1000);
+
+/// `time_us` if it is within [`TIME_RANGE_US`].
+pub fn checked_time(time_us: i64) -> Option<i64> {
+    TIME_RANGE_US.contains(&time_us).then_some(time_us)
+}
+
 pub fn time_data_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }

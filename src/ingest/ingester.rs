@@ -12,6 +12,9 @@ use crate::wal::{Lsn, Wal, WalError};
 
 use super::{DecodeError, MeasurementBatch, Precision, line_protocol, msgpack, names};
 
+/// Bodies above this size are decoded on the blocking pool.
+const BLOCKING_DECODE_BYTES: usize = 1 << 20;
+
 /// Arc caps decompressed line protocol at 100 MB.
 pub const MAX_LINE_PROTOCOL_BYTES: usize = 100 << 20;
 
@@ -100,7 +103,15 @@ impl Ingester {
             msgpack: self.limits.max_msgpack_bytes,
             line_protocol: MAX_LINE_PROTOCOL_BYTES,
         };
-        let batches = decode_request(&request, caps)?;
+        // Large bodies take milliseconds to decode: keep them off the threads serving requests.
+        let batches = if request.body.len() > BLOCKING_DECODE_BYTES {
+            let request = request.clone();
+            tokio::task::spawn_blocking(move || decode_request(&request, caps))
+                .await
+                .expect("decode task panicked")?
+        } else {
+            decode_request(&request, caps)?
+        };
         let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
         let (durable, full) = {
             let mut buffers = self.buffers.lock();
@@ -135,6 +146,8 @@ pub fn replay_entry(
     lsn: Lsn,
     payload: &[u8],
 ) -> Result<usize, String> {
+    // Even an entry that cannot be replayed keeps its LSN from being handed out again.
+    buffers.lock().observe_lsn(lsn);
     let request = decode_entry(payload).ok_or("unreadable WAL entry header")?;
     let batches: Vec<MeasurementBatch> = decode_request(&request, SizeCaps::NONE)
         .map_err(|e| e.to_string())?
@@ -143,7 +156,6 @@ pub fn replay_entry(
         .collect();
     let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
     let mut buffers = buffers.lock();
-    buffers.observe_lsn(lsn);
     let prepared = buffers
         .prepare(&request.database, batches)
         .map_err(|e| e.to_string())?;

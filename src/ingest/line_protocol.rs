@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use super::DecodeError;
-use super::batch::{MeasurementBatch, RowBatcher, Value};
+use super::batch::{MeasurementBatch, RowBatcher, Value, checked_time};
 use super::names::{MAX_MEASUREMENT_LEN, valid_name_bytes};
 
 /// Unit of the timestamps in a line-protocol body.
@@ -55,14 +55,15 @@ impl Precision {
         }
     }
 
-    /// Epoch µs for a timestamp in this unit; `None` when it does not fit in an i64.
+    /// Epoch µs for a timestamp in this unit; `None` when it is outside the storable range.
     fn to_micros(self, timestamp: i64) -> Option<i64> {
-        match self {
+        let micros = match self {
             Precision::Nanoseconds => Some(timestamp.div_euclid(1000)),
             Precision::Microseconds => Some(timestamp),
             Precision::Milliseconds => timestamp.checked_mul(1000),
             Precision::Seconds => timestamp.checked_mul(1_000_000),
-        }
+        };
+        micros.and_then(checked_time)
     }
 }
 
@@ -1052,7 +1053,7 @@ mod tests {
                     rows.iter().filter(|r| r.measurement == measurement).collect();
                 let expected_times: Vec<i64> = rows
                     .iter()
-                    .map(|r| r.timestamp.map_or(NOW, |t| precision.to_micros(t).unwrap()))
+                    .map(|r| r.timestamp.and_then(|t| precision.to_micros(t)).unwrap_or(NOW))
                     .collect();
                 prop_assert_eq!(times(batch), expected_times);
 

@@ -43,6 +43,7 @@ struct Snapshot {
     state: MetaState,
 }
 
+#[derive(Debug)]
 struct CommandLog {
     dir: PathBuf,
     file: File,
@@ -51,6 +52,7 @@ struct CommandLog {
 }
 
 /// Metadata handle: readers see the applied state, writers go through the log.
+#[derive(Debug)]
 pub struct Meta {
     state: RwLock<MetaState>,
     log: Mutex<CommandLog>,
@@ -163,14 +165,21 @@ impl CommandLog {
         };
         let bytes = serde_json::to_vec(&snapshot).expect("meta state serializes");
         write_atomically(&self.dir.join(SNAPSHOT_FILE), &bytes)?;
+        // The empty log is opened before it replaces the old one, so a failure leaves the old
+        // log in use rather than a handle to a file that is gone.
         let log_path = self.dir.join(LOG_FILE);
-        write_atomically(&log_path, &[])?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&log_path)
-            .map_err(io_err(&log_path))?;
+        let fresh_path = log_path.with_extension("new");
+        let fresh = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&fresh_path)
+            .and_then(|f| f.sync_all().map(|_| f))
+            .map_err(io_err(&fresh_path))?;
+        fs::rename(&fresh_path, &log_path).map_err(io_err(&log_path))?;
+        self.file = fresh;
         self.commands_since_snapshot = 0;
-        Ok(())
+        sync_dir(&self.dir)
     }
 }
 

@@ -66,7 +66,7 @@ pub enum MetaCommand {
 pub enum ApplyError {
     #[error("file {0} is already registered")]
     DuplicateFile(String),
-    #[error("flush of {database}.{measurement} through LSN {lsn} is older than LSN {flushed}")]
+    #[error("flush of {database}.{measurement} through LSN {lsn} is not past LSN {flushed}")]
     StaleFlush {
         database: String,
         measurement: String,
@@ -102,8 +102,10 @@ impl MetaState {
                 if let Some(file) = files.iter().find(|f| self.files.contains_key(&f.path)) {
                     return Err(ApplyError::DuplicateFile(file.path.clone()));
                 }
+                // Every flush covers LSNs above the previous one: an equal or lower watermark
+                // is the same rows a second time.
                 let flushed = self.flushed_through(database, measurement);
-                if *flushed_through_lsn < flushed {
+                if *flushed_through_lsn <= flushed && flushed > 0 {
                     return Err(ApplyError::StaleFlush {
                         database: database.clone(),
                         measurement: measurement.clone(),
@@ -173,6 +175,17 @@ impl MetaState {
         self.files.values()
     }
 
+    /// Files of one measurement (keys start with `{database}/{measurement}/`).
+    pub fn files_of(&self, database: &str, measurement: &str) -> Vec<&FileEntry> {
+        let prefix = format!("{database}/{measurement}/");
+        self.files
+            .range(prefix.clone()..)
+            .take_while(|(path, _)| path.starts_with(&prefix))
+            .map(|(_, file)| file)
+            .filter(|file| file.database == database && file.measurement == measurement)
+            .collect()
+    }
+
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
         self.files.get(path)
     }
@@ -232,10 +245,12 @@ mod tests {
             state.apply(&add("a.parquet", 6)),
             Err(ApplyError::DuplicateFile("a.parquet".into()))
         );
-        assert!(matches!(
-            state.apply(&add("c.parquet", 4)),
-            Err(ApplyError::StaleFlush { .. })
-        ));
+        for stale in [4, 5] {
+            assert!(matches!(
+                state.apply(&add("c.parquet", stale)),
+                Err(ApplyError::StaleFlush { .. })
+            ));
+        }
         assert_eq!(state, before);
     }
 }

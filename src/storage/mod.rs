@@ -206,8 +206,8 @@ impl Storage {
                 source,
             })?;
         if let Some(root) = &self.local_root {
-            let path = root.join(key);
-            tokio::task::spawn_blocking(move || sync_file_and_parent(&path))
+            let (root, path) = (root.clone(), root.join(key));
+            tokio::task::spawn_blocking(move || sync_file_and_parents(&root, &path))
                 .await
                 .expect("sync task panicked")?;
         }
@@ -254,8 +254,8 @@ impl Storage {
             })
     }
 
-    /// Removes staging files a crashed local put left behind (`object_store` names them
-    /// `<key>#<n>` and does not list them).
+    /// Removes staging files a crashed local put of a Parquet file left behind
+    /// (`object_store` names them `<key>#<n>` and does not list them).
     pub async fn remove_local_staging_files(&self) -> Result<usize, StorageError> {
         let Some(root) = self.local_root.clone() else {
             return Ok(0);
@@ -274,7 +274,8 @@ fn parse_connection_string(connection: &str) -> std::collections::HashMap<String
         .collect()
 }
 
-fn sync_file_and_parent(path: &Path) -> Result<(), StorageError> {
+/// Syncs a new file and every directory from it up to the root: put may have created them.
+fn sync_file_and_parents(root: &Path, path: &Path) -> Result<(), StorageError> {
     let io = |source| StorageError::Io {
         path: path.to_path_buf(),
         source,
@@ -282,10 +283,13 @@ fn sync_file_and_parent(path: &Path) -> Result<(), StorageError> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(io)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)
+    for dir in path.ancestors().skip(1) {
+        std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
+        if dir == root {
+            break;
+        }
     }
     Ok(())
 }
@@ -301,7 +305,7 @@ fn remove_staging_files(dir: &Path) -> Result<usize, StorageError> {
         let path = entry.path();
         if entry.file_type().map_err(io)?.is_dir() {
             removed += remove_staging_files(&path)?;
-        } else if entry.file_name().to_string_lossy().contains('#') {
+        } else if entry.file_name().to_string_lossy().contains(".parquet#") {
             std::fs::remove_file(&path).map_err(io)?;
             removed += 1;
         }

@@ -156,7 +156,7 @@ impl Wal {
             path,
             size: segment::HEADER_LEN as u64,
             opened_at: Instant::now(),
-            last_lsn: None,
+            segment_last_lsn: None,
             closed,
             spares,
             buf: Vec::with_capacity(1 << 20),
@@ -217,7 +217,8 @@ struct Writer {
     path: PathBuf,
     size: u64,
     opened_at: Instant,
-    last_lsn: Option<Lsn>,
+    /// Last entry written to the current segment; `None` while it is empty.
+    segment_last_lsn: Option<Lsn>,
     closed: Vec<ClosedSegment>,
     spares: Vec<PathBuf>,
     buf: Vec<u8>,
@@ -245,7 +246,7 @@ impl Writer {
                     Command::Append { lsn, parts, done } => {
                         let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_ref()).collect();
                         encode_record(&mut self.buf, lsn, &slices);
-                        self.last_lsn = Some(lsn);
+                        self.segment_last_lsn = Some(lsn);
                         waiters.push(done);
                     }
                     Command::Release { through } => releases.push(through),
@@ -258,9 +259,9 @@ impl Writer {
                     next = receiver.try_recv().ok();
                 }
             }
-            let result = self.write_group();
+            self.write_group();
             for waiter in waiters {
-                let _ = waiter.send(result.clone());
+                let _ = waiter.send(Ok(()));
             }
             if let Some(through) = releases.into_iter().max() {
                 self.release(through);
@@ -274,9 +275,9 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self) -> Result<(), WalError> {
+    fn write_group(&mut self) {
         if self.buf.is_empty() {
-            return Ok(());
+            return;
         }
         let result = self
             .file
@@ -286,45 +287,35 @@ impl Writer {
                 WalSyncMode::Fsync => self.file.sync_all(),
                 WalSyncMode::Async => Ok(()),
             });
-        let written = self.buf.len() as u64;
-        self.buf.clear();
-        match result {
-            Ok(()) => {
-                self.size += written;
-                self.groups_written.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(err) => {
-                let err = WalError::io(&self.path, err);
-                tracing::error!(error = %err, "WAL write failed; cutting the segment back");
-                // Part of the group may have reached the file; cut it off so later entries
-                // never sit behind a damaged one, then continue in a new segment.
-                if let Err(trim) = segment::truncate_segment(&self.path, self.size as usize) {
-                    tracing::error!(error = %trim, "could not trim the failed WAL segment");
-                }
-                if let Err(rotate) = self.rotate() {
-                    tracing::error!(error = %rotate, "could not start a new WAL segment");
-                }
-                Err(err)
-            }
+        if let Err(err) = result {
+            // After a failed write or sync the file's durable contents are unknown; carrying on
+            // could acknowledge entries that replay will not find. A restart replays what is
+            // really there.
+            tracing::error!(path = %self.path.display(), error = %err, "WAL write failed; aborting");
+            std::process::abort();
         }
+        self.size += self.buf.len() as u64;
+        self.buf.clear();
+        self.groups_written.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Rotates when the segment is full or old, but never an empty one: its successor would
+    /// need the same name.
     fn rotate_if_due(&mut self) {
         let due = self.size >= self.options.max_segment_bytes
             || self.opened_at.elapsed() >= self.options.max_segment_age;
         if due
-            && self.last_lsn.is_some()
-            && let Err(err) = self.rotate()
+            && let Some(last) = self.segment_last_lsn
+            && let Err(err) = self.rotate(last + 1)
         {
             tracing::error!(error = %err, "WAL segment rotation failed");
         }
     }
 
-    /// Starts the next segment, reusing a spare file when there is one. The old segment needs
-    /// no sync: every group written to it was synced as the mode requires.
-    fn rotate(&mut self) -> Result<(), WalError> {
-        let next_first = self.last_lsn.map_or(0, |lsn| lsn + 1);
+    /// Starts the segment whose first entry will be `next_first`, reusing a spare file when
+    /// there is one. The old segment needs no sync: every group written to it was synced as the
+    /// mode requires.
+    fn rotate(&mut self, next_first: Lsn) -> Result<(), WalError> {
         let (file, path) = match self.spares.pop() {
             Some(spare) => segment::reuse_spare(&self.options.dir, &spare, next_first)?,
             None => segment::create_segment(&self.options.dir, next_first)?,
@@ -333,7 +324,7 @@ impl Writer {
         self.file = file;
         self.closed.push(ClosedSegment {
             path: old_path,
-            last_lsn: self.last_lsn,
+            last_lsn: self.segment_last_lsn.take(),
         });
         self.size = segment::HEADER_LEN as u64;
         self.opened_at = Instant::now();

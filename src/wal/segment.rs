@@ -58,7 +58,9 @@ pub fn make_spare(path: &Path) -> Result<PathBuf, WalError> {
 /// has avoids the allocation work (and the freeing work of deleting it) that stalls syncs.
 pub fn reuse_spare(dir: &Path, spare: &Path, first_lsn: Lsn) -> Result<(File, PathBuf), WalError> {
     let path = segment_path(dir, first_lsn);
-    fs::rename(spare, &path).map_err(|e| WalError::io(spare, e))?;
+    // A link fails rather than replace an existing segment.
+    fs::hard_link(spare, &path).map_err(|e| WalError::io(&path, e))?;
+    fs::remove_file(spare).map_err(|e| WalError::io(spare, e))?;
     let mut file = OpenOptions::new()
         .write(true)
         .open(&path)

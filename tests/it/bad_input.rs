@@ -109,6 +109,17 @@ async fn bad_requests_are_rejected_whole_and_the_server_stays_up() {
     )
     .await;
 
+    // Times outside what nanosecond readers can hold: 400 for MessagePack, "now" for line
+    // protocol (as Arc does with unusable timestamps).
+    let far_future = columnar(
+        "bad",
+        vec![
+            ("time", Value::Array(vec![9_999_999_999i64.into()])),
+            ("v", Value::Array(vec![1.0.into()])),
+        ],
+    );
+    expect_error(&server, mp, &[], far_future, bad, "out of range").await;
+
     // A batch with one bad item stores none of it.
     let half_bad = msgpack(&map(vec![(
         "batch",
@@ -134,6 +145,15 @@ async fn bad_requests_are_rejected_whole_and_the_server_stays_up() {
     .await;
     let mixed = format!("mixed v=1 {T}\nbroken line\nmixed,host=a v=2 {T}\n9bad v=3 {T}\n");
     let (status, _) = server.post("/write?db=good", &[], mixed).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let (status, _) = server
+        .post(
+            "/write?db=good&precision=s",
+            &[],
+            "farfuture v=1 9000000000000",
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 
     // A type conflict with rows already buffered.
@@ -205,6 +225,10 @@ async fn bad_requests_are_rejected_whole_and_the_server_stays_up() {
     stored.sort();
     assert_eq!(
         stored,
-        vec![("good.mixed".to_string(), 2), ("good.typed".to_string(), 1)]
+        vec![
+            ("good.farfuture".to_string(), 1),
+            ("good.mixed".to_string(), 2),
+            ("good.typed".to_string(), 1)
+        ]
     );
 }

@@ -4,5 +4,6 @@ mod bad_input;
 mod crash;
 mod garage;
 mod harness;
+mod query;
 mod s3;
 mod write;

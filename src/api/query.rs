@@ -1,0 +1,551 @@
+//! Query endpoints: SQL in, Arc's JSON envelope or an Arrow IPC stream out, streamed batch by
+//! batch so a large result never sits in memory whole.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int8Array, Int16Array,
+    Int32Array, Int64Array, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, TimeUnit};
+use arrow::ipc::CompressionType;
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use datafusion::execution::SendableRecordBatchStream;
+use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
+
+use crate::query::{MeasurementSummary, QueryError, ShowCommand, parse_show};
+
+use super::AppState;
+
+const DATABASE_HEADER: &str = "x-arc-database";
+const PROFILE_HEADER: &str = "x-arc-profile";
+const ARROW_COMPRESSION_HEADER: &str = "x-arc-arrow-compression";
+
+/// A query error in Arc's query envelope.
+pub struct QueryFailure {
+    status: StatusCode,
+    message: String,
+    started: Instant,
+}
+
+impl QueryFailure {
+    fn new(status: StatusCode, message: impl Into<String>, started: Instant) -> QueryFailure {
+        QueryFailure {
+            status,
+            message: message.into(),
+            started,
+        }
+    }
+
+    fn from_error(err: QueryError, started: Instant) -> QueryFailure {
+        let status = match err {
+            QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
+            QueryError::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        QueryFailure::new(status, err.to_string(), started)
+    }
+}
+
+impl IntoResponse for QueryFailure {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "success": false,
+            "error": self.message,
+            "columns": null,
+            "data": null,
+            "row_count": 0,
+            "execution_time_ms": elapsed_ms(self.started),
+            "timestamp": now(),
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn elapsed_ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Reads `{"sql": "..."}` and the database header.
+fn request_sql<'h>(
+    body: &Bytes,
+    headers: &'h HeaderMap,
+    started: Instant,
+) -> Result<(String, Option<&'h str>), QueryFailure> {
+    let bad = |message: String| QueryFailure::new(StatusCode::BAD_REQUEST, message, started);
+    let parsed: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+    let sql = parsed
+        .get("sql")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("request body needs a string field 'sql'".into()))?;
+    let database = match headers.get(DATABASE_HEADER) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| bad("x-arc-database header is not valid text".into()))?,
+        ),
+    };
+    Ok((sql.to_string(), database))
+}
+
+/// Runs the query and waits for its first batch, so planning and early execution errors still
+/// get a proper status; the rest streams.
+async fn start(
+    state: &AppState,
+    sql: &str,
+    database: Option<&str>,
+    started: Instant,
+) -> Result<(SendableRecordBatchStream, Option<RecordBatch>, Instant), QueryFailure> {
+    let engine = state
+        .query_engine()
+        .map_err(|e| QueryFailure::new(e.status, e.message, started))?;
+    let deadline = started + state.query_timeout;
+    let timed_out = || QueryFailure::new(StatusCode::GATEWAY_TIMEOUT, "Query timed out", started);
+    let mut stream = tokio::time::timeout_at(deadline.into(), engine.execute(sql, database))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| QueryFailure::from_error(e, started))?;
+    let first = tokio::time::timeout_at(deadline.into(), stream.next())
+        .await
+        .map_err(|_| timed_out())?
+        .transpose()
+        .map_err(|e| QueryFailure::from_error(e.into(), started))?;
+    Ok((stream, first, deadline))
+}
+
+/// The rest of a result, ending with an error item past the deadline.
+fn batches_until(
+    stream: SendableRecordBatchStream,
+    first: Option<RecordBatch>,
+    deadline: Instant,
+) -> impl Stream<Item = Result<RecordBatch, String>> {
+    let rest = stream.map(|r| r.map_err(|e| e.to_string()));
+    futures::stream::iter(first.map(Ok)).chain(tokio_stream_timeout(rest, deadline))
+}
+
+fn tokio_stream_timeout(
+    stream: impl Stream<Item = Result<RecordBatch, String>> + Send + 'static,
+    deadline: Instant,
+) -> impl Stream<Item = Result<RecordBatch, String>> {
+    futures::stream::unfold(
+        (Box::pin(stream), false),
+        move |(mut stream, done)| async move {
+            if done {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline.into(), stream.next()).await {
+                Ok(Some(item)) => Some((item, (stream, false))),
+                Ok(None) => None,
+                Err(_) => Some((Err("Query timed out".to_string()), (stream, true))),
+            }
+        },
+    )
+}
+
+pub async fn json(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, QueryFailure> {
+    let started = Instant::now();
+    let (sql, database) = request_sql(&body, &headers, started)?;
+    if let Some(show) = parse_show(&sql) {
+        return show_response(&state, show, database, started);
+    }
+    let profile = headers
+        .get(PROFILE_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    let files_before = state.query_engine().map(|e| e.files_scanned()).unwrap_or(0);
+    let (stream, first, deadline) = start(&state, &sql, database, started).await?;
+    let columns: Vec<String> = stream
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let head = format!(
+        "{{\"success\":true,\"columns\":{},\"data\":[",
+        serde_json::to_string(&columns).expect("strings serialize")
+    );
+    let state_for_tail = Arc::clone(&state);
+    let batches = batches_until(stream, first, deadline);
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
+        .chain(json_rows(
+            batches,
+            started,
+            profile.then_some(files_before),
+            state_for_tail,
+        ));
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Row arrays, then the envelope's closing fields.
+fn json_rows(
+    batches: impl Stream<Item = Result<RecordBatch, String>> + Send + 'static,
+    started: Instant,
+    profile_files_before: Option<u64>,
+    state: Arc<AppState>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::unfold(
+        (Box::pin(batches), 0usize, false),
+        move |(mut batches, rows, finished)| {
+            let state = Arc::clone(&state);
+            async move {
+                if finished {
+                    return None;
+                }
+                match batches.next().await {
+                    Some(Ok(batch)) => {
+                        let mut out = Vec::with_capacity(batch.num_rows() * 64);
+                        write_json_rows(&mut out, &batch, rows == 0);
+                        Some((
+                            Ok(Bytes::from(out)),
+                            (batches, rows + batch.num_rows(), false),
+                        ))
+                    }
+                    Some(Err(message)) => {
+                        // Headers are sent: close the JSON so it stays parseable, and say why.
+                        tracing::error!(error = %message, "query failed while streaming");
+                        let tail = format!(
+                            "],\"row_count\":{rows},\"execution_time_ms\":{},\"timestamp\":{},\"error\":{}}}",
+                            elapsed_ms(started),
+                            json!(now()),
+                            json!(message),
+                        );
+                        Some((Ok(Bytes::from(tail)), (batches, rows, true)))
+                    }
+                    None => {
+                        let profile = profile_files_before
+                            .map(|before| {
+                                let scanned = state
+                                    .query_engine()
+                                    .map(|e| e.files_scanned())
+                                    .unwrap_or(before);
+                                format!(",\"profile\":{{\"files_scanned\":{}}}", scanned - before)
+                            })
+                            .unwrap_or_default();
+                        let tail = format!(
+                            "],\"row_count\":{rows},\"execution_time_ms\":{},\"timestamp\":{}{profile}}}",
+                            elapsed_ms(started),
+                            json!(now()),
+                        );
+                        Some((Ok(Bytes::from(tail)), (batches, rows, true)))
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Appends `[v,…],[v,…]` for each row (with a leading comma unless `first_rows`).
+fn write_json_rows(out: &mut Vec<u8>, batch: &RecordBatch, first_rows: bool) {
+    let columns: Vec<JsonColumn<'_>> = batch.columns().iter().map(JsonColumn::new).collect();
+    for row in 0..batch.num_rows() {
+        if row > 0 || !first_rows {
+            out.push(b',');
+        }
+        out.push(b'[');
+        for (i, column) in columns.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            column.write(out, row);
+        }
+        out.push(b']');
+    }
+}
+
+enum JsonColumn<'a> {
+    Bool(&'a BooleanArray),
+    Int(&'a dyn Array, fn(&dyn Array, usize) -> i64),
+    UInt(&'a UInt64Array),
+    Float(&'a dyn Array, fn(&dyn Array, usize) -> f64),
+    Text(&'a ArrayRef),
+    Time(&'a ArrayRef, TimeUnit),
+    Other(&'a ArrayRef, ArrayFormatter<'a>),
+}
+
+macro_rules! int_reader {
+    ($t:ty) => {
+        |a: &dyn Array, i: usize| a.as_any().downcast_ref::<$t>().unwrap().value(i) as i64
+    };
+}
+
+impl<'a> JsonColumn<'a> {
+    fn new(array: &'a ArrayRef) -> JsonColumn<'a> {
+        match array.data_type() {
+            DataType::Boolean => JsonColumn::Bool(array.as_boolean()),
+            DataType::Int8 => JsonColumn::Int(array.as_ref(), int_reader!(Int8Array)),
+            DataType::Int16 => JsonColumn::Int(array.as_ref(), int_reader!(Int16Array)),
+            DataType::Int32 => JsonColumn::Int(array.as_ref(), int_reader!(Int32Array)),
+            DataType::Int64 => JsonColumn::Int(array.as_ref(), int_reader!(Int64Array)),
+            DataType::UInt8 => JsonColumn::Int(array.as_ref(), int_reader!(UInt8Array)),
+            DataType::UInt16 => JsonColumn::Int(array.as_ref(), int_reader!(UInt16Array)),
+            DataType::UInt32 => JsonColumn::Int(array.as_ref(), int_reader!(UInt32Array)),
+            DataType::UInt64 => JsonColumn::UInt(array.as_any().downcast_ref().unwrap()),
+            DataType::Float32 => JsonColumn::Float(array.as_ref(), |a, i| {
+                a.as_any().downcast_ref::<Float32Array>().unwrap().value(i) as f64
+            }),
+            DataType::Float64 => JsonColumn::Float(array.as_ref(), |a, i| {
+                a.as_any().downcast_ref::<Float64Array>().unwrap().value(i)
+            }),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => JsonColumn::Text(array),
+            DataType::Timestamp(unit, _) => JsonColumn::Time(array, *unit),
+            _ => JsonColumn::Other(
+                array,
+                ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
+                    .expect("every Arrow type has a display form"),
+            ),
+        }
+    }
+
+    fn array(&self) -> &dyn Array {
+        match self {
+            JsonColumn::Bool(a) => *a,
+            JsonColumn::Int(a, _) | JsonColumn::Float(a, _) => *a,
+            JsonColumn::UInt(a) => *a,
+            JsonColumn::Text(a) | JsonColumn::Time(a, _) | JsonColumn::Other(a, _) => a.as_ref(),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>, row: usize) {
+        use std::io::Write;
+        if self.array().is_null(row) {
+            out.extend_from_slice(b"null");
+            return;
+        }
+        match self {
+            JsonColumn::Bool(a) => {
+                out.extend_from_slice(if a.value(row) { b"true" } else { b"false" })
+            }
+            JsonColumn::Int(a, read) => {
+                let _ = write!(out, "{}", read(*a, row));
+            }
+            JsonColumn::UInt(a) => {
+                let _ = write!(out, "{}", a.value(row));
+            }
+            JsonColumn::Float(a, read) => {
+                let v = read(*a, row);
+                if v.is_finite() {
+                    let _ = write!(out, "{v}");
+                } else {
+                    out.extend_from_slice(b"null");
+                }
+            }
+            JsonColumn::Text(a) => {
+                let text = match a.data_type() {
+                    DataType::Utf8 => a.as_string::<i32>().value(row),
+                    DataType::LargeUtf8 => a.as_string::<i64>().value(row),
+                    _ => a.as_string_view().value(row),
+                };
+                let _ = serde_json::to_writer(&mut *out, text);
+            }
+            JsonColumn::Time(a, unit) => {
+                let raw = match unit {
+                    TimeUnit::Second => a
+                        .as_primitive::<arrow::datatypes::TimestampSecondType>()
+                        .value(row),
+                    TimeUnit::Millisecond => a
+                        .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                        .value(row),
+                    TimeUnit::Microsecond => a
+                        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                        .value(row),
+                    TimeUnit::Nanosecond => a
+                        .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                        .value(row),
+                };
+                let time = match unit {
+                    TimeUnit::Second => DateTime::from_timestamp(raw, 0),
+                    TimeUnit::Millisecond => DateTime::from_timestamp_millis(raw),
+                    TimeUnit::Microsecond => DateTime::from_timestamp_micros(raw),
+                    TimeUnit::Nanosecond => Some(DateTime::from_timestamp_nanos(raw)),
+                };
+                match time {
+                    Some(t) => {
+                        let _ = write!(
+                            out,
+                            "\"{}\"",
+                            t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+                        );
+                    }
+                    None => out.extend_from_slice(b"null"),
+                }
+            }
+            JsonColumn::Other(_, formatter) => {
+                let _ = serde_json::to_writer(&mut *out, &formatter.value(row).to_string());
+            }
+        }
+    }
+}
+
+fn show_response(
+    state: &AppState,
+    show: ShowCommand,
+    header_database: Option<&str>,
+    started: Instant,
+) -> Result<Response, QueryFailure> {
+    let engine = state
+        .query_engine()
+        .map_err(|e| QueryFailure::new(e.status, e.message, started))?;
+    let (columns, data): (Vec<&str>, Vec<Value>) = match show {
+        ShowCommand::Databases => (
+            vec!["database"],
+            engine
+                .databases()
+                .into_iter()
+                .map(|db| json!([db]))
+                .collect(),
+        ),
+        ShowCommand::Measurements { database } => {
+            let database = database
+                .or(header_database.map(str::to_string))
+                .unwrap_or_else(|| crate::query::DEFAULT_DATABASE.to_string());
+            (
+                vec![
+                    "database",
+                    "table_name",
+                    "storage_path",
+                    "file_count",
+                    "total_size_mb",
+                ],
+                engine
+                    .measurements(Some(&database))
+                    .into_iter()
+                    .map(|m: MeasurementSummary| {
+                        json!([
+                            m.database,
+                            m.measurement,
+                            format!("{}/{}/", m.database, m.measurement),
+                            m.file_count,
+                            m.total_size_bytes as f64 / (1024.0 * 1024.0),
+                        ])
+                    })
+                    .collect(),
+            )
+        }
+    };
+    Ok(Json(json!({
+        "success": true,
+        "columns": columns,
+        "row_count": data.len(),
+        "data": data,
+        "execution_time_ms": elapsed_ms(started),
+        "timestamp": now(),
+    }))
+    .into_response())
+}
+
+pub async fn arrow(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, QueryFailure> {
+    let started = Instant::now();
+    let (sql, database) = request_sql(&body, &headers, started)?;
+    if parse_show(&sql).is_some() {
+        return Err(QueryFailure::new(
+            StatusCode::BAD_REQUEST,
+            "SHOW commands are not supported on the Arrow endpoint; use /api/v1/query",
+            started,
+        ));
+    }
+    let compression = match headers.get(ARROW_COMPRESSION_HEADER).map(|v| v.as_bytes()) {
+        None => None,
+        Some(b"zstd") => Some(CompressionType::ZSTD),
+        Some(b"lz4") => Some(CompressionType::LZ4_FRAME),
+        Some(other) => {
+            return Err(QueryFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unsupported x-arc-arrow-compression '{}': use zstd or lz4",
+                    String::from_utf8_lossy(other)
+                ),
+                started,
+            ));
+        }
+    };
+    let options = IpcWriteOptions::default()
+        .try_with_compression(compression)
+        .map_err(|e| {
+            QueryFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), started)
+        })?;
+    let (stream, first, deadline) = start(&state, &sql, database, started).await?;
+    let schema = stream.schema();
+    let batches = batches_until(stream, first, deadline);
+    let encoder = IpcEncoder::new(&schema, options).map_err(|e| {
+        QueryFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), started)
+    })?;
+    let body = arrow_body(batches, encoder);
+    Ok((
+        [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Encodes IPC messages into a buffer drained after each batch.
+struct IpcEncoder {
+    writer: StreamWriter<Vec<u8>>,
+}
+
+impl IpcEncoder {
+    fn new(
+        schema: &arrow::datatypes::Schema,
+        options: IpcWriteOptions,
+    ) -> Result<Self, arrow::error::ArrowError> {
+        Ok(IpcEncoder {
+            writer: StreamWriter::try_new_with_options(Vec::new(), schema, options)?,
+        })
+    }
+
+    fn take(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(self.writer.get_mut()))
+    }
+}
+
+fn arrow_body(
+    batches: impl Stream<Item = Result<RecordBatch, String>> + Send + 'static,
+    encoder: IpcEncoder,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::unfold(
+        (Box::pin(batches), Some(encoder)),
+        |(mut batches, encoder)| async move {
+            let mut encoder = encoder?;
+            match batches.next().await {
+                Some(Ok(batch)) => {
+                    let result = encoder.writer.write(&batch).map(|_| encoder.take());
+                    Some((
+                        result.map_err(std::io::Error::other),
+                        (batches, Some(encoder)),
+                    ))
+                }
+                // A failed stream ends without the end-of-stream marker, so readers notice.
+                Some(Err(message)) => Some((Err(std::io::Error::other(message)), (batches, None))),
+                None => {
+                    let result = encoder.writer.finish().map(|_| encoder.take());
+                    Some((result.map_err(std::io::Error::other), (batches, None)))
+                }
+            }
+        },
+    )
+}

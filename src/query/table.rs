@@ -1,0 +1,402 @@
+//! DataFusion catalog fed by the manifest and the buffers: one schema per database, one table per
+//! measurement, each the union of its Parquet files and its unflushed rows.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
+use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+
+use crate::buffer::{Buffers, ChunkSnapshot, MeasurementKey};
+use crate::meta::{FileEntry, Meta};
+
+/// The object store URL under which the storage backend is registered.
+pub const STORAGE_URL: &str = "arcdb://storage/";
+
+/// What the tables read from, shared by every query.
+#[derive(Debug)]
+pub struct TableSources {
+    pub meta: Arc<Meta>,
+    pub buffers: Arc<Buffers>,
+    /// Parquet files handed to scans; lets tests check pruning without timing anything.
+    pub files_scanned: AtomicU64,
+}
+
+impl TableSources {
+    /// Every database with at least one measurement, in name order.
+    pub fn databases(&self) -> BTreeSet<String> {
+        self.measurement_keys()
+            .into_iter()
+            .map(|k| k.database)
+            .collect()
+    }
+
+    /// Every (database, measurement) with files or buffered rows.
+    pub fn measurement_keys(&self) -> BTreeSet<MeasurementKey> {
+        let mut keys: BTreeSet<MeasurementKey> =
+            self.buffers.lock().measurements().into_iter().collect();
+        keys.extend(
+            self.meta
+                .state()
+                .measurements()
+                .map(|(db, m, _)| MeasurementKey {
+                    database: db.to_string(),
+                    measurement: m.to_string(),
+                }),
+        );
+        keys
+    }
+}
+
+pub fn time_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+#[derive(Debug)]
+pub struct ArcCatalog {
+    pub sources: Arc<TableSources>,
+}
+
+impl CatalogProvider for ArcCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.sources.databases().into_iter().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        Some(Arc::new(DatabaseSchema {
+            database: name.to_string(),
+            sources: Arc::clone(&self.sources),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct DatabaseSchema {
+    database: String,
+    sources: Arc<TableSources>,
+}
+
+#[async_trait]
+impl SchemaProvider for DatabaseSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.sources
+            .measurement_keys()
+            .into_iter()
+            .filter(|k| k.database == self.database)
+            .map(|k| k.measurement)
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let key = MeasurementKey {
+            database: self.database.clone(),
+            measurement: name.to_string(),
+        };
+        let columns = self.sources.buffers.lock().columns(&key);
+        let columns = match columns {
+            Some(columns) => columns,
+            None => {
+                let state = self.sources.meta.state();
+                match state.measurement(&key.database, &key.measurement) {
+                    Some(meta) => meta
+                        .columns
+                        .iter()
+                        .map(|(n, t)| (n.clone(), crate::buffer::data_type(*t)))
+                        .collect(),
+                    None => return Ok(None),
+                }
+            }
+        };
+        Ok(Some(Arc::new(MeasurementTable::new(
+            key,
+            columns,
+            Arc::clone(&self.sources),
+        ))))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.table_names().iter().any(|n| n == name)
+    }
+}
+
+/// One measurement: `time` first, then its columns in name order.
+#[derive(Debug)]
+pub struct MeasurementTable {
+    key: MeasurementKey,
+    schema: SchemaRef,
+    sources: Arc<TableSources>,
+}
+
+impl MeasurementTable {
+    fn new(
+        key: MeasurementKey,
+        mut columns: Vec<(String, DataType)>,
+        sources: Arc<TableSources>,
+    ) -> MeasurementTable {
+        columns.sort_by(|a, b| a.0.cmp(&b.0));
+        let fields: Vec<Field> = std::iter::once(Field::new("time", time_type(), false))
+            .chain(columns.into_iter().map(|(n, t)| Field::new(n, t, true)))
+            .collect();
+        MeasurementTable {
+            key,
+            schema: Arc::new(Schema::new(fields)),
+            sources,
+        }
+    }
+
+    /// Buffered batches reshaped to the table schema (columns they lack become nulls).
+    fn aligned_batches(&self, chunks: &[ChunkSnapshot]) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for batch in chunks.iter().flat_map(|c| &c.batches) {
+            let columns = self
+                .schema
+                .fields()
+                .iter()
+                .map(|field| match batch.column_by_name(field.name()) {
+                    Some(column) if column.data_type() == field.data_type() => {
+                        Ok(Arc::clone(column))
+                    }
+                    Some(column) => Ok(arrow::compute::cast(column, field.data_type())?),
+                    None => Ok(arrow::array::new_null_array(
+                        field.data_type(),
+                        batch.num_rows(),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl TableProvider for MeasurementTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// Filters are used to prune files and row groups; DataFusion still applies them to rows.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let range = time_range(filters);
+        // Buffers first, then the manifest: a chunk whose flush registers in between is then in
+        // both, and its files are skipped by LSN range. The other order could miss it.
+        let chunks = self.sources.buffers.lock().snapshot(&self.key);
+        let files: Vec<FileEntry> = {
+            let state = self.sources.meta.state();
+            state
+                .files_of(&self.key.database, &self.key.measurement)
+                .into_iter()
+                .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
+                .filter(|f| {
+                    !chunks
+                        .iter()
+                        .any(|c| c.min_lsn <= f.min_lsn && f.max_lsn <= c.max_lsn)
+                })
+                .cloned()
+                .collect()
+        };
+        self.sources
+            .files_scanned
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
+
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !files.is_empty() {
+            let mut source = ParquetSource::new(Arc::clone(&self.schema));
+            if let Some(predicate) = conjunction(filters.iter().cloned()) {
+                let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+            }
+            let partitions = state.config().target_partitions().max(1);
+            let mut groups: Vec<Vec<PartitionedFile>> =
+                vec![Vec::new(); partitions.min(files.len())];
+            let group_count = groups.len();
+            for (i, file) in files.iter().enumerate() {
+                groups[i % group_count]
+                    .push(PartitionedFile::new(file.path.clone(), file.size_bytes));
+            }
+            let config =
+                FileScanConfigBuilder::new(ObjectStoreUrl::parse(STORAGE_URL)?, Arc::new(source))
+                    .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                    .with_projection_indices(projection.cloned())?
+                    .with_limit(limit)
+                    .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+        let batches = self.aligned_batches(&chunks)?;
+        if !batches.is_empty() {
+            inputs.push(MemorySourceConfig::try_new_exec(
+                &[batches],
+                Arc::clone(&self.schema),
+                projection.cloned(),
+            )?);
+        }
+        if inputs.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => Arc::clone(&self.schema),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+/// Inclusive bounds on `time` implied by a scan's filters, in µs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub min: i64,
+    pub max: i64,
+}
+
+impl TimeRange {
+    const ALL: TimeRange = TimeRange {
+        min: i64::MIN,
+        max: i64::MAX,
+    };
+
+    pub fn overlaps(&self, min: i64, max: i64) -> bool {
+        min <= self.max && max >= self.min
+    }
+}
+
+/// Pure: narrows [`TimeRange::ALL`] by every `time <op> literal` and `time BETWEEN` filter.
+pub fn time_range(filters: &[Expr]) -> TimeRange {
+    let mut range = TimeRange::ALL;
+    for filter in filters {
+        narrow(&mut range, filter);
+    }
+    range
+}
+
+fn narrow(range: &mut TimeRange, expr: &Expr) {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            if *op == Operator::And {
+                narrow(range, left);
+                narrow(range, right);
+                return;
+            }
+            let (op, value) = match (is_time(left), is_time(right)) {
+                (true, false) => (*op, micros(right)),
+                (false, true) => (op.swap().unwrap_or(*op), micros(left)),
+                _ => return,
+            };
+            let Some((v, exact)) = value else { return };
+            match op {
+                Operator::Gt => range.min = range.min.max(v.saturating_add(1)),
+                Operator::GtEq => range.min = range.min.max(v),
+                // `time < 1.5µs` still admits 1µs.
+                Operator::Lt if exact => range.max = range.max.min(v.saturating_sub(1)),
+                Operator::Lt => range.max = range.max.min(v),
+                Operator::LtEq => range.max = range.max.min(v),
+                Operator::Eq => {
+                    range.min = range.min.max(v);
+                    range.max = range.max.min(v);
+                }
+                _ => {}
+            }
+        }
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if is_time(expr) => {
+            if let Some((low, _)) = micros(low) {
+                range.min = range.min.max(low);
+            }
+            if let Some((high, _)) = micros(high) {
+                range.max = range.max.min(high);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_time(expr: &Expr) -> bool {
+    matches!(expr, Expr::Column(c) if c.name == "time")
+}
+
+/// A timestamp literal in µs, floored, and whether that was exact.
+fn micros(expr: &Expr) -> Option<(i64, bool)> {
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
+    match value {
+        ScalarValue::TimestampSecond(Some(v), _) => Some((v.checked_mul(1_000_000)?, true)),
+        ScalarValue::TimestampMillisecond(Some(v), _) => Some((v.checked_mul(1_000)?, true)),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some((*v, true)),
+        ScalarValue::TimestampNanosecond(Some(v), _) => {
+            Some((v.div_euclid(1_000), v.rem_euclid(1_000) == 0))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::logical_expr::{col, lit};
+
+    fn ts(us: i64) -> Expr {
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(us),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn time_filters_narrow_the_range() {
+        let filters = vec![col("time").gt_eq(ts(100)), ts(200).gt(col("time"))];
+        assert_eq!(time_range(&filters), TimeRange { min: 100, max: 199 });
+
+        let between = vec![col("time").between(ts(5), ts(9)), col("host").eq(lit("a"))];
+        assert_eq!(time_range(&between), TimeRange { min: 5, max: 9 });
+
+        let nanos = |ns| lit(ScalarValue::TimestampNanosecond(Some(ns), None));
+        assert_eq!(time_range(&[col("time").lt_eq(nanos(1_999))]).max, 1);
+        assert_eq!(time_range(&[col("time").lt(nanos(1_999))]).max, 1);
+        assert_eq!(time_range(&[col("time").lt(nanos(2_000))]).max, 1);
+        assert_eq!(time_range(&[col("time").gt(nanos(1_999))]).min, 2);
+
+        let anded = vec![col("time").gt(ts(1)).and(col("time").lt(ts(3)))];
+        assert_eq!(time_range(&anded), TimeRange { min: 2, max: 2 });
+
+        let unrelated = vec![col("usage").gt(lit(5.0)), col("time").not_eq(ts(4))];
+        assert_eq!(time_range(&unrelated), TimeRange::ALL);
+        assert!(TimeRange { min: 10, max: 20 }.overlaps(20, 30));
+        assert!(!TimeRange { min: 10, max: 20 }.overlaps(21, 30));
+    }
+}

@@ -1,0 +1,267 @@
+//! SQL over buffered and flushed rows: Arc's envelopes, read-your-writes, pruning, errors.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::Server;
+
+/// 2026-01-15T10:00:00Z in ns.
+const T0_NS: i64 = 1_768_471_200_000_000_000;
+const HOUR_NS: i64 = 3_600_000_000_000;
+
+async fn query(server: &Server, sql: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    let mut request = server
+        .client
+        .post(server.url("/api/v1/query"))
+        .json(&json!({ "sql": sql }));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, body)
+}
+
+async fn rows(server: &Server, sql: &str) -> Vec<Value> {
+    let (status, body) = query(server, sql, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+async fn write_lines(server: &Server, db: &str, lines: &str) {
+    let (status, body) = server
+        .post(&format!("/write?db={db}"), &[], lines.to_string())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
+#[tokio::test]
+async fn acknowledged_rows_are_visible_before_and_after_flush_and_after_kill9() {
+    let mut server = Server::start(&[("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000")]).await;
+    write_lines(
+        &server,
+        "ryw",
+        &format!(
+            "cpu,host=a usage=1.5 {T0_NS}\ncpu,host=b usage=2.5 {}\n",
+            T0_NS + 1_000
+        ),
+    )
+    .await;
+    let sql = "SELECT host, usage, time FROM ryw.cpu ORDER BY time";
+    let expected = vec![
+        json!(["a", 1.5, "2026-01-15T10:00:00Z"]),
+        json!(["b", 2.5, "2026-01-15T10:00:00.000001Z"]),
+    ];
+    assert_eq!(rows(&server, sql).await, expected, "buffered rows");
+
+    server.flush().await;
+    assert_eq!(rows(&server, sql).await, expected, "flushed rows, once");
+
+    write_lines(
+        &server,
+        "ryw",
+        &format!("cpu,host=c usage=3.5 {}\n", T0_NS + 2_000),
+    )
+    .await;
+    server.kill9();
+    server.restart().await;
+    let mut after = expected.clone();
+    after.push(json!(["c", 3.5, "2026-01-15T10:00:00.000002Z"]));
+    assert_eq!(
+        rows(&server, sql).await,
+        after,
+        "after kill -9 and WAL replay"
+    );
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn json_envelope_show_commands_and_errors_match_arc() {
+    let mut server = Server::start(&[]).await;
+    write_lines(
+        &server,
+        "default",
+        &format!("mem,host=a free=10i {T0_NS}\n"),
+    )
+    .await;
+    write_lines(&server, "other", &format!("disk,host=a used=0.5 {T0_NS}\n")).await;
+
+    let (status, body) = query(&server, "SELECT * FROM mem", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["success"], true);
+    assert_eq!(body["columns"], json!(["time", "free", "host"]));
+    assert_eq!(body["data"], json!([["2026-01-15T10:00:00Z", 10, "a"]]));
+    assert_eq!(body["row_count"], 1);
+    assert!(body["execution_time_ms"].as_f64().unwrap() >= 0.0);
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    // The header picks the database for bare names.
+    let (status, body) = query(
+        &server,
+        "SELECT used FROM disk",
+        &[("x-arc-database", "other")],
+    )
+    .await;
+    assert_eq!((status, &body["data"]), (StatusCode::OK, &json!([[0.5]])));
+
+    let (_, body) = query(&server, "SHOW DATABASES", &[]).await;
+    assert_eq!(body["data"], json!([["default"], ["other"]]));
+    let (_, body) = query(&server, "SHOW TABLES FROM other", &[]).await;
+    assert_eq!(body["data"][0][1], "disk");
+    assert_eq!(
+        body["columns"],
+        json!([
+            "database",
+            "table_name",
+            "storage_path",
+            "file_count",
+            "total_size_mb"
+        ])
+    );
+
+    for (sql, headers, fragment) in [
+        ("SELEC 1", vec![], "syntax"),
+        (
+            "DROP TABLE mem",
+            vec![],
+            "Dangerous SQL operation not allowed",
+        ),
+        ("SELECT 1; SELECT 2", vec![], "Multiple SQL statements"),
+        ("SELECT * FROM nope", vec![], "nope"),
+        ("SELECT missing_column FROM mem", vec![], "missing_column"),
+        (
+            "SELECT * FROM other.disk",
+            vec![("x-arc-database", "other")],
+            "Cross-database queries",
+        ),
+    ] {
+        let (status, body) = query(&server, sql, &headers).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sql}: {body}");
+        assert_eq!(body["success"], false);
+        assert_eq!(body["data"], Value::Null);
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(fragment), "{sql}: {error}");
+    }
+    let (status, body) = server.post("/api/v1/query", &[], "not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(server.get("/health").await.0, StatusCode::OK);
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn schema_evolves_across_files_and_buffer() {
+    let mut server = Server::start(&[]).await;
+    write_lines(&server, "evo", &format!("m a=1 {T0_NS}\n")).await;
+    server.flush().await;
+    write_lines(&server, "evo", &format!("m b=\"x\" {}\n", T0_NS + HOUR_NS)).await;
+    server.flush().await;
+    // Integers written where floats exist are widened.
+    write_lines(
+        &server,
+        "evo",
+        &format!("m a=3i,c=true {}\n", T0_NS + 2 * HOUR_NS),
+    )
+    .await;
+    let data = rows(
+        &server,
+        "SELECT a, b, c, arrow_typeof(a) AS t FROM evo.m ORDER BY time",
+    )
+    .await;
+    // Whole floats print without a fraction, as in Arc's (Go's) JSON.
+    assert_eq!(
+        data,
+        vec![
+            json!([1, null, null, "Float64"]),
+            json!([null, "x", null, "Float64"]),
+            json!([3, null, true, "Float64"])
+        ]
+    );
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn a_one_hour_query_opens_only_that_hours_files() {
+    let mut server = Server::start(&[]).await;
+    // 30 days, one row per hour: one file per hour after the flush.
+    let lines: String = (0..30 * 24)
+        .map(|h| format!("month v={h}i {}\n", T0_NS + h * HOUR_NS))
+        .collect();
+    write_lines(&server, "p", &lines).await;
+    server.flush().await;
+
+    let sql = "SELECT count(*) AS n, min(v) AS v FROM p.month \
+               WHERE time >= '2026-01-20T05:00:00Z' AND time < '2026-01-20T06:00:00Z'";
+    let (status, body) = query(&server, sql, &[("x-arc-profile", "true")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // 2026-01-20T05:00Z is 115 hours after the first row.
+    assert_eq!(body["data"], json!([[1, 115]]));
+    assert_eq!(body["profile"]["files_scanned"], 1, "{body}");
+
+    let (_, body) = query(
+        &server,
+        "SELECT count(*) FROM p.month",
+        &[("x-arc-profile", "true")],
+    )
+    .await;
+    assert_eq!(body["data"], json!([[720]]));
+    assert_eq!(body["profile"]["files_scanned"], 720);
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn arrow_endpoint_streams_ipc_with_optional_compression() {
+    let mut server = Server::start(&[]).await;
+    let lines: String = (0..1000)
+        .map(|i| format!("a,host=h{} v={i}i {}\n", i % 7, T0_NS + i * 1_000_000))
+        .collect();
+    write_lines(&server, "arrow", &lines).await;
+    for compression in [None, Some("zstd"), Some("lz4")] {
+        let mut request = server
+            .client
+            .post(server.url("/api/v1/query/arrow"))
+            .header("x-arc-database", "arrow")
+            .json(&json!({ "sql": "SELECT v, host FROM a ORDER BY v" }));
+        if let Some(c) = compression {
+            request = request.header("x-arc-arrow-compression", c);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/vnd.apache.arrow.stream"
+        );
+        let bytes = response.bytes().await.unwrap();
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
+        let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(total, 1000, "{compression:?}");
+    }
+    let response = server
+        .client
+        .post(server.url("/api/v1/query/arrow"))
+        .header("x-arc-arrow-compression", "brotli")
+        .json(&json!({ "sql": "SELECT 1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn slow_queries_time_out_with_504() {
+    let mut server = Server::start(&[("ARC_QUERY_TIMEOUT", "1")]).await;
+    let (status, body) = query(
+        &server,
+        "SELECT count(*) FROM generate_series(1, 20000000000) a",
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"], "Query timed out");
+    assert_eq!(server.get("/health").await.0, StatusCode::OK);
+    assert!(server.stop().await.success());
+}
