@@ -461,6 +461,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_log_keeps_its_live_segment_through_age_rotation_and_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, recovery) = collect(dir.path());
+        let age = Duration::from_millis(20);
+        let options = WalOptions {
+            max_segment_age: age,
+            ..options(dir.path(), 1 << 30)
+        };
+        let wal = Wal::start(options, 1, recovery).unwrap();
+        wal.append(1, vec![Bytes::from_static(b"a")])
+            .await
+            .unwrap()
+            .unwrap();
+        let segments = || segment::list_segments(dir.path()).unwrap().segments.len();
+        while segments() < 2 {
+            tokio::time::sleep(age).await;
+        }
+        // Segment 1 becomes a spare; then idle well past the age limit: the empty live segment
+        // must not rotate again (into the spare, under its own name).
+        wal.release_through(1);
+        tokio::time::sleep(age * 10).await;
+        assert_eq!(segments(), 1);
+        for lsn in 2..=3 {
+            wal.append(lsn, vec![Bytes::from_static(b"b")])
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        wal.release_through(1);
+        wal.close().await;
+        let lsns: Vec<Lsn> = collect(dir.path()).0.iter().map(|(lsn, _)| *lsn).collect();
+        assert_eq!(lsns, vec![2, 3]);
+    }
+
+    #[tokio::test]
     async fn append_after_close_fails() {
         let dir = tempfile::tempdir().unwrap();
         let (_, recovery) = collect(dir.path());
