@@ -93,6 +93,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/write/line-protocol/flush", post(write::flush))
         .route("/api/v1/query", post(query::json))
         .route("/api/v1/query/arrow", post(query::arrow))
+        .route("/api/v1/query/estimate", post(query::estimate))
+        .route("/api/v1/query/{measurement}", get(query::measurement_rows))
+        .route("/api/v1/measurements", get(query::measurements))
+        .route("/api/v1/databases", get(query::databases))
+        .route("/api/v1/databases/{name}", get(query::database))
+        .route(
+            "/api/v1/databases/{name}/measurements",
+            get(query::database_measurements),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(common_headers))

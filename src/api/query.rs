@@ -1,6 +1,7 @@
 //! Query endpoints: SQL in, Arc's JSON envelope or an Arrow IPC stream out, streamed batch by
 //! batch so a large result never sits in memory whole.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -25,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::query::{MeasurementSummary, QueryError, ShowCommand, parse_show};
 
-use super::AppState;
+use super::{ApiError, AppState};
 
 const DATABASE_HEADER: &str = "x-arc-database";
 const PROFILE_HEADER: &str = "x-arc-profile";
@@ -103,6 +104,14 @@ fn request_sql<'h>(
     Ok((sql.to_string(), database))
 }
 
+/// A query past planning and its first batch.
+struct Started {
+    stream: SendableRecordBatchStream,
+    first: Option<RecordBatch>,
+    deadline: Instant,
+    files_scanned: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Runs the query and waits for its first batch, so planning and early execution errors still
 /// get a proper status; the rest streams.
 async fn start(
@@ -110,22 +119,29 @@ async fn start(
     sql: &str,
     database: Option<&str>,
     started: Instant,
-) -> Result<(SendableRecordBatchStream, Option<RecordBatch>, Instant), QueryFailure> {
+) -> Result<Started, QueryFailure> {
     let engine = state
         .query_engine()
         .map_err(|e| QueryFailure::new(e.status, e.message, started))?;
     let deadline = started + state.query_timeout;
     let timed_out = || QueryFailure::new(StatusCode::GATEWAY_TIMEOUT, "Query timed out", started);
-    let mut stream = tokio::time::timeout_at(deadline.into(), engine.execute(sql, database))
+    let running = tokio::time::timeout_at(deadline.into(), engine.execute(sql, database))
         .await
         .map_err(|_| timed_out())?
         .map_err(|e| QueryFailure::from_error(e, started))?;
+    let files_scanned = running.files_scanned();
+    let mut stream = running.stream;
     let first = tokio::time::timeout_at(deadline.into(), stream.next())
         .await
         .map_err(|_| timed_out())?
         .transpose()
         .map_err(|e| QueryFailure::from_error(e.into(), started))?;
-    Ok((stream, first, deadline))
+    Ok(Started {
+        stream,
+        first,
+        deadline,
+        files_scanned,
+    })
 }
 
 /// The rest of a result, ending with an error item past the deadline.
@@ -170,9 +186,20 @@ pub async fn json(
     let profile = headers
         .get(PROFILE_HEADER)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    let files_before = state.query_engine().map(|e| e.files_scanned()).unwrap_or(0);
-    let (stream, first, deadline) = start(&state, &sql, database, started).await?;
-    let columns: Vec<String> = stream
+    json_response(&state, &sql, database, profile, started).await
+}
+
+/// Streams a query's result in Arc's JSON envelope.
+async fn json_response(
+    state: &AppState,
+    sql: &str,
+    database: Option<&str>,
+    profile: bool,
+    started: Instant,
+) -> Result<Response, QueryFailure> {
+    let query = start(state, sql, database, started).await?;
+    let columns: Vec<String> = query
+        .stream
         .schema()
         .fields()
         .iter()
@@ -182,15 +209,10 @@ pub async fn json(
         "{{\"success\":true,\"columns\":{},\"data\":[",
         serde_json::to_string(&columns).expect("strings serialize")
     );
-    let state_for_tail = Arc::clone(&state);
-    let batches = batches_until(stream, first, deadline);
+    let files_scanned = profile.then(|| Arc::clone(&query.files_scanned));
+    let batches = batches_until(query.stream, query.first, query.deadline);
     let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
-        .chain(json_rows(
-            batches,
-            started,
-            profile.then_some(files_before),
-            state_for_tail,
-        ));
+        .chain(json_rows(batches, started, files_scanned));
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(body),
@@ -202,17 +224,23 @@ pub async fn json(
 fn json_rows(
     batches: impl Stream<Item = Result<RecordBatch, String>> + Send + 'static,
     started: Instant,
-    profile_files_before: Option<u64>,
-    state: Arc<AppState>,
+    files_scanned: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     futures::stream::unfold(
         (Box::pin(batches), 0usize, false),
         move |(mut batches, rows, finished)| {
-            let state = Arc::clone(&state);
+            let files_scanned = files_scanned.clone();
             async move {
                 if finished {
                     return None;
                 }
+                let tail = |extra: String| {
+                    format!(
+                        "],\"row_count\":{rows},\"execution_time_ms\":{},\"timestamp\":{}{extra}}}",
+                        elapsed_ms(started),
+                        json!(now()),
+                    )
+                };
                 match batches.next().await {
                     Some(Ok(batch)) => {
                         let mut out = Vec::with_capacity(batch.num_rows() * 64);
@@ -225,30 +253,19 @@ fn json_rows(
                     Some(Err(message)) => {
                         // Headers are sent: close the JSON so it stays parseable, and say why.
                         tracing::error!(error = %message, "query failed while streaming");
-                        let tail = format!(
-                            "],\"row_count\":{rows},\"execution_time_ms\":{},\"timestamp\":{},\"error\":{}}}",
-                            elapsed_ms(started),
-                            json!(now()),
-                            json!(message),
-                        );
+                        let tail = tail(format!(",\"error\":{}", json!(message)));
                         Some((Ok(Bytes::from(tail)), (batches, rows, true)))
                     }
                     None => {
-                        let profile = profile_files_before
-                            .map(|before| {
-                                let scanned = state
-                                    .query_engine()
-                                    .map(|e| e.files_scanned())
-                                    .unwrap_or(before);
-                                format!(",\"profile\":{{\"files_scanned\":{}}}", scanned - before)
+                        let profile = files_scanned
+                            .map(|n| {
+                                format!(
+                                    ",\"profile\":{{\"files_scanned\":{}}}",
+                                    n.load(std::sync::atomic::Ordering::Relaxed)
+                                )
                             })
                             .unwrap_or_default();
-                        let tail = format!(
-                            "],\"row_count\":{rows},\"execution_time_ms\":{},\"timestamp\":{}{profile}}}",
-                            elapsed_ms(started),
-                            json!(now()),
-                        );
-                        Some((Ok(Bytes::from(tail)), (batches, rows, true)))
+                        Some((Ok(Bytes::from(tail(profile))), (batches, rows, true)))
                     }
                 }
             }
@@ -489,9 +506,9 @@ pub async fn arrow(
         .map_err(|e| {
             QueryFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), started)
         })?;
-    let (stream, first, deadline) = start(&state, &sql, database, started).await?;
-    let schema = stream.schema();
-    let batches = batches_until(stream, first, deadline);
+    let query = start(&state, &sql, database, started).await?;
+    let schema = query.stream.schema();
+    let batches = batches_until(query.stream, query.first, query.deadline);
     let encoder = IpcEncoder::new(&schema, options).map_err(|e| {
         QueryFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), started)
     })?;
@@ -548,4 +565,163 @@ fn arrow_body(
             }
         },
     )
+}
+
+/// `POST /api/v1/query/estimate`: counts the rows a query would return.
+pub async fn estimate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, QueryFailure> {
+    let started = Instant::now();
+    let (sql, database) = request_sql(&body, &headers, started)?;
+    let inner = sql.trim().trim_end_matches(';');
+    let counted = format!("SELECT COUNT(*) FROM ({inner}) AS estimate");
+    let outcome = match start(&state, &counted, database, started).await {
+        Ok(query) => {
+            let batches: Vec<_> = batches_until(query.stream, query.first, query.deadline)
+                .collect()
+                .await;
+            batches
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map(|batches| {
+                    batches
+                        .first()
+                        .and_then(|b| {
+                            b.column(0)
+                                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                                .map(|c| c.value(0))
+                        })
+                        .unwrap_or(0)
+                })
+        }
+        Err(failure) => Err(failure.message),
+    };
+    Ok(Json(match outcome {
+        Ok(rows) => {
+            let (level, message) = match rows {
+                ..=10_000 => ("none", "Query looks fine"),
+                10_001..=100_000 => ("low", "Query returns more than 10,000 rows"),
+                100_001..=1_000_000 => (
+                    "medium",
+                    "Query returns more than 100,000 rows; consider LIMIT",
+                ),
+                _ => (
+                    "high",
+                    "Query returns more than 1,000,000 rows; use LIMIT or the Arrow endpoint",
+                ),
+            };
+            json!({
+                "success": true,
+                "estimated_rows": rows,
+                "warning_level": level,
+                "warning_message": message,
+                "execution_time_ms": elapsed_ms(started),
+            })
+        }
+        Err(error) => json!({
+            "success": false,
+            "estimated_rows": null,
+            "warning_level": "error",
+            "warning_message": "Could not estimate the query",
+            "error": error,
+            "execution_time_ms": elapsed_ms(started),
+        }),
+    }))
+}
+
+/// `GET /api/v1/measurements`: measurements with their file counts.
+pub async fn measurements(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, QueryFailure> {
+    let started = Instant::now();
+    let engine = state
+        .query_engine()
+        .map_err(|e| QueryFailure::new(e.status, e.message, started))?;
+    let list: Vec<Value> = engine
+        .measurements(params.get("database").map(String::as_str))
+        .into_iter()
+        .map(|m| {
+            json!({
+                "database": m.database,
+                "measurement": m.measurement,
+                "file_count": m.file_count,
+                "total_size_mb": m.total_size_bytes as f64 / (1024.0 * 1024.0),
+                "storage_path": format!("{}/{}/", m.database, m.measurement),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "success": true,
+        "count": list.len(),
+        "measurements": list,
+        "execution_time_ms": elapsed_ms(started),
+    })))
+}
+
+/// `GET /api/v1/query/{measurement}`: Arc's paginated read of one measurement.
+pub async fn measurement_rows(
+    State(state): State<Arc<AppState>>,
+    Path(measurement): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, QueryFailure> {
+    let started = Instant::now();
+    let sql = crate::query::paginated_select(&measurement, &params)
+        .map_err(|message| QueryFailure::new(StatusCode::BAD_REQUEST, message, started))?;
+    json_response(&state, &sql, None, false, started).await
+}
+
+/// `GET /api/v1/databases`.
+pub async fn databases(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let engine = state.query_engine()?;
+    let summaries = engine.measurements(None);
+    let list: Vec<Value> = engine
+        .databases()
+        .into_iter()
+        .map(|name| {
+            let count = summaries.iter().filter(|m| m.database == name).count();
+            json!({ "name": name, "measurement_count": count })
+        })
+        .collect();
+    Ok(Json(json!({ "count": list.len(), "databases": list })))
+}
+
+/// `GET /api/v1/databases/{name}`.
+pub async fn database(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let measurements = known_database(&state, &name)?;
+    Ok(Json(
+        json!({ "name": name, "measurement_count": measurements.len() }),
+    ))
+}
+
+/// `GET /api/v1/databases/{name}/measurements`.
+pub async fn database_measurements(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let measurements: Vec<Value> = known_database(&state, &name)?
+        .into_iter()
+        .map(|m| json!({ "name": m.measurement, "file_count": m.file_count }))
+        .collect();
+    Ok(Json(json!({
+        "database": name,
+        "count": measurements.len(),
+        "measurements": measurements,
+    })))
+}
+
+fn known_database(state: &AppState, name: &str) -> Result<Vec<MeasurementSummary>, ApiError> {
+    let measurements = state.query_engine()?.measurements(Some(name));
+    if measurements.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Database '{name}' not found"),
+        ));
+    }
+    Ok(measurements)
 }

@@ -5,9 +5,8 @@
 
 mod table;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicU64;
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -82,6 +81,20 @@ pub fn parse_show(sql: &str) -> Option<ShowCommand> {
     }
 }
 
+/// A query being executed.
+pub struct RunningQuery {
+    pub stream: SendableRecordBatchStream,
+    files_scanned: Arc<AtomicU64>,
+}
+
+impl RunningQuery {
+    /// A handle to the count of Parquet files the query's scans opened (final once the stream
+    /// has been drained).
+    pub fn files_scanned(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.files_scanned)
+    }
+}
+
 pub struct QueryEngine {
     sources: Arc<TableSources>,
     runtime: Arc<RuntimeEnv>,
@@ -104,18 +117,9 @@ impl QueryEngine {
         let url = ObjectStoreUrl::parse(STORAGE_URL).expect("static URL parses");
         runtime.register_object_store(url.as_ref(), storage.object_store());
         QueryEngine {
-            sources: Arc::new(TableSources {
-                meta,
-                buffers,
-                files_scanned: Default::default(),
-            }),
+            sources: Arc::new(TableSources { meta, buffers }),
             runtime,
         }
-    }
-
-    /// Parquet files handed to scans so far.
-    pub fn files_scanned(&self) -> u64 {
-        self.sources.files_scanned.load(Ordering::Relaxed)
     }
 
     pub fn databases(&self) -> Vec<String> {
@@ -145,7 +149,7 @@ impl QueryEngine {
         &self,
         sql: &str,
         header_database: Option<&str>,
-    ) -> Result<SendableRecordBatchStream, QueryError> {
+    ) -> Result<RunningQuery, QueryError> {
         let statement = validate(sql)?;
         let database = header_database.unwrap_or(DEFAULT_DATABASE);
         if !names::valid_database(database) {
@@ -158,10 +162,12 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(false);
         let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&self.runtime));
+        let files_scanned = Arc::new(AtomicU64::new(0));
         ctx.register_catalog(
             CATALOG,
             Arc::new(table::ArcCatalog {
                 sources: Arc::clone(&self.sources),
+                files_scanned: Arc::clone(&files_scanned),
             }),
         );
         let state = ctx.state();
@@ -180,11 +186,117 @@ impl QueryEngine {
             .verify_plan(&plan)
             .map_err(|_| QueryError::Invalid(DANGEROUS.into()))?;
         let frame = ctx.execute_logical_plan(plan).await?;
-        Ok(frame.execute_stream().await?)
+        Ok(RunningQuery {
+            stream: frame.execute_stream().await?,
+            files_scanned,
+        })
     }
 }
 
 const DANGEROUS: &str = "Dangerous SQL operation not allowed";
+
+/// Largest `limit` of `GET /api/v1/query/{measurement}`.
+const MAX_PAGE_ROWS: u64 = 1_000_000;
+/// Longest `where` of `GET /api/v1/query/{measurement}`.
+const MAX_WHERE_CHARS: usize = 4096;
+
+/// Builds Arc's `SELECT * FROM db.m [WHERE …] ORDER BY … LIMIT … OFFSET …` from query
+/// parameters, refusing anything that could smuggle in another statement.
+pub fn paginated_select(
+    measurement: &str,
+    params: &std::collections::HashMap<String, String>,
+) -> Result<String, String> {
+    let database = params
+        .get("database")
+        .map_or(DEFAULT_DATABASE, String::as_str);
+    if !names::valid_database(database) {
+        return Err(format!("invalid database name '{database}'"));
+    }
+    if !names::valid_measurement(measurement) {
+        return Err(format!("invalid measurement name '{measurement}'"));
+    }
+    let number = |key: &str, default: u64| -> Result<u64, String> {
+        params.get(key).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| format!("{key} must be a non-negative integer, got '{v}'"))
+        })
+    };
+    let limit = number("limit", 100)?;
+    if limit > MAX_PAGE_ROWS {
+        return Err(format!("limit must be at most {MAX_PAGE_ROWS}"));
+    }
+    let offset = number("offset", 0)?;
+    let order_by = order_by_clause(params.get("order_by").map_or("time DESC", String::as_str))?;
+    let mut sql = format!("SELECT * FROM \"{database}\".\"{measurement}\"");
+    if let Some(filter) = params.get("where").filter(|w| !w.trim().is_empty()) {
+        check_where(filter)?;
+        sql.push_str(&format!(" WHERE ({filter})"));
+    }
+    sql.push_str(&format!(
+        " ORDER BY {order_by} LIMIT {limit} OFFSET {offset}"
+    ));
+    Ok(sql)
+}
+
+fn order_by_clause(text: &str) -> Result<String, String> {
+    let mut terms = Vec::new();
+    for term in text.split(',') {
+        let words: Vec<&str> = term.split_whitespace().collect();
+        let (column, direction) = match words.as_slice() {
+            [column] => (*column, "ASC"),
+            [column, direction]
+                if direction.eq_ignore_ascii_case("asc")
+                    || direction.eq_ignore_ascii_case("desc") =>
+            {
+                (*column, *direction)
+            }
+            _ => return Err(format!("invalid order_by term '{}'", term.trim())),
+        };
+        let identifier = column.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && column
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !identifier {
+            return Err(format!("invalid order_by column '{column}'"));
+        }
+        terms.push(format!("\"{column}\" {}", direction.to_ascii_uppercase()));
+    }
+    Ok(terms.join(", "))
+}
+
+fn check_where(filter: &str) -> Result<(), String> {
+    if filter.chars().count() > MAX_WHERE_CHARS {
+        return Err(format!(
+            "where must be at most {MAX_WHERE_CHARS} characters"
+        ));
+    }
+    let lower = filter.to_ascii_lowercase();
+    for token in [";", "--", "/*", "*/", "xp_", "sp_"] {
+        if lower.contains(token) {
+            return Err(format!("where may not contain '{token}'"));
+        }
+    }
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .collect();
+    for keyword in [
+        "drop", "delete", "insert", "update", "truncate", "alter", "create", "exec", "union",
+    ] {
+        if words.contains(&keyword) {
+            return Err(format!(
+                "where may not contain {}",
+                keyword.to_ascii_uppercase()
+            ));
+        }
+    }
+    let quotes = filter.matches('\'').count();
+    let opened = filter.matches('(').count();
+    let closed = filter.matches(')').count();
+    if !quotes.is_multiple_of(2) || opened != closed {
+        return Err("where has unbalanced quotes or parentheses".into());
+    }
+    Ok(())
+}
 
 /// Arc's checks: non-empty, at most 10,000 characters, one statement, and a query (no DDL, DML,
 /// COPY, SET, …).
@@ -212,14 +324,6 @@ fn validate(sql: &str) -> Result<Statement, QueryError> {
         _ => Err(QueryError::Invalid(DANGEROUS.into())),
     }
 }
-
-/// Column names of a schema, for response envelopes.
-pub fn column_names(schema: &arrow::datatypes::Schema) -> Vec<String> {
-    schema.fields().iter().map(|f| f.name().clone()).collect()
-}
-
-/// Per-query figures reported in `profile` when the client asks for them.
-pub type Profile = BTreeMap<&'static str, u64>;
 
 #[cfg(test)]
 mod tests {
@@ -250,6 +354,50 @@ mod tests {
                 .to_string()
                 .contains("maximum length")
         );
+    }
+
+    #[test]
+    fn paginated_select_builds_safe_sql() {
+        let params = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        assert_eq!(
+            paginated_select("cpu", &params(&[])).unwrap(),
+            "SELECT * FROM \"default\".\"cpu\" ORDER BY \"time\" DESC LIMIT 100 OFFSET 0"
+        );
+        assert_eq!(
+            paginated_select(
+                "cpu",
+                &params(&[
+                    ("database", "prod"),
+                    ("limit", "5"),
+                    ("offset", "10"),
+                    ("order_by", "host asc, time DESC"),
+                    ("where", "host = 'a' AND (usage > 1)"),
+                ])
+            )
+            .unwrap(),
+            "SELECT * FROM \"prod\".\"cpu\" WHERE (host = 'a' AND (usage > 1)) \
+             ORDER BY \"host\" ASC, \"time\" DESC LIMIT 5 OFFSET 10"
+        );
+        for bad in [
+            params(&[("limit", "1000001")]),
+            params(&[("limit", "-1")]),
+            params(&[("order_by", "time; DROP")]),
+            params(&[("order_by", "time sideways")]),
+            params(&[("where", "1=1; DROP TABLE x")]),
+            params(&[("where", "1=1 UNION SELECT 1")]),
+            params(&[("where", "host = 'a")]),
+            params(&[("where", "(a > 1")]),
+            params(&[("where", "a -- comment")]),
+            params(&[("database", "bad db")]),
+        ] {
+            assert!(paginated_select("cpu", &bad).is_err(), "{bad:?}");
+        }
+        assert!(paginated_select("9cpu", &params(&[])).is_err());
     }
 
     #[test]

@@ -33,8 +33,6 @@ pub const STORAGE_URL: &str = "arcdb://storage/";
 pub struct TableSources {
     pub meta: Arc<Meta>,
     pub buffers: Arc<Buffers>,
-    /// Parquet files handed to scans; lets tests check pruning without timing anything.
-    pub files_scanned: AtomicU64,
 }
 
 impl TableSources {
@@ -67,9 +65,12 @@ pub fn time_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// The catalog of one query.
 #[derive(Debug)]
 pub struct ArcCatalog {
     pub sources: Arc<TableSources>,
+    /// Parquet files this query's scans were handed: shows pruning without timing anything.
+    pub files_scanned: Arc<AtomicU64>,
 }
 
 impl CatalogProvider for ArcCatalog {
@@ -81,6 +82,7 @@ impl CatalogProvider for ArcCatalog {
         Some(Arc::new(DatabaseSchema {
             database: name.to_string(),
             sources: Arc::clone(&self.sources),
+            files_scanned: Arc::clone(&self.files_scanned),
         }))
     }
 }
@@ -89,6 +91,7 @@ impl CatalogProvider for ArcCatalog {
 struct DatabaseSchema {
     database: String,
     sources: Arc<TableSources>,
+    files_scanned: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -126,6 +129,7 @@ impl SchemaProvider for DatabaseSchema {
             key,
             columns,
             Arc::clone(&self.sources),
+            Arc::clone(&self.files_scanned),
         ))))
     }
 
@@ -140,6 +144,7 @@ pub struct MeasurementTable {
     key: MeasurementKey,
     schema: SchemaRef,
     sources: Arc<TableSources>,
+    files_scanned: Arc<AtomicU64>,
 }
 
 impl MeasurementTable {
@@ -147,6 +152,7 @@ impl MeasurementTable {
         key: MeasurementKey,
         mut columns: Vec<(String, DataType)>,
         sources: Arc<TableSources>,
+        files_scanned: Arc<AtomicU64>,
     ) -> MeasurementTable {
         columns.sort_by(|a, b| a.0.cmp(&b.0));
         let fields: Vec<Field> = std::iter::once(Field::new("time", time_type(), false))
@@ -156,6 +162,7 @@ impl MeasurementTable {
             key,
             schema: Arc::new(Schema::new(fields)),
             sources,
+            files_scanned,
         }
     }
 
@@ -227,8 +234,7 @@ impl TableProvider for MeasurementTable {
                 .cloned()
                 .collect()
         };
-        self.sources
-            .files_scanned
+        self.files_scanned
             .fetch_add(files.len() as u64, Ordering::Relaxed);
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();

@@ -265,3 +265,67 @@ async fn slow_queries_time_out_with_504() {
     assert_eq!(server.get("/health").await.0, StatusCode::OK);
     assert!(server.stop().await.success());
 }
+
+#[tokio::test]
+async fn listing_estimate_and_paginated_endpoints() {
+    let mut server = Server::start(&[]).await;
+    let lines: String = (0..30)
+        .map(|i| format!("cpu,host=h{} v={i}i {}\n", i % 3, T0_NS + i * 1_000_000_000))
+        .collect();
+    write_lines(&server, "prod", &lines).await;
+    write_lines(&server, "prod", &format!("mem free=1i {T0_NS}\n")).await;
+    server.flush().await;
+
+    let get = |path: &'static str| {
+        let server = &server;
+        async move {
+            let (status, text) = server.get(path).await;
+            (status, serde_json::from_str::<Value>(&text).unwrap())
+        }
+    };
+    let (status, body) = get("/api/v1/databases").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"count": 1, "databases": [{"name": "prod", "measurement_count": 2}]})
+    );
+    let (_, body) = get("/api/v1/databases/prod").await;
+    assert_eq!(body, json!({"name": "prod", "measurement_count": 2}));
+    let (status, body) = get("/api/v1/databases/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("nope"));
+    let (_, body) = get("/api/v1/databases/prod/measurements").await;
+    assert_eq!(
+        body["measurements"][0],
+        json!({"name": "cpu", "file_count": 1})
+    );
+    let (_, body) = get("/api/v1/measurements?database=prod").await;
+    assert_eq!(body["count"], 2);
+    assert_eq!(body["measurements"][1]["measurement"], "mem");
+
+    let response = server
+        .client
+        .post(server.url("/api/v1/query/estimate"))
+        .json(&json!({"sql": "SELECT * FROM prod.cpu WHERE host = 'h1'"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["estimated_rows"], 10);
+    assert_eq!(body["warning_level"], "none");
+
+    let (status, body) = get("/api/v1/query/cpu?database=prod&limit=2&offset=1&order_by=v%20DESC&where=host%20%3D%20%27h0%27").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let values: Vec<i64> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[2].as_i64().unwrap())
+        .collect();
+    assert_eq!(values, vec![24, 21]);
+    let (status, body) =
+        get("/api/v1/query/cpu?database=prod&where=1%3D1%3B%20DROP%20TABLE%20cpu").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["success"], false);
+    assert!(server.stop().await.success());
+}
