@@ -12,6 +12,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -98,6 +99,19 @@ impl RunningQuery {
 pub struct QueryEngine {
     sources: Arc<TableSources>,
     runtime: Arc<RuntimeEnv>,
+    /// Functions Arc users write that DataFusion names differently.
+    arc_functions: Vec<ScalarUDF>,
+}
+
+/// `time_bucket(INTERVAL, time[, origin])` is DataFusion's `date_bin` (same arguments). Buckets
+/// are aligned to 1970-01-01, which matches DuckDB for every width that divides a day.
+fn arc_functions() -> Vec<ScalarUDF> {
+    vec![
+        datafusion::functions::datetime::date_bin()
+            .as_ref()
+            .clone()
+            .with_aliases(["time_bucket"]),
+    ]
 }
 
 /// A measurement's summary for `SHOW TABLES` and the listing endpoints.
@@ -119,6 +133,7 @@ impl QueryEngine {
         QueryEngine {
             sources: Arc::new(TableSources { meta, buffers }),
             runtime,
+            arc_functions: arc_functions(),
         }
     }
 
@@ -162,6 +177,9 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(false);
         let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&self.runtime));
+        for function in &self.arc_functions {
+            ctx.register_udf(function.clone());
+        }
         let files_scanned = Arc::new(AtomicU64::new(0));
         ctx.register_catalog(
             CATALOG,

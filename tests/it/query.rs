@@ -329,3 +329,59 @@ async fn listing_estimate_and_paginated_endpoints() {
     assert_eq!(body["success"], false);
     assert!(server.stop().await.success());
 }
+
+/// The SQL idioms listed in docs/sql.md: each must run.
+#[tokio::test]
+async fn arc_sql_idioms_run() {
+    let mut server = Server::start(&[]).await;
+    let lines: String = (0..20)
+        .map(|i| {
+            format!(
+                "cpu,host=h{} usage={i} {}\n",
+                i % 2,
+                T0_NS + i * 60_000_000_000
+            )
+        })
+        .chain((0..2).map(|i| format!("hosts,host=h{i} rack=\"r{i}\" {T0_NS}\n")))
+        .collect();
+    write_lines(&server, "default", &lines).await;
+    let idioms = [
+        (
+            "SELECT time_bucket(INTERVAL '5 minutes', time) AS bucket, avg(usage) AS avg \
+             FROM cpu GROUP BY bucket ORDER BY bucket LIMIT 1",
+            json!([["2026-01-15T10:00:00Z", 2]]),
+        ),
+        (
+            "SELECT date_trunc('hour', time) AS hour, count(*) AS n FROM cpu GROUP BY hour",
+            json!([["2026-01-15T10:00:00Z", 20]]),
+        ),
+        (
+            "SELECT count(*) FROM cpu WHERE time > NOW() - INTERVAL '100000 days'",
+            json!([[20]]),
+        ),
+        (
+            "SELECT to_timestamp(1768471200) = TIMESTAMP '2026-01-15T10:00:00' AS same",
+            json!([[true]]),
+        ),
+        (
+            "SELECT usage FROM cpu ORDER BY time LIMIT 2 OFFSET 3",
+            json!([[3], [4]]),
+        ),
+        (
+            "SELECT host, usage, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn \
+             FROM cpu ORDER BY host, rn LIMIT 1",
+            json!([["h0", 18, 1]]),
+        ),
+        (
+            "SELECT c.host, h.rack, count(*) AS n FROM cpu c JOIN hosts h ON c.host = h.host \
+             GROUP BY c.host, h.rack ORDER BY c.host",
+            json!([["h0", "r0", 10], ["h1", "r1", 10]]),
+        ),
+    ];
+    for (sql, expected) in idioms {
+        let (status, body) = query(&server, sql, &[]).await;
+        assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+        assert_eq!(body["data"], expected, "{sql}");
+    }
+    assert!(server.stop().await.success());
+}
