@@ -86,6 +86,10 @@ impl Server {
         self.child = Some(command.spawn().expect("start arcdb"));
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

@@ -385,3 +385,75 @@ async fn arc_sql_idioms_run() {
     }
     assert!(server.stop().await.success());
 }
+
+/// Resident set high-water mark of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn a_20_million_row_arrow_result_streams_in_bounded_memory() {
+    const ROWS: i64 = 20_000_000;
+    const PER_REQUEST: i64 = 500_000;
+    let mut server = Server::start(&[("ARC_INGEST_MAX_BUFFER_SIZE", "1000000")]).await;
+    for chunk in 0..ROWS / PER_REQUEST {
+        let first = chunk * PER_REQUEST;
+        let ids: Vec<i64> = (first..first + PER_REQUEST).collect();
+        let payload = crate::harness::map(vec![
+            ("m", rmpv::Value::from("big")),
+            (
+                "columns",
+                crate::harness::map(vec![
+                    (
+                        "time",
+                        rmpv::Value::Array(
+                            ids.iter()
+                                .map(|i| rmpv::Value::from(T0_NS / 1000 + i * 1000))
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "v",
+                        rmpv::Value::Array(ids.iter().map(|i| rmpv::Value::from(*i)).collect()),
+                    ),
+                ]),
+            ),
+        ]);
+        let (status, body) = server
+            .post(
+                "/api/v1/write/msgpack",
+                &[("x-arc-database", "mem")],
+                crate::harness::msgpack(&payload),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    assert!(server.stop().await.success());
+    // A fresh process, so its memory high-water mark is the query's alone.
+    server.restart().await;
+    let pid = server.pid();
+
+    let response = server
+        .client
+        .post(server.url("/api/v1/query/arrow"))
+        .json(&json!({ "sql": "SELECT time, v FROM mem.big" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.bytes().await.unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    let mut rows = 0;
+    for batch in reader {
+        rows += batch.unwrap().num_rows() as i64;
+    }
+    assert_eq!(rows, ROWS);
+    let peak = peak_rss(pid);
+    eprintln!("20M-row Arrow query: server peak RSS {} MiB", peak >> 20);
+    assert!(peak < 1 << 30, "server peaked at {} MiB", peak >> 20);
+    assert!(server.stop().await.success());
+}
