@@ -151,10 +151,10 @@ fn batches_until(
     deadline: Instant,
 ) -> impl Stream<Item = Result<RecordBatch, String>> {
     let rest = stream.map(|r| r.map_err(|e| e.to_string()));
-    futures::stream::iter(first.map(Ok)).chain(tokio_stream_timeout(rest, deadline))
+    futures::stream::iter(first.map(Ok)).chain(until_deadline(rest, deadline))
 }
 
-fn tokio_stream_timeout(
+fn until_deadline(
     stream: impl Stream<Item = Result<RecordBatch, String>> + Send + 'static,
     deadline: Instant,
 ) -> impl Stream<Item = Result<RecordBatch, String>> {
