@@ -2,6 +2,7 @@
 //! Errors become HTTP responses in one place ([`ApiError`]).
 
 mod health;
+mod msgpack;
 mod query;
 mod write;
 
@@ -93,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/write/line-protocol/flush", post(write::flush))
         .route("/api/v1/query", post(query::json))
         .route("/api/v1/query/arrow", post(query::arrow))
+        .route("/api/v1/query/msgpack", post(query::msgpack))
         .route("/api/v1/query/estimate", post(query::estimate))
         .route("/api/v1/query/{measurement}", get(query::measurement_rows))
         .route("/api/v1/measurements", get(query::measurements))

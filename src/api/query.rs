@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::query::{MeasurementSummary, QueryError, ShowCommand, parse_show};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, msgpack};
 
 const DATABASE_HEADER: &str = "x-arc-database";
 const PROFILE_HEADER: &str = "x-arc-profile";
@@ -724,4 +724,62 @@ fn known_database(state: &AppState, name: &str) -> Result<Vec<MeasurementSummary
         ));
     }
     Ok(measurements)
+}
+
+/// `POST /api/v1/query/msgpack`: the whole result, column-major, in one MessagePack map.
+pub async fn msgpack(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, QueryFailure> {
+    let started = Instant::now();
+    let (sql, database) = request_sql(&body, &headers, started)?;
+    if parse_show(&sql).is_some() {
+        return Err(QueryFailure::new(
+            StatusCode::BAD_REQUEST,
+            "SHOW commands are not supported on the MessagePack endpoint; use /api/v1/query",
+            started,
+        ));
+    }
+    let query = start(&state, &sql, database, started).await?;
+    let schema = query.stream.schema();
+    let batches: Vec<RecordBatch> = batches_until(query.stream, query.first, query.deadline)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|message| {
+            let status = if message == "Query timed out" {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            QueryFailure::new(status, message, started)
+        })?;
+    let mut writer = msgpack::Writer::default();
+    writer.map_header(7);
+    writer.str("success");
+    writer.bool(true);
+    writer.str("columns");
+    writer.array_header(schema.fields().len());
+    for field in schema.fields() {
+        writer.str(field.name());
+    }
+    writer.str("types");
+    writer.array_header(schema.fields().len());
+    for field in schema.fields() {
+        writer.str(&msgpack::type_name(field.data_type()));
+    }
+    writer.str("data");
+    writer.array_header(schema.fields().len());
+    for column in 0..schema.fields().len() {
+        msgpack::write_column(&mut writer, &batches, column);
+    }
+    writer.str("row_count");
+    writer.uint(batches.iter().map(|b| b.num_rows() as u64).sum());
+    writer.str("execution_time_ms");
+    writer.float(elapsed_ms(started));
+    writer.str("timestamp");
+    writer.str(&now());
+    Ok(([(header::CONTENT_TYPE, "application/msgpack")], writer.out).into_response())
 }

@@ -457,3 +457,57 @@ async fn a_20_million_row_arrow_result_streams_in_bounded_memory() {
     assert!(peak < 1 << 30, "server peaked at {} MiB", peak >> 20);
     assert!(server.stop().await.success());
 }
+
+#[tokio::test]
+async fn msgpack_endpoint_returns_columns_with_types() {
+    let mut server = Server::start(&[]).await;
+    write_lines(
+        &server,
+        "mp",
+        &format!(
+            "m,host=a v=1.5,n=2i {T0_NS}\nm,host=b n=3i {}\n",
+            T0_NS + 1000
+        ),
+    )
+    .await;
+    let response = server
+        .client
+        .post(server.url("/api/v1/query/msgpack"))
+        .header("x-arc-database", "mp")
+        .json(&json!({ "sql": "SELECT time, host, n, v FROM m ORDER BY time" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/msgpack");
+    let bytes = response.bytes().await.unwrap();
+    let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+    let field = |key: &str| {
+        value
+            .as_map()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(field("success"), rmpv::Value::from(true));
+    assert_eq!(field("row_count"), rmpv::Value::from(2));
+    let types: Vec<String> = field("types")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["timestamp[us]", "utf8", "int64", "float64"]);
+    let data = field("data");
+    let columns = data.as_array().unwrap();
+    assert_eq!(
+        columns[0].as_array().unwrap()[0],
+        rmpv::Value::from(T0_NS / 1000)
+    );
+    assert_eq!(columns[1].as_array().unwrap()[1], rmpv::Value::from("b"));
+    assert_eq!(columns[3].as_array().unwrap()[0], rmpv::Value::from(1.5));
+    assert!(columns[3].as_array().unwrap()[1].is_nil());
+    assert!(server.stop().await.success());
+}
