@@ -59,19 +59,47 @@ async fn acknowledged_rows_are_visible_before_and_after_flush_and_after_kill9() 
     server.flush().await;
     assert_eq!(rows(&server, sql).await, expected, "flushed rows, once");
 
-    write_lines(
-        &server,
-        "ryw",
-        &format!("cpu,host=c usage=3.5 {}\n", T0_NS + 2_000),
-    )
-    .await;
-    server.kill9();
-    server.restart().await;
-    let mut after = expected.clone();
-    after.push(json!(["c", 3.5, "2026-01-15T10:00:00.000002Z"]));
+    // The other endpoints share the write path; MessagePack and the v2 API stand in for them.
+    let payload = crate::harness::map(vec![
+        ("m", rmpv::Value::from("cpu")),
+        (
+            "columns",
+            crate::harness::map(vec![
+                ("time", rmpv::Value::Array(vec![(T0_NS / 1000 + 2).into()])),
+                ("host", rmpv::Value::Array(vec!["c".into()])),
+                ("usage", rmpv::Value::Array(vec![3.5.into()])),
+            ]),
+        ),
+    ]);
+    let (status, _) = server
+        .post(
+            "/api/v1/write/msgpack",
+            &[("x-arc-database", "ryw")],
+            crate::harness::msgpack(&payload),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = server
+        .post(
+            "/api/v2/write?bucket=ryw",
+            &[],
+            format!("cpu,host=d usage=4.5 {}", T0_NS + 3_000),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut before_kill = expected.clone();
+    before_kill.push(json!(["c", 3.5, "2026-01-15T10:00:00.000002Z"]));
+    before_kill.push(json!(["d", 4.5, "2026-01-15T10:00:00.000003Z"]));
     assert_eq!(
         rows(&server, sql).await,
-        after,
+        before_kill,
+        "rows from every endpoint"
+    );
+    server.kill9();
+    server.restart().await;
+    assert_eq!(
+        rows(&server, sql).await,
+        before_kill,
         "after kill -9 and WAL replay"
     );
     assert!(server.stop().await.success());
