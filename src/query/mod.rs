@@ -3,6 +3,7 @@
 //! Every query gets a fresh session whose default schema is the request's database, so a bare
 //! `measurement` means `<x-arc-database>.measurement` (or `default.measurement`).
 
+mod functions;
 mod table;
 
 use std::sync::Arc;
@@ -103,17 +104,6 @@ pub struct QueryEngine {
     arc_functions: Vec<ScalarUDF>,
 }
 
-/// `time_bucket(INTERVAL, time[, origin])` is DataFusion's `date_bin` (same arguments). Buckets
-/// are aligned to 1970-01-01, which matches DuckDB for every width that divides a day.
-fn arc_functions() -> Vec<ScalarUDF> {
-    vec![
-        datafusion::functions::datetime::date_bin()
-            .as_ref()
-            .clone()
-            .with_aliases(["time_bucket"]),
-    ]
-}
-
 /// A measurement's summary for `SHOW TABLES` and the listing endpoints.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeasurementSummary {
@@ -133,7 +123,7 @@ impl QueryEngine {
         QueryEngine {
             sources: Arc::new(TableSources { meta, buffers }),
             runtime,
-            arc_functions: arc_functions(),
+            arc_functions: functions::arc_functions(),
         }
     }
 

@@ -392,6 +392,16 @@ async fn arc_sql_idioms_run() {
             json!([[true]]),
         ),
         (
+            "SELECT epoch(time) AS s, epoch_ms(time) AS ms, epoch_us(time) AS us, \
+             epoch_ns(time) AS ns FROM cpu ORDER BY time LIMIT 1",
+            json!([[
+                1_768_471_200,
+                1_768_471_200_000i64,
+                1_768_471_200_000_000i64,
+                1_768_471_200_000_000_000i64
+            ]]),
+        ),
+        (
             "SELECT usage FROM cpu ORDER BY time LIMIT 2 OFFSET 3",
             json!([[3], [4]]),
         ),
