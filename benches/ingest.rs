@@ -11,8 +11,9 @@
 //! Without `--url` the program starts its own release-built `arcdb` in a temporary directory
 //! (WAL on, `fdatasync`, local storage), once per protocol and compression, and stops it after.
 
+mod common;
+
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,59 +138,6 @@ fn bodies(protocol: &str, compression: &str, options: &Options) -> Result<Vec<By
     Ok(out)
 }
 
-struct LocalServer {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_server(options: &Options) -> Result<LocalServer> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let log = std::fs::File::create(dir.path().join("server.log"))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_arcdb"))
-        .current_dir(dir.path())
-        .env("ARC_SERVER_HOST", "127.0.0.1")
-        .env("ARC_SERVER_PORT", port.to_string())
-        .env("ARC_LOG_LEVEL", "warn")
-        .envs(options.server_env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting arcdb")?;
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = client.get(format!("{url}/ready")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("arcdb did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(LocalServer {
-        child,
-        url,
-        _dir: dir,
-    })
-}
-
 struct Outcome {
     records: u64,
     requests: u64,
@@ -275,7 +223,7 @@ fn main() -> Result<()> {
                 let bodies = Arc::new(bodies(protocol, compression, &options)?);
                 let server = match &options.url {
                     Some(_) => None,
-                    None => Some(start_server(&options).await?),
+                    None => Some(common::LocalServer::start(&options.server_env).await?),
                 };
                 let url = options.url.clone().unwrap_or_else(|| server.as_ref().unwrap().url.clone());
                 let path = if protocol == "msgpack" { "/api/v1/write/msgpack" } else { "/api/v1/write/line-protocol" };

@@ -1,0 +1,66 @@
+//! What the benchmark programs share: a release-built `arcdb` in a temporary directory.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// An `arcdb` process, stopped with SIGTERM when dropped.
+pub struct LocalServer {
+    child: Child,
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl LocalServer {
+    /// Starts a server on a free loopback port with `ARC_*` settings from `env`.
+    pub async fn start(env: &[(String, String)]) -> Result<LocalServer> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_arcdb"))
+            .current_dir(dir.path())
+            .env("ARC_SERVER_HOST", "127.0.0.1")
+            .env("ARC_SERVER_PORT", port.to_string())
+            .env("ARC_LOG_LEVEL", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting arcdb")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = client.get(format!("{url}/ready")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("arcdb did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(LocalServer { child, url, dir })
+    }
+
+    /// Where the server keeps its Parquet files (local storage).
+    #[allow(dead_code, reason = "used by the query benchmark only")]
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.path().join("data/arc")
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
