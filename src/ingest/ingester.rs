@@ -16,7 +16,7 @@ use super::{DecodeError, MeasurementBatch, Precision, line_protocol, msgpack, na
 const BLOCKING_DECODE_BYTES: usize = 1 << 20;
 
 /// Arc caps decompressed line protocol at 100 MB.
-pub const MAX_LINE_PROTOCOL_BYTES: usize = 100 << 20;
+const MAX_LINE_PROTOCOL_BYTES: usize = 100 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

@@ -11,8 +11,7 @@ pub mod names;
 
 pub use batch::MeasurementBatch;
 pub use ingester::{
-    IngestError, IngestLimits, Ingester, MAX_LINE_PROTOCOL_BYTES, PayloadFormat, WriteRequest,
-    decompress, replay_entry,
+    IngestError, IngestLimits, Ingester, PayloadFormat, WriteRequest, decompress, replay_entry,
 };
 pub use line_protocol::Precision;
 

@@ -24,7 +24,7 @@ use crate::ingest::names;
 use crate::meta::Meta;
 use crate::storage::Storage;
 
-pub use table::{STORAGE_URL, TableSources, TimeRange, time_range};
+pub use table::{STORAGE_URL, TableSources};
 
 /// Arc's limit on SQL text.
 pub const MAX_SQL_CHARS: usize = 10_000;
