@@ -126,16 +126,22 @@ async fn load(url: &str, options: &Options) -> Result<()> {
             async move {
                 let body =
                     tokio::task::spawn_blocking(move || batch(first, steps, hosts)).await??;
-                let response = client
-                    .post(format!("{url}/api/v1/write/msgpack"))
-                    .header("x-arc-database", "bench")
-                    .body(body)
-                    .send()
-                    .await?;
-                if response.status() != reqwest::StatusCode::NO_CONTENT {
-                    bail!("load failed: {}", response.text().await?);
+                loop {
+                    let response = client
+                        .post(format!("{url}/api/v1/write/msgpack"))
+                        .header("x-arc-database", "bench")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    match response.status() {
+                        reqwest::StatusCode::NO_CONTENT => return Ok(()),
+                        // Flushing is behind: back off as a client should.
+                        reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
+                        _ => bail!("load failed: {}", response.text().await?),
+                    }
                 }
-                Ok(())
             }
         })
         .buffer_unordered(4)

@@ -26,7 +26,7 @@ use crate::meta::{Meta, MetaCommand, MetaError};
 use crate::storage::{Storage, StorageError};
 use crate::wal::Wal;
 
-use self::parquet::{EncodeError, FlushTarget, ParquetOptions, encode_chunk};
+use self::parquet::{EncodeError, FlushTarget, ParquetOptions, encode_hour, split_chunk};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -257,30 +257,36 @@ impl Flusher {
         chunk: &Arc<crate::buffer::Chunk>,
     ) -> Result<usize, FlushError> {
         let flushed_at = self.unique_flush_time();
-        let sort_keys = self.ingest.sort_keys_for(&key.measurement);
-        let files = {
-            let (key, chunk, options, node_id) = (
-                key.clone(),
-                Arc::clone(chunk),
-                self.options.clone(),
-                self.node_id.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                let target = FlushTarget {
-                    database: &key.database,
-                    measurement: &key.measurement,
-                    sort_keys: &sort_keys,
-                    flushed_at,
-                    node_id: &node_id,
-                };
-                encode_chunk(&chunk, &target, &options).map_err(|source| FlushError::Encode {
-                    key: key.to_string(),
-                    source,
-                })
-            })
-            .await
-            .expect("encode task panicked")?
+        let target = Arc::new(FlushTarget {
+            database: key.database.clone(),
+            measurement: key.measurement.clone(),
+            sort_keys: self.ingest.sort_keys_for(&key.measurement),
+            flushed_at,
+            node_id: self.node_id.clone(),
+            min_lsn: chunk.min_lsn,
+            max_lsn: chunk.max_lsn,
+        });
+        let encode_error = |source| FlushError::Encode {
+            key: key.to_string(),
+            source,
         };
+        let split = Arc::clone(chunk);
+        let slices = tokio::task::spawn_blocking(move || split_chunk(&split))
+            .await
+            .expect("split task panicked")
+            .map_err(encode_error)?;
+        // Hours are independent files: encode them in parallel.
+        let tags = Arc::new(slices.tags);
+        let encodings = slices.slices.into_iter().map(|(hour, rows)| {
+            let (target, tags, options) =
+                (Arc::clone(&target), Arc::clone(&tags), self.options.clone());
+            tokio::task::spawn_blocking(move || encode_hour(&rows, hour, &tags, &target, &options))
+        });
+        let files = join_all(encodings)
+            .await
+            .into_iter()
+            .map(|encoded| encoded.expect("encode task panicked").map_err(encode_error))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let journal = Arc::clone(&self.pending_uploads);
         let keys: Vec<String> = files.iter().map(|f| f.entry.path.clone()).collect();

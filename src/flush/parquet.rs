@@ -74,20 +74,26 @@ pub enum EncodeError {
 }
 
 /// Identity of the files a flush writes.
-pub struct FlushTarget<'a> {
-    pub database: &'a str,
-    pub measurement: &'a str,
-    pub sort_keys: &'a [String],
+#[derive(Debug, Clone)]
+pub struct FlushTarget {
+    pub database: String,
+    pub measurement: String,
+    pub sort_keys: Vec<String>,
     pub flushed_at: DateTime<Utc>,
-    pub node_id: &'a str,
+    pub node_id: String,
+    /// LSN range of the rows (the chunk's).
+    pub min_lsn: crate::wal::Lsn,
+    pub max_lsn: crate::wal::Lsn,
 }
 
-/// Encodes a chunk into one file per hour bucket.
-pub fn encode_chunk(
-    chunk: &Chunk,
-    target: &FlushTarget<'_>,
-    options: &ParquetOptions,
-) -> Result<Vec<EncodedFile>, EncodeError> {
+/// A chunk's rows cut into one batch per UTC hour, each encoded on its own (in parallel).
+#[derive(Debug)]
+pub struct HourSlices {
+    pub slices: Vec<(i64, RecordBatch)>,
+    pub tags: Vec<String>,
+}
+
+pub fn split_chunk(chunk: &Chunk) -> Result<HourSlices, EncodeError> {
     let batch = unify(&chunk.batches)?;
     let tags: Vec<String> = chunk
         .tags
@@ -95,12 +101,22 @@ pub fn encode_chunk(
         .filter(|t| batch.schema().index_of(t).is_ok())
         .cloned()
         .collect();
-    let mut files = Vec::new();
-    for (hour, rows) in split_by_hour(&batch)? {
-        let sorted = sort_rows(&rows, target.sort_keys)?;
-        files.push(write_file(&sorted, hour, &tags, chunk, target, options)?);
-    }
-    Ok(files)
+    Ok(HourSlices {
+        slices: split_by_hour(&batch)?,
+        tags,
+    })
+}
+
+/// Sorts and encodes one hour's rows into a file.
+pub fn encode_hour(
+    rows: &RecordBatch,
+    hour: i64,
+    tags: &[String],
+    target: &FlushTarget,
+    options: &ParquetOptions,
+) -> Result<EncodedFile, EncodeError> {
+    let sorted = sort_rows(rows, &target.sort_keys)?;
+    write_file(&sorted, hour, tags, target, options)
 }
 
 /// Concatenates batches whose column sets differ: the union of columns, `time` first then by
@@ -185,8 +201,7 @@ fn write_file(
     batch: &RecordBatch,
     hour: i64,
     tags: &[String],
-    chunk: &Chunk,
-    target: &FlushTarget<'_>,
+    target: &FlushTarget,
     options: &ParquetOptions,
 ) -> Result<EncodedFile, EncodeError> {
     let schema = batch.schema();
@@ -237,20 +252,25 @@ fn write_file(
         .filter_map(|f| Some((f.name().clone(), column_type(f.data_type())?)))
         .collect();
     let entry = FileEntry {
-        path: flush_file_key(target.database, target.measurement, hour, target.flushed_at),
-        database: target.database.to_string(),
-        measurement: target.measurement.to_string(),
+        path: flush_file_key(
+            &target.database,
+            &target.measurement,
+            hour,
+            target.flushed_at,
+        ),
+        database: target.database.clone(),
+        measurement: target.measurement.clone(),
         min_time_us,
         max_time_us,
         rows: batch.num_rows() as u64,
         size_bytes: buffer.len() as u64,
         sha256: hex(&Sha256::digest(&buffer)),
-        min_lsn: chunk.min_lsn,
-        max_lsn: chunk.max_lsn,
+        min_lsn: target.min_lsn,
+        max_lsn: target.max_lsn,
         columns,
         tags: tags.to_vec(),
         created_at_us: target.flushed_at.timestamp_micros(),
-        origin_node: target.node_id.to_string(),
+        origin_node: target.node_id.clone(),
     };
     Ok(EncodedFile {
         bytes: buffer.into(),
