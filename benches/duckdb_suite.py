@@ -24,7 +24,9 @@ def main() -> None:
         times = []
         for _ in range(iterations):
             started = time.perf_counter()
-            con.execute(query["sql"]).fetch_arrow_table()
+            result = con.execute(query["sql"])
+            # DuckDB 2 renamed fetch_arrow_table to to_arrow_table.
+            (getattr(result, "to_arrow_table", None) or result.fetch_arrow_table)()
             times.append(time.perf_counter() - started)
         medians[query["name"]] = statistics.median(times)
     print(json.dumps(medians))
