@@ -22,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{Stream, StreamExt};
+use http_body::Frame;
+use http_body_util::StreamBody;
 use serde_json::{Value, json};
 
 use crate::query::{MeasurementSummary, QueryError, ShowCommand, parse_show};
@@ -31,6 +33,7 @@ use super::{ApiError, AppState, msgpack};
 const DATABASE_HEADER: &str = "x-arc-database";
 const PROFILE_HEADER: &str = "x-arc-profile";
 const ARROW_COMPRESSION_HEADER: &str = "x-arc-arrow-compression";
+const EXECUTION_TIME_TRAILER: &str = "arc-execution-time-ms";
 
 /// A query error in Arc's query envelope.
 pub struct QueryFailure {
@@ -512,10 +515,25 @@ pub async fn arrow(
     let encoder = IpcEncoder::new(&schema, options).map_err(|e| {
         QueryFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), started)
     })?;
-    let body = arrow_body(batches, encoder);
+    // Arc reports the execution time in a trailer, once the last batch is out.
+    let trailer = futures::stream::once(async move {
+        let mut trailers = HeaderMap::new();
+        let value = format!("{:.3}", elapsed_ms(started));
+        trailers.insert(
+            EXECUTION_TIME_TRAILER,
+            value.parse().expect("a number is a valid header value"),
+        );
+        Ok(Frame::trailers(trailers))
+    });
+    let frames = arrow_body(batches, encoder)
+        .map(|data| data.map(Frame::data))
+        .chain(trailer);
     Ok((
-        [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
-        Body::from_stream(body),
+        [
+            (header::CONTENT_TYPE, "application/vnd.apache.arrow.stream"),
+            (header::TRAILER, EXECUTION_TIME_TRAILER),
+        ],
+        Body::new(StreamBody::new(frames)),
     )
         .into_response())
 }

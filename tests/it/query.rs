@@ -549,3 +549,35 @@ async fn msgpack_endpoint_returns_columns_with_types() {
     assert!(columns[3].as_array().unwrap()[1].is_nil());
     assert!(server.stop().await.success());
 }
+
+/// Arc clients read the execution time from an HTTP trailer; reqwest hides trailers, so this
+/// speaks HTTP/1.1 directly. The HTTP stack sends trailers to clients that accept them
+/// (`TE: trailers`).
+#[tokio::test]
+async fn arrow_responses_end_with_the_execution_time_trailer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = Server::start(&[]).await;
+    let body = r#"{"sql": "SELECT 1 AS one"}"#;
+    let request = format!(
+        "POST /api/v1/query/arrow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nTE: trailers\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("trailer: arc-execution-time-ms"), "{text}");
+    let tail = &text[text.rfind("\r\n0\r\n").expect("last chunk")..];
+    let value = tail
+        .split("arc-execution-time-ms:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no trailer after the last chunk: {tail:?}"))
+        .trim();
+    assert!(value.parse::<f64>().is_ok(), "{value}");
+    assert!(server.stop().await.success());
+}
