@@ -231,13 +231,7 @@ fn main() -> Result<()> {
                 let rate = outcome.records as f64 / outcome.elapsed.as_secs_f64();
                 // What is still buffered when the load stops shows whether flushing kept up.
                 let drain = Instant::now();
-                let flushed = reqwest::Client::new()
-                    .post(format!("{url}/api/v1/write/line-protocol/flush"))
-                    .send()
-                    .await?;
-                if !flushed.status().is_success() {
-                    bail!("flush failed: {}", flushed.text().await?);
-                }
+                common::flush(&reqwest::Client::new(), &url).await?;
                 println!(
                     "{protocol:>8} {compression:>5}: {rate:>12.0} records/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, {} records, {:.1} s; final flush {} ms)",
                     percentile(&outcome.latencies_us, 0.50),

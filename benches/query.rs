@@ -149,13 +149,7 @@ async fn load(url: &str, options: &Options) -> Result<()> {
         .await
         .into_iter()
         .collect::<Result<Vec<()>>>()?;
-    let flushed = client
-        .post(format!("{url}/api/v1/write/line-protocol/flush"))
-        .send()
-        .await?;
-    if !flushed.status().is_success() {
-        bail!("flush failed: {}", flushed.text().await?);
-    }
+    common::flush(&client, url).await?;
     println!(
         "loaded {} rows ({} hosts, {} points each) in {:.1} s",
         steps_total * options.hosts,

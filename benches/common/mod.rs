@@ -64,3 +64,15 @@ impl Drop for LocalServer {
         let _ = self.child.wait();
     }
 }
+
+/// Flushes every buffer of the server at `url`.
+pub async fn flush(client: &reqwest::Client, url: &str) -> Result<()> {
+    let flushed = client
+        .post(format!("{url}/api/v1/write/line-protocol/flush"))
+        .send()
+        .await?;
+    if !flushed.status().is_success() {
+        bail!("flush failed: {}", flushed.text().await?);
+    }
+    Ok(())
+}

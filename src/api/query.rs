@@ -118,6 +118,20 @@ struct Started {
     files_scanned: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// `SHOW` is answered by the JSON endpoint only, as in Arc.
+fn refuse_show(sql: &str, endpoint: &str, started: Instant) -> Result<(), QueryFailure> {
+    match parse_show(sql) {
+        Some(_) => Err(QueryFailure::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "SHOW commands are not supported on the {endpoint} endpoint; use /api/v1/query"
+            ),
+            started,
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs the query and waits for its first batch, so planning and early execution errors still
 /// get a proper status; the rest streams.
 async fn start(
@@ -563,13 +577,7 @@ pub async fn arrow(
 ) -> Result<Response, QueryFailure> {
     let started = Instant::now();
     let (sql, database) = request_sql(&body, &headers, started)?;
-    if parse_show(&sql).is_some() {
-        return Err(QueryFailure::new(
-            StatusCode::BAD_REQUEST,
-            "SHOW commands are not supported on the Arrow endpoint; use /api/v1/query",
-            started,
-        ));
-    }
+    refuse_show(&sql, "Arrow", started)?;
     let compression = match headers.get(ARROW_COMPRESSION_HEADER).map(|v| v.as_bytes()) {
         None => None,
         Some(b"zstd") => Some(CompressionType::ZSTD),
@@ -833,13 +841,7 @@ pub async fn msgpack(
 ) -> Result<Response, QueryFailure> {
     let started = Instant::now();
     let (sql, database) = request_sql(&body, &headers, started)?;
-    if parse_show(&sql).is_some() {
-        return Err(QueryFailure::new(
-            StatusCode::BAD_REQUEST,
-            "SHOW commands are not supported on the MessagePack endpoint; use /api/v1/query",
-            started,
-        ));
-    }
+    refuse_show(&sql, "MessagePack", started)?;
     let query = start(&state, &sql, database, started).await?;
     let schema = query.stream.schema();
     let batches: Vec<RecordBatch> = batches_until(query.stream, query.first, query.deadline)
