@@ -2,6 +2,7 @@
 //! Errors become HTTP responses in one place ([`ApiError`]).
 
 mod health;
+mod json_rows;
 mod msgpack;
 mod query;
 mod write;
