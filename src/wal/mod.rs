@@ -496,6 +496,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_sync_mode_makes_appends_replayable() {
+        for sync_mode in [
+            WalSyncMode::Fdatasync,
+            WalSyncMode::Fsync,
+            WalSyncMode::Async,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (_, recovery) = collect(dir.path());
+            let options = WalOptions {
+                sync_mode,
+                ..options(dir.path(), 1 << 20)
+            };
+            let wal = Wal::start(options, 1, recovery).unwrap();
+            for lsn in 1..=3 {
+                wal.append(lsn, vec![Bytes::from_static(b"m")])
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            wal.close().await;
+            assert_eq!(collect(dir.path()).0.len(), 3, "{sync_mode}");
+        }
+    }
+
+    #[tokio::test]
     async fn append_after_close_fails() {
         let dir = tempfile::tempdir().unwrap();
         let (_, recovery) = collect(dir.path());
