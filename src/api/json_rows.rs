@@ -12,22 +12,23 @@ use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, SecondsFormat};
 
-/// Appends `[v,…],[v,…]` for each row (with a leading comma unless `first_rows`).
-pub fn write_json_rows(out: &mut Vec<u8>, batch: &RecordBatch, first_rows: bool) {
+/// Encodes a batch as `,[v,…],[v,…]`: every row is preceded by a comma, so batches can be
+/// encoded independently; the caller drops the result's very first byte.
+pub fn encode_rows(batch: &RecordBatch) -> Vec<u8> {
+    let mut out = Vec::with_capacity(batch.num_rows() * 16 * batch.num_columns());
     let columns: Vec<JsonCell<'_>> = batch.columns().iter().map(JsonCell::new).collect();
     for row in 0..batch.num_rows() {
-        if row > 0 || !first_rows {
-            out.push(b',');
-        }
+        out.push(b',');
         out.push(b'[');
         for (i, column) in columns.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            column.write(out, row);
+            column.write(&mut out, row);
         }
         out.push(b']');
     }
+    out
 }
 
 /// A column ready to be written cell by cell, its array already downcast.

@@ -224,7 +224,7 @@ async fn json_response(
     let files_scanned = profile.then(|| Arc::clone(&query.files_scanned));
     let batches = batches_until(query.stream, query.first, query.deadline);
     let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
-        .chain(json_rows(batches, started, files_scanned));
+        .chain(row_chunks(batches, started, files_scanned));
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(body),
@@ -233,14 +233,25 @@ async fn json_response(
 }
 
 /// Row arrays, then the envelope's closing fields.
-fn json_rows(
+fn row_chunks(
     batches: impl Stream<Item = Result<RecordBatch, String>> + Send + 'static,
     started: Instant,
     files_scanned: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+    // Formatting numbers costs more than scanning them: encode two batches at once, in order.
+    let encoded = batches
+        .map(|item| async move {
+            let batch = item?;
+            let rows = batch.num_rows();
+            let bytes = tokio::task::spawn_blocking(move || json_rows::encode_rows(&batch))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((Bytes::from(bytes), rows))
+        })
+        .buffered(2);
     futures::stream::unfold(
-        (Box::pin(batches), 0usize, false),
-        move |(mut batches, rows, finished)| {
+        (Box::pin(encoded), 0usize, false),
+        move |(mut encoded, rows, finished)| {
             let files_scanned = files_scanned.clone();
             async move {
                 if finished {
@@ -253,20 +264,21 @@ fn json_rows(
                         json!(now()),
                     )
                 };
-                match batches.next().await {
-                    Some(Ok(batch)) => {
-                        let mut out = Vec::with_capacity(batch.num_rows() * 64);
-                        json_rows::write_json_rows(&mut out, &batch, rows == 0);
-                        Some((
-                            Ok(Bytes::from(out)),
-                            (batches, rows + batch.num_rows(), false),
-                        ))
+                match encoded.next().await {
+                    Some(Ok((bytes, batch_rows))) => {
+                        // Every row starts with a comma; the first row of the result must not.
+                        let bytes = if rows == 0 && !bytes.is_empty() {
+                            bytes.slice(1..)
+                        } else {
+                            bytes
+                        };
+                        Some((Ok(bytes), (encoded, rows + batch_rows, false)))
                     }
                     Some(Err(message)) => {
                         // Headers are sent: close the JSON so it stays parseable, and say why.
                         tracing::error!(error = %message, "query failed while streaming");
                         let tail = tail(format!(",\"error\":{}", json!(message)));
-                        Some((Ok(Bytes::from(tail)), (batches, rows, true)))
+                        Some((Ok(Bytes::from(tail)), (encoded, rows, true)))
                     }
                     None => {
                         let profile = files_scanned
@@ -277,7 +289,7 @@ fn json_rows(
                                 )
                             })
                             .unwrap_or_default();
-                        Some((Ok(Bytes::from(tail(profile))), (batches, rows, true)))
+                        Some((Ok(Bytes::from(tail(profile))), (encoded, rows, true)))
                     }
                 }
             }
