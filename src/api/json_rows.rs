@@ -141,14 +141,14 @@ fn write_int(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// Shortest round-trip form; whole numbers without a fraction (as Go writes them); NaN and
+/// Shortest round-trip form, as Go writes it (whole numbers without a fraction, `1e+21`); NaN and
 /// infinities, which JSON cannot hold, as null.
 fn write_float(out: &mut Vec<u8>, value: f64) {
     if !value.is_finite() {
         out.extend_from_slice(b"null");
         return;
     }
-    let mut buffer = ryu::Buffer::new();
+    let mut buffer = zmij::Buffer::new();
     let text = buffer.format_finite(value);
     out.extend_from_slice(text.strip_suffix(".0").unwrap_or(text).as_bytes());
 }
@@ -278,7 +278,7 @@ mod tests {
         write_str(&mut out, "quo\"te\n");
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "1 -0.5 1e21 null \"plain\"\"quo\\\"te\\n\""
+            "1 -0.5 1e+21 null \"plain\"\"quo\\\"te\\n\""
         );
     }
 }
