@@ -29,6 +29,8 @@ const DATABASE_HEADER: &str = "x-arc-database";
 const PROFILE_HEADER: &str = "x-arc-profile";
 const ARROW_COMPRESSION_HEADER: &str = "x-arc-arrow-compression";
 const EXECUTION_TIME_TRAILER: &str = "arc-execution-time-ms";
+/// Arc's message for a query past `query.timeout` (504).
+const TIMED_OUT: &str = "Query timed out";
 
 /// A query error in Arc's query envelope.
 pub struct QueryFailure {
@@ -44,6 +46,11 @@ impl QueryFailure {
             message: message.into(),
             started,
         }
+    }
+
+    /// A request the node cannot serve yet (starting, draining), in the query envelope.
+    fn from_api(err: ApiError, started: Instant) -> QueryFailure {
+        QueryFailure::new(err.status, err.message, started)
     }
 
     fn from_error(err: QueryError, started: Instant) -> QueryFailure {
@@ -134,9 +141,9 @@ async fn start(
 ) -> Result<Started, QueryFailure> {
     let engine = state
         .query_engine()
-        .map_err(|e| QueryFailure::new(e.status, e.message, started))?;
+        .map_err(|e| QueryFailure::from_api(e, started))?;
     let deadline = started + state.query_timeout;
-    let timed_out = || QueryFailure::new(StatusCode::GATEWAY_TIMEOUT, "Query timed out", started);
+    let timed_out = || QueryFailure::new(StatusCode::GATEWAY_TIMEOUT, TIMED_OUT, started);
     let running = tokio::time::timeout_at(deadline.into(), engine.execute(sql, database))
         .await
         .map_err(|_| timed_out())?
@@ -179,7 +186,7 @@ fn until_deadline(
             match tokio::time::timeout_at(deadline.into(), stream.next()).await {
                 Ok(Some(item)) => Some((item, (stream, false))),
                 Ok(None) => None,
-                Err(_) => Some((Err("Query timed out".to_string()), (stream, true))),
+                Err(_) => Some((Err(TIMED_OUT.to_string()), (stream, true))),
             }
         },
     )
@@ -305,7 +312,7 @@ fn show_response(
 ) -> Result<Response, QueryFailure> {
     let engine = state
         .query_engine()
-        .map_err(|e| QueryFailure::new(e.status, e.message, started))?;
+        .map_err(|e| QueryFailure::from_api(e, started))?;
     let (columns, data): (Vec<&str>, Vec<Value>) = match show {
         ShowCommand::Databases => (
             vec!["database"],
@@ -530,7 +537,7 @@ pub async fn measurements(
     let started = Instant::now();
     let engine = state
         .query_engine()
-        .map_err(|e| QueryFailure::new(e.status, e.message, started))?;
+        .map_err(|e| QueryFailure::from_api(e, started))?;
     let list: Vec<Value> = engine
         .measurements(params.get("database").map(String::as_str))
         .into_iter()
@@ -634,7 +641,7 @@ pub async fn msgpack(
         .into_iter()
         .collect::<Result<_, _>>()
         .map_err(|message| {
-            let status = if message == "Query timed out" {
+            let status = if message == TIMED_OUT {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
                 StatusCode::INTERNAL_SERVER_ERROR
