@@ -20,5 +20,6 @@ pub mod ingest;
 pub mod meta;
 pub mod node;
 pub mod query;
+pub mod schedule;
 pub mod storage;
 pub mod wal;

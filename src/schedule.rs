@@ -1,0 +1,102 @@
+//! Cron schedules for background jobs (compaction tiers, retention): five fields
+//! (`minute hour day-of-month month day-of-week`) or an `@hourly`-style descriptor, as Arc's
+//! robfig/cron accepts, evaluated in UTC.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use croner::parser::{CronParser, Seconds, Year};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid cron schedule {text:?}: {reason}")]
+pub struct ScheduleError {
+    pub text: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl CronSchedule {
+    /// The first firing strictly after `after`; `None` for a schedule that never fires again.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&after, false).ok()
+    }
+
+    /// Sleeps until the next firing after now and returns its time; never returns for a
+    /// schedule that cannot fire.
+    pub async fn sleep_until_next(&self) -> DateTime<Utc> {
+        let now = Utc::now();
+        let Some(next) = self.next_after(now) else {
+            return std::future::pending().await;
+        };
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        next
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl FromStr for CronSchedule {
+    type Err = ScheduleError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parser = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser.parse(text).map_err(|e| ScheduleError {
+            text: text.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(CronSchedule {
+            text: text.trim().to_string(),
+            cron,
+        })
+    }
+}
+
+impl fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 10, h, m, 0).unwrap()
+    }
+
+    #[test]
+    fn five_field_schedules_fire_at_the_next_match() {
+        let hourly: CronSchedule = "5 * * * *".parse().unwrap();
+        assert_eq!(hourly.next_after(at(10, 4)), Some(at(10, 5)));
+        assert_eq!(hourly.next_after(at(10, 5)), Some(at(11, 5)));
+        let daily: CronSchedule = "0 3 * * *".parse().unwrap();
+        assert_eq!(
+            daily.next_after(at(3, 0)),
+            Some(Utc.with_ymd_and_hms(2026, 3, 11, 3, 0, 0).unwrap())
+        );
+        let descriptor: CronSchedule = "@hourly".parse().unwrap();
+        assert_eq!(descriptor.next_after(at(10, 30)), Some(at(11, 0)));
+    }
+
+    #[test]
+    fn malformed_schedules_are_refused() {
+        for text in ["", "* * *", "61 * * * *", "0 0 * * * *", "every hour"] {
+            let err = text.parse::<CronSchedule>().unwrap_err();
+            assert_eq!(err.text, text);
+        }
+    }
+}
