@@ -4,7 +4,7 @@
 //! named `ARC_<SECTION>_<KEY>`. The set of known keys and their types comes from serialising
 //! [`Config::default()`], so adding a field to a section is all it takes to make it configurable from
 //! both the file and the environment. Keys arcdb does not know (a real Arc file has sections such as
-//! `[auth]` or `[compaction]`) are reported as warnings rather than refused, so an Arc file loads as is.
+//! `[auth]` or `[mqtt]`) are reported as warnings rather than refused, so an Arc file loads as is.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -78,6 +78,7 @@ pub struct Config {
     pub wal: WalConfig,
     pub meta: MetaConfig,
     pub query: QueryConfig,
+    pub compaction: CompactionConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -317,6 +318,143 @@ pub struct QueryConfig {
 impl Default for QueryConfig {
     fn default() -> Self {
         Self { timeout: 300 }
+    }
+}
+
+/// `[compaction]`: merging small Parquet files into one per hour, then one per day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CompactionConfig {
+    pub enabled: bool,
+    pub hourly_enabled: bool,
+    /// Five-field cron expression (UTC).
+    pub hourly_schedule: String,
+    /// Hours a partition must be quiet; see [`CompactionConfig::hourly_min_age`].
+    pub hourly_min_age_hours: u64,
+    /// Flush-written files an hour needs before it is compacted.
+    pub hourly_min_files: usize,
+    pub daily_enabled: bool,
+    pub daily_schedule: String,
+    pub daily_min_age_hours: u64,
+    /// Hour-level files a day needs before it is compacted.
+    pub daily_min_files: usize,
+    /// Days after which a day is compacted however recently its files were written.
+    pub daily_skip_file_age_check_days: u64,
+    /// Jobs run at the same time.
+    pub max_concurrent: usize,
+    /// Input files per job; larger partitions are compacted in several jobs.
+    pub max_files_per_batch: usize,
+    /// Where jobs keep downloaded inputs and the output being written.
+    pub temp_directory: String,
+    /// Memory one job may use for decoded rows; `auto` is a share of the machine.
+    pub memory_limit: Auto<ByteSize>,
+    /// Inputs a job downloads at the same time; `auto` is half the CPUs.
+    pub threads: Auto<usize>,
+    /// Arc's cluster completion watcher settings; read for compatibility only: arcdb swaps
+    /// files with one metadata command, so there are no completion manifests to watch.
+    pub completion_watcher_interval_ms: u64,
+    pub completion_dir: String,
+    pub completion_orphan_timeout_ms: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hourly_enabled: true,
+            hourly_schedule: "5 * * * *".to_owned(),
+            hourly_min_age_hours: 0,
+            hourly_min_files: 10,
+            daily_enabled: true,
+            daily_schedule: "0 3 * * *".to_owned(),
+            daily_min_age_hours: 24,
+            daily_min_files: 12,
+            daily_skip_file_age_check_days: 7,
+            max_concurrent: 2,
+            max_files_per_batch: 30,
+            temp_directory: "./data/compaction".to_owned(),
+            memory_limit: Auto::Auto,
+            threads: Auto::Auto,
+            completion_watcher_interval_ms: 1_000,
+            completion_dir: String::new(),
+            completion_orphan_timeout_ms: 600_000,
+        }
+    }
+}
+
+impl CompactionConfig {
+    const MAX_FILES_PER_BATCH: std::ops::RangeInclusive<usize> = 2..=500;
+    /// Smallest explicit `memory_limit`: below it a job could not hold one batch per input.
+    const MIN_MEMORY_LIMIT: u64 = 8 << 20;
+
+    /// Memory one job may use: the configured size, or (as Arc) a database-sized budget of one
+    /// GiB per CPU (1–32 GiB) shared by the concurrent jobs.
+    pub fn memory_limit_bytes(&self) -> u64 {
+        match self.memory_limit {
+            Auto::Value(size) => size.bytes(),
+            Auto::Auto => {
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+                (cpus.clamp(1, 32) << 30) / self.max_concurrent.max(1) as u64
+            }
+        }
+    }
+
+    /// Inputs one job downloads at the same time.
+    pub fn download_concurrency(&self) -> usize {
+        match self.threads {
+            Auto::Value(threads) => threads,
+            Auto::Auto => (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),
+        }
+    }
+
+    /// Age an hour's start must have before the hour is compacted: at least one hour (as Arc
+    /// forces), so the current hour is never a candidate.
+    pub fn hourly_min_age(&self) -> chrono::Duration {
+        chrono::Duration::hours(self.hourly_min_age_hours.max(1) as i64)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, text) in [
+            ("compaction.hourly_schedule", &self.hourly_schedule),
+            ("compaction.daily_schedule", &self.daily_schedule),
+        ] {
+            if let Err(err) = text.parse::<crate::schedule::CronSchedule>() {
+                return Err(invalid_value(key, quoted(text), err.reason));
+            }
+        }
+        for (key, value) in [
+            ("compaction.hourly_min_files", self.hourly_min_files),
+            ("compaction.daily_min_files", self.daily_min_files),
+        ] {
+            if value < 2 {
+                return Err(invalid_value(key, value, "must be at least 2"));
+            }
+        }
+        require_positive("compaction.max_concurrent", self.max_concurrent as u64)?;
+        if !Self::MAX_FILES_PER_BATCH.contains(&self.max_files_per_batch) {
+            return Err(invalid_value(
+                "compaction.max_files_per_batch",
+                self.max_files_per_batch,
+                "must be between 2 and 500",
+            ));
+        }
+        if let Auto::Value(size) = self.memory_limit
+            && size.bytes() < Self::MIN_MEMORY_LIMIT
+        {
+            return Err(invalid_value(
+                "compaction.memory_limit",
+                quoted(&size.to_string()),
+                "must be \"auto\" or at least 8MB",
+            ));
+        }
+        if self.threads == Auto::Value(0) {
+            return Err(invalid_value(
+                "compaction.threads",
+                0,
+                "must be \"auto\" or greater than 0",
+            ));
+        }
+        check_data_dir("compaction.temp_directory", &self.temp_directory)
     }
 }
 
@@ -648,6 +786,63 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
 
         deserializer.deserialize_any(ByteSizeVisitor)
+    }
+}
+
+/// A setting that is either `"auto"` (chosen from the machine) or an explicit value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auto<T> {
+    Auto,
+    Value(T),
+}
+
+const AUTO: &str = "auto";
+
+impl<T: fmt::Display> Serialize for Auto<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Auto::Auto => serializer.serialize_str(AUTO),
+            Auto::Value(value) => serializer.collect_str(value),
+        }
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Auto<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AutoVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<T> Visitor<'_> for AutoVisitor<T>
+        where
+            T: FromStr,
+            T::Err: fmt::Display,
+        {
+            type Value = Auto<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"auto\" or a value")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Auto<T>, E> {
+                if text.trim().eq_ignore_ascii_case(AUTO) {
+                    return Ok(Auto::Auto);
+                }
+                text.trim().parse().map(Auto::Value).map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Auto<T>, E> {
+                self.visit_str(&value.to_string())
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Auto<T>, E> {
+                self.visit_str(&value.to_string())
+            }
+        }
+
+        deserializer.deserialize_any(AutoVisitor(std::marker::PhantomData))
     }
 }
 
@@ -1126,6 +1321,7 @@ impl Config {
         self.wal.validate()?;
         check_data_dir("meta.directory", &self.meta.directory)?;
         require_positive("query.timeout", self.query.timeout)?;
+        self.compaction.validate()?;
         self.cluster.validate()
     }
 }
@@ -1561,7 +1757,7 @@ mod tests {
             foo = 1
             [auth]
             enabled = true
-            [compaction]
+            [mqtt]
             [cluster]
             failover = true
             [cluster.rbac]
@@ -1577,8 +1773,8 @@ mod tests {
                 "unknown configuration key 'auth.enabled' ignored",
                 "unknown configuration key 'cluster.failover' ignored",
                 "unknown configuration key 'cluster.rbac.max_cascade_descendants' ignored",
-                "unknown configuration key 'compaction' ignored",
                 "unknown configuration key 'ingest.foo' ignored",
+                "unknown configuration key 'mqtt' ignored",
                 "unknown configuration key 'version' ignored",
             ]
         );
@@ -1677,6 +1873,36 @@ mod tests {
             ("ingest.sort_keys", |c| {
                 c.ingest.sort_keys = vec!["cpu:host,,dc".into()]
             }),
+            ("compaction.hourly_schedule", |c| {
+                c.compaction.hourly_schedule = "every hour".into()
+            }),
+            ("compaction.daily_schedule", |c| {
+                c.compaction.daily_schedule = "0 25 * * *".into()
+            }),
+            ("compaction.hourly_min_files", |c| {
+                c.compaction.hourly_min_files = 1
+            }),
+            ("compaction.daily_min_files", |c| {
+                c.compaction.daily_min_files = 0
+            }),
+            ("compaction.max_concurrent", |c| {
+                c.compaction.max_concurrent = 0
+            }),
+            ("compaction.max_files_per_batch", |c| {
+                c.compaction.max_files_per_batch = 1
+            }),
+            ("compaction.max_files_per_batch", |c| {
+                c.compaction.max_files_per_batch = 501
+            }),
+            ("compaction.memory_limit", |c| {
+                c.compaction.memory_limit = Auto::Value(ByteSize(1 << 20))
+            }),
+            ("compaction.threads", |c| {
+                c.compaction.threads = Auto::Value(0)
+            }),
+            ("compaction.temp_directory", |c| {
+                c.compaction.temp_directory = "/usr/compaction".into()
+            }),
         ];
         for (key, break_config) in cases {
             let mut config = Config::default();
@@ -1759,6 +1985,56 @@ mod tests {
         let mut standalone = Config::default();
         standalone.cluster.seeds = vec!["not an address".into()];
         standalone.validate().unwrap();
+    }
+
+    #[test]
+    fn compaction_auto_settings_read_from_file_and_env() {
+        let config = Config::default();
+        assert_eq!(config.compaction.memory_limit, Auto::Auto);
+        assert_eq!(config.compaction.hourly_schedule, "5 * * * *");
+        assert_eq!(config.compaction.max_files_per_batch, 30);
+        assert!(config.compaction.memory_limit_bytes() >= 1 << 29);
+        assert!(config.compaction.download_concurrency() >= 1);
+        assert_eq!(
+            config.compaction.hourly_min_age(),
+            chrono::Duration::hours(1)
+        );
+
+        let config = load_text(
+            "[compaction]\nmemory_limit = \"256MB\"\nthreads = 3\nhourly_min_age_hours = 5\n",
+            &[],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(config.compaction.memory_limit_bytes(), 256 << 20);
+        assert_eq!(config.compaction.download_concurrency(), 3);
+        assert_eq!(
+            config.compaction.hourly_min_age(),
+            chrono::Duration::hours(5)
+        );
+
+        let config = load_env(&[
+            ("ARC_COMPACTION_MEMORY_LIMIT", "64MB"),
+            ("ARC_COMPACTION_THREADS", "2"),
+            ("ARC_COMPACTION_HOURLY_MIN_FILES", "3"),
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(
+            config.compaction.memory_limit,
+            Auto::Value(ByteSize(64 << 20))
+        );
+        assert_eq!(config.compaction.threads, Auto::Value(2));
+        assert_eq!(config.compaction.hourly_min_files, 3);
+        let auto = load_env(&[("ARC_COMPACTION_THREADS", "AUTO")])
+            .unwrap()
+            .config;
+        assert_eq!(auto.compaction.threads, Auto::Auto);
+
+        let (var, _) = invalid_env_of(load_env(&[("ARC_COMPACTION_THREADS", "many")]));
+        assert_eq!(var, "ARC_COMPACTION_THREADS");
+        let (key, _) = invalid_value_of(load_text("[compaction]\nmemory_limit = \"lots\"\n", &[]));
+        assert_eq!(key, "compaction.memory_limit");
     }
 
     #[test]
