@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod buffer;
+pub mod compact;
 pub mod config;
 pub mod flush;
 pub mod frame;

@@ -180,7 +180,10 @@ fn split_by_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, EncodeE
 /// Sorts by the sort keys (which end with `time`); keys the batch lacks are skipped. Rows with
 /// equal keys keep their write order (the row position breaks ties: Arrow's sort is unstable),
 /// which compaction relies on to keep the latest of duplicate points.
-fn sort_rows(batch: &RecordBatch, sort_keys: &[String]) -> Result<RecordBatch, EncodeError> {
+pub(crate) fn sort_rows(
+    batch: &RecordBatch,
+    sort_keys: &[String],
+) -> Result<RecordBatch, EncodeError> {
     let keys: Vec<usize> = sort_keys
         .iter()
         .filter_map(|k| batch.schema_ref().index_of(k).ok())
@@ -283,7 +286,7 @@ fn write_file(
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

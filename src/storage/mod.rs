@@ -21,6 +21,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
+use tokio::io::AsyncWriteExt;
 
 use crate::config::{StorageBackend, StorageConfig};
 
@@ -224,6 +225,73 @@ impl Storage {
         result.bytes().await.map_err(err)
     }
 
+    /// Uploads a local file as a whole object without holding it in memory (a multipart upload
+    /// above one part); like [`Storage::put`], it becomes visible only complete.
+    pub async fn put_file(&self, key: &str, file_path: &Path) -> Result<(), StorageError> {
+        let io = |source| StorageError::Io {
+            path: file_path.to_path_buf(),
+            source,
+        };
+        let location = ObjectPath::from(key);
+        let mut file = tokio::fs::File::open(file_path).await.map_err(io)?;
+        let mut writer = object_store::buffered::BufWriter::with_capacity(
+            Arc::clone(&self.store),
+            location,
+            UPLOAD_PART_BYTES,
+        )
+        .with_max_concurrency(2);
+        let copied = tokio::io::copy(&mut file, &mut writer).await;
+        let finished = match copied {
+            Ok(_) => writer.shutdown().await,
+            Err(err) => {
+                let _ = writer.abort().await;
+                Err(err)
+            }
+        };
+        finished.map_err(|err| match err.downcast::<object_store::Error>() {
+            Ok(source) => StorageError::Backend {
+                operation: "put",
+                key: key.to_string(),
+                source,
+            },
+            Err(err) => io(err),
+        })?;
+        if let Some(root) = &self.local_root {
+            let (root, path) = (root.clone(), root.join(key));
+            tokio::task::spawn_blocking(move || sync_file_and_parents(&root, &path))
+                .await
+                .expect("sync task panicked")?;
+        }
+        Ok(())
+    }
+
+    /// Streams an object into a local file (created or truncated). Returns its size.
+    pub async fn get_to_file(&self, key: &str, target: &Path) -> Result<u64, StorageError> {
+        let err = |source| StorageError::Backend {
+            operation: "get",
+            key: key.to_string(),
+            source,
+        };
+        let io = |source| StorageError::Io {
+            path: target.to_path_buf(),
+            source,
+        };
+        let mut stream = self
+            .store
+            .get(&ObjectPath::from(key))
+            .await
+            .map_err(err)?
+            .into_stream();
+        let mut file = tokio::fs::File::create(target).await.map_err(io)?;
+        let mut size = 0;
+        while let Some(chunk) = stream.try_next().await.map_err(err)? {
+            file.write_all(&chunk).await.map_err(io)?;
+            size += chunk.len() as u64;
+        }
+        file.flush().await.map_err(io)?;
+        Ok(size)
+    }
+
     /// Deletes an object; deleting one that is already gone succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self.store.delete(&ObjectPath::from(key)).await {
@@ -265,6 +333,9 @@ impl Storage {
             .expect("cleanup task panicked")
     }
 }
+
+/// Part size of streamed uploads: above S3's 5 MiB minimum, small enough to bound memory.
+const UPLOAD_PART_BYTES: usize = 8 << 20;
 
 fn parse_connection_string(connection: &str) -> std::collections::HashMap<String, String> {
     connection

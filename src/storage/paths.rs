@@ -2,14 +2,102 @@
 //!
 //! `{db}/{measurement}/{YYYY}/{MM}/{DD}/{HH}/{measurement}_{YYYYMMDD}_{HHMMSS}_{nnnnnnnnn}.parquet`:
 //! the directory is the UTC hour of the rows, the file name the UTC wall-clock time of the flush.
+//! Compaction writes `…/{HH}/{measurement}_{YYYYMMDD}_{HHMMSS}_{unixnano}_b{batch}_compacted.parquet`
+//! (one hour) and `…/{DD}/{measurement}_{…}_b{batch}_daily.parquet` (one day, in the day directory),
+//! named after the time of the compaction.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
 pub const MICROS_PER_HOUR: i64 = 3_600_000_000;
+pub const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
+
+/// Name ending of a file written by the hourly compaction tier.
+pub const HOURLY_COMPACTED_SUFFIX: &str = "_compacted.parquet";
+/// Name ending of a file written by the daily compaction tier.
+pub const DAILY_COMPACTED_SUFFIX: &str = "_daily.parquet";
 
 /// Start of the UTC hour containing `time_us`, in µs.
 pub fn hour_start(time_us: i64) -> i64 {
     time_us.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR
+}
+
+/// Start of the UTC day containing `time_us`, in µs.
+pub fn day_start(time_us: i64) -> i64 {
+    time_us.div_euclid(MICROS_PER_DAY) * MICROS_PER_DAY
+}
+
+fn utc(time_us: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_micros(time_us).expect("partition within chrono's range")
+}
+
+/// `{db}/{measurement}/{YYYY}/{MM}/{DD}/{HH}`: the directory of an hour's files.
+pub fn hour_dir(database: &str, measurement: &str, hour_start_us: i64) -> String {
+    let hour = utc(hour_start_us);
+    format!(
+        "{database}/{measurement}/{:04}/{:02}/{:02}/{:02}",
+        hour.year(),
+        hour.month(),
+        hour.day(),
+        hour.hour()
+    )
+}
+
+/// `{db}/{measurement}/{YYYY}/{MM}/{DD}`: the directory of a day's hours and its daily files.
+pub fn day_dir(database: &str, measurement: &str, day_start_us: i64) -> String {
+    let day = utc(day_start_us);
+    format!(
+        "{database}/{measurement}/{:04}/{:02}/{:02}",
+        day.year(),
+        day.month(),
+        day.day()
+    )
+}
+
+/// `{measurement}_{YYYYMMDD}_{HHMMSS}_{unixnano}_b{batch}{suffix}`: unique per compaction time
+/// and batch, so sibling jobs never collide.
+fn compacted_name(
+    measurement: &str,
+    compacted_at: DateTime<Utc>,
+    batch: usize,
+    suffix: &str,
+) -> String {
+    format!(
+        "{measurement}_{}_{}_b{batch}{suffix}",
+        compacted_at.format("%Y%m%d_%H%M%S"),
+        compacted_at
+            .timestamp_nanos_opt()
+            .expect("clock within i64 ns"),
+    )
+}
+
+/// Key of a file the hourly tier writes for the hour starting at `hour_start_us`.
+pub fn hourly_compacted_key(
+    database: &str,
+    measurement: &str,
+    hour_start_us: i64,
+    compacted_at: DateTime<Utc>,
+    batch: usize,
+) -> String {
+    format!(
+        "{}/{}",
+        hour_dir(database, measurement, hour_start_us),
+        compacted_name(measurement, compacted_at, batch, HOURLY_COMPACTED_SUFFIX)
+    )
+}
+
+/// Key of a file the daily tier writes for the day starting at `day_start_us`.
+pub fn daily_compacted_key(
+    database: &str,
+    measurement: &str,
+    day_start_us: i64,
+    compacted_at: DateTime<Utc>,
+    batch: usize,
+) -> String {
+    format!(
+        "{}/{}",
+        day_dir(database, measurement, day_start_us),
+        compacted_name(measurement, compacted_at, batch, DAILY_COMPACTED_SUFFIX)
+    )
 }
 
 /// Key of a file written by a flush. `flushed_at` must be unique per measurement and hour.
@@ -19,14 +107,9 @@ pub fn flush_file_key(
     hour_start_us: i64,
     flushed_at: DateTime<Utc>,
 ) -> String {
-    let hour = DateTime::<Utc>::from_timestamp_micros(hour_start_us)
-        .expect("hour bucket within chrono's range");
     format!(
-        "{database}/{measurement}/{:04}/{:02}/{:02}/{:02}/{measurement}_{}_{:09}.parquet",
-        hour.year(),
-        hour.month(),
-        hour.day(),
-        hour.hour(),
+        "{}/{measurement}_{}_{:09}.parquet",
+        hour_dir(database, measurement, hour_start_us),
         flushed_at.format("%Y%m%d_%H%M%S"),
         flushed_at.nanosecond() % 1_000_000_000,
     )
@@ -58,6 +141,25 @@ mod tests {
             flush_file_key("prod", "cpu", hour_start(data_time), flushed),
             "prod/cpu/2026/03/04/05/cpu_20260305_010203_000000042.parquet"
         );
+    }
+
+    #[test]
+    fn compacted_keys_follow_arcs_layout() {
+        let data_time = DateTime::parse_from_rfc3339("2026-03-04T05:30:00Z")
+            .unwrap()
+            .timestamp_micros();
+        let at = DateTime::parse_from_rfc3339("2026-03-05T01:02:03.000000042Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            hourly_compacted_key("prod", "cpu", hour_start(data_time), at, 2),
+            "prod/cpu/2026/03/04/05/cpu_20260305_010203_1772672523000000042_b2_compacted.parquet"
+        );
+        assert_eq!(
+            daily_compacted_key("prod", "cpu", day_start(data_time), at, 0),
+            "prod/cpu/2026/03/04/cpu_20260305_010203_1772672523000000042_b0_daily.parquet"
+        );
+        assert_eq!(day_start(-1), -MICROS_PER_DAY);
     }
 
     #[test]

@@ -1,0 +1,4 @@
+//! Compaction.
+
+pub mod merge;
+pub mod plan;
