@@ -680,6 +680,13 @@ string_enum! {
     }
 }
 
+impl NodeRole {
+    /// Whether a node of this role runs compaction (in a cluster, only the compactor does).
+    pub fn compacts(self) -> bool {
+        matches!(self, NodeRole::Standalone | NodeRole::Compactor)
+    }
+}
+
 string_enum! {
     /// `cluster.replication_ack`: how many readers must hold a write before it is acknowledged.
     ReplicationAck { None => "none", One => "one", Quorum => "quorum" }

@@ -2,7 +2,8 @@
 //!
 //! Start-up order: bind the listener (so `/health` answers at once) → open metadata → connect
 //! storage and remove files a crash left unregistered → replay the WAL into the buffers → start
-//! a fresh WAL segment → `/ready`, then the background jobs (flusher, reclaimer). Shutdown runs it
+//! a fresh WAL segment → `/ready`, then the background jobs (flusher, reclaimer, compaction
+//! schedules). Shutdown runs it
 //! backwards: stop taking requests, stop the background jobs, flush every buffer, sync and close
 //! the WAL.
 
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, AppState, Services};
 use crate::buffer::Buffers;
+use crate::compact::Compactor;
 use crate::config::Config;
 use crate::flush::{Flusher, PendingUploads};
 use crate::ingest::{IngestLimits, Ingester, replay_entry};
@@ -107,8 +109,12 @@ pub async fn run(
         meta,
         storage,
         Duration::from_secs(config.query.timeout),
-        flusher_stopped,
+        flusher_stopped.clone(),
     ));
+    let schedules = services
+        .compactor
+        .clone()
+        .map(|compactor| tokio::spawn(compactor.run_schedules(flusher_stopped)));
     let flusher = Arc::clone(&services.flusher);
     state.set_ready(services);
     tracing::info!("ready");
@@ -127,6 +133,9 @@ pub async fn run(
     let _ = stop_flusher.send(true);
     let _ = background.await;
     let _ = reclaimer.await;
+    if let Some(schedules) = schedules {
+        let _ = schedules.await;
+    }
     match flusher.flush_all().await {
         Ok(files) => tracing::info!(files, "buffers flushed"),
         Err(err) => {
@@ -226,14 +235,25 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
         pending_uploads,
         wal.clone(),
         config.ingest.clone(),
-        node_id,
+        node_id.clone(),
     ));
+    let compactor = (config.compaction.enabled && config.cluster.role.compacts()).then(|| {
+        Arc::new(Compactor::new(
+            config.compaction.clone(),
+            config.ingest.clone(),
+            Arc::clone(&meta),
+            storage.clone(),
+            Arc::clone(&flusher),
+            node_id,
+        ))
+    });
     let ingester = Arc::new(Ingester::new(buffers, wal.clone(), flush_tx, limits));
     Ok(Started {
         services: Services {
             ingester,
             flusher,
             query,
+            compactor,
         },
         wal,
         flush_requests: flush_rx,

@@ -1,6 +1,7 @@
 //! HTTP API: thin handlers that decode a request, call a module, and encode the answer.
 //! Errors become HTTP responses in one place ([`ApiError`]).
 
+mod compaction;
 mod health;
 mod json_rows;
 mod msgpack;
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use crate::compact::Compactor;
 use crate::flush::{FlushError, Flusher};
 use crate::ingest::{IngestError, Ingester};
 use crate::query::QueryEngine;
@@ -27,6 +29,8 @@ pub struct Services {
     pub ingester: Arc<Ingester>,
     pub flusher: Arc<Flusher>,
     pub query: Arc<QueryEngine>,
+    /// Present on nodes whose role compacts, when compaction is enabled.
+    pub compactor: Option<Arc<Compactor>>,
 }
 
 const STARTING: u8 = 0;
@@ -105,6 +109,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/databases/{name}/measurements",
             get(query::database_measurements),
         )
+        .route("/api/v1/compaction/status", get(compaction::status))
+        .route("/api/v1/compaction/stats", get(compaction::stats))
+        .route("/api/v1/compaction/candidates", get(compaction::candidates))
+        .route("/api/v1/compaction/jobs", get(compaction::jobs))
+        .route("/api/v1/compaction/history", get(compaction::history))
+        .route("/api/v1/compaction/trigger", post(compaction::trigger))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(common_headers))

@@ -78,7 +78,7 @@ impl PendingUploads {
     }
 
     /// Durably notes keys before they are uploaded. Blocking.
-    fn record(&self, keys: &[String]) -> io::Result<()> {
+    pub fn record(&self, keys: &[String]) -> io::Result<()> {
         let lines: String = keys.iter().map(|k| format!("{k}\n")).collect();
         let mut journal = self.journal.lock().unwrap();
         journal.file.write_all(lines.as_bytes())?;
@@ -88,8 +88,9 @@ impl PendingUploads {
         Ok(())
     }
 
-    /// A recorded flush registered its files: its keys are no longer pending.
-    fn registered(&self) {
+    /// A recorded upload (a flush's or a compaction's) registered its files: its keys are no
+    /// longer pending.
+    pub fn registered(&self) {
         let mut journal = self.journal.lock().unwrap();
         journal.in_flight -= 1;
         if journal.in_flight == 0 && journal.bytes > JOURNAL_RESET_BYTES {
@@ -233,10 +234,16 @@ impl Flusher {
         Ok(written)
     }
 
+    /// The journal every upload of this node goes through (compaction outputs too).
+    pub fn pending_uploads(&self) -> &Arc<PendingUploads> {
+        &self.pending_uploads
+    }
+
     /// Runs start-up clean-up once it can succeed. It happens here rather than before
     /// the node accepts writes so that an unreachable storage backend delays flushes (the WAL
-    /// holds the rows) instead of keeping the node down.
-    async fn ensure_reconciled(&self) -> Result<(), FlushError> {
+    /// holds the rows) instead of keeping the node down. Anything else that uploads (compaction)
+    /// must await it first: the clean-up removes journaled keys the manifest does not list.
+    pub async fn ensure_reconciled(&self) -> Result<(), FlushError> {
         self.reconciled
             .get_or_try_init(|| async {
                 let removed =

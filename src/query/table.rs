@@ -218,7 +218,11 @@ impl TableProvider for MeasurementTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let range = time_range(filters);
         // Buffers first, then the manifest: a chunk whose flush registers in between is then in
-        // both, and its files are skipped by LSN range. The other order could miss it.
+        // both, and its files are skipped by LSN range. The other order could miss it. A
+        // compacted file carries the union of its inputs' LSN ranges; chunks of a measurement
+        // have disjoint ranges and never overlap a registered file's, so a chunk covers a
+        // compacted file only if every input row came from that chunk (then the chunk holds
+        // them all). The manifest is read once, so a swap shows inputs or output, never both.
         let chunks = self.sources.buffers.lock().snapshot(&self.key);
         let files: Vec<FileEntry> = {
             let state = self.sources.meta.state();

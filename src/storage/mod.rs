@@ -225,18 +225,24 @@ impl Storage {
         result.bytes().await.map_err(err)
     }
 
-    /// Uploads a local file as a whole object without holding it in memory (a multipart upload
-    /// above one part); like [`Storage::put`], it becomes visible only complete.
+    /// Uploads a local file as a whole object without holding it in memory; like
+    /// [`Storage::put`], it becomes visible only complete. The local backend copies the file to
+    /// a staging name and renames it; others stream it as a multipart upload.
     pub async fn put_file(&self, key: &str, file_path: &Path) -> Result<(), StorageError> {
         let io = |source| StorageError::Io {
             path: file_path.to_path_buf(),
             source,
         };
-        let location = ObjectPath::from(key);
+        if let Some(root) = &self.local_root {
+            let (root, source, target) = (root.clone(), file_path.to_path_buf(), root.join(key));
+            return tokio::task::spawn_blocking(move || copy_into_place(&root, &source, &target))
+                .await
+                .expect("copy task panicked");
+        }
         let mut file = tokio::fs::File::open(file_path).await.map_err(io)?;
         let mut writer = object_store::buffered::BufWriter::with_capacity(
             Arc::clone(&self.store),
-            location,
+            ObjectPath::from(key),
             UPLOAD_PART_BYTES,
         )
         .with_max_concurrency(2);
@@ -255,14 +261,7 @@ impl Storage {
                 source,
             },
             Err(err) => io(err),
-        })?;
-        if let Some(root) = &self.local_root {
-            let (root, path) = (root.clone(), root.join(key));
-            tokio::task::spawn_blocking(move || sync_file_and_parents(&root, &path))
-                .await
-                .expect("sync task panicked")?;
-        }
-        Ok(())
+        })
     }
 
     /// Streams an object into a local file (created or truncated). Returns its size.
@@ -334,8 +333,29 @@ impl Storage {
     }
 }
 
-/// Part size of streamed uploads: above S3's 5 MiB minimum, small enough to bound memory.
-const UPLOAD_PART_BYTES: usize = 8 << 20;
+/// Part size of streamed uploads: S3's 5 MiB minimum, so at most a few parts are in memory.
+const UPLOAD_PART_BYTES: usize = 5 << 20;
+
+/// Copies `source` to a staging file next to `target` (named like `object_store`'s, so start-up
+/// removes it after a crash), renames it into place and syncs it.
+fn copy_into_place(root: &Path, source: &Path, target: &Path) -> Result<(), StorageError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StorageError::Io { path, source }
+    };
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let mut staging = target.as_os_str().to_owned();
+    staging.push("#copy");
+    let staging = PathBuf::from(staging);
+    std::fs::copy(source, &staging).map_err(io(&staging))?;
+    std::fs::File::open(&staging)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&staging))?;
+    std::fs::rename(&staging, target).map_err(io(target))?;
+    sync_file_and_parents(root, target)
+}
 
 fn parse_connection_string(connection: &str) -> std::collections::HashMap<String, String> {
     connection

@@ -1,0 +1,267 @@
+//! Running one compaction job: download the inputs, merge them, upload the output, then swap
+//! inputs for output in ONE metadata command.
+//!
+//! Crash safety, step by step: before the upload nothing is in storage but local temporary
+//! files (removed by the next cycle). The output key is journaled in [`PendingUploads`] before
+//! the upload, so an output that a crash left unregistered is removed at start-up. The swap is a
+//! single `ReplaceFiles` command: the manifest lists the inputs or the output, never both, never
+//! neither. Inputs become tombstones and their objects are deleted by [`crate::reclaim`] once no
+//! running query can still be reading them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::flush::PendingUploads;
+use crate::meta::{ApplyError, FileEntry, Meta, MetaCommand};
+use crate::storage::paths::{daily_compacted_key, hourly_compacted_key};
+use crate::storage::{Storage, StorageError};
+
+use super::merge::{MergeError, MergeOutcome, MergeSpec, merge};
+use super::plan::{Batch, Tier};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("merging: {0}")]
+    Merge(#[from] MergeError),
+    #[error("swapping files in the manifest: {0}")]
+    Swap(#[from] ApplyError),
+    #[error("compaction temporary files in {path}: {source}")]
+    Temp {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pending-uploads journal: {0}")]
+    Journal(std::io::Error),
+}
+
+/// Steps at which `ARC_TEST_COMPACTION_CRASH_AT=<step>` aborts the process (crash tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    AfterDownload,
+    AfterMerge,
+    AfterJournal,
+    AfterUpload,
+    AfterSwap,
+}
+
+impl CrashPoint {
+    pub const ALL: [CrashPoint; 5] = [
+        CrashPoint::AfterDownload,
+        CrashPoint::AfterMerge,
+        CrashPoint::AfterJournal,
+        CrashPoint::AfterUpload,
+        CrashPoint::AfterSwap,
+    ];
+    pub const ENV: &'static str = "ARC_TEST_COMPACTION_CRASH_AT";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrashPoint::AfterDownload => "after_download",
+            CrashPoint::AfterMerge => "after_merge",
+            CrashPoint::AfterJournal => "after_journal",
+            CrashPoint::AfterUpload => "after_upload",
+            CrashPoint::AfterSwap => "after_swap",
+        }
+    }
+
+    /// The step named by the environment, read once at start-up; unset means none.
+    pub fn from_env() -> Option<CrashPoint> {
+        let name = std::env::var(Self::ENV).ok().filter(|n| !n.is_empty())?;
+        let point = Self::ALL.into_iter().find(|p| p.as_str() == name);
+        if point.is_none() {
+            tracing::warn!(value = %name, "unknown {}; ignored", Self::ENV);
+        }
+        point
+    }
+}
+
+/// What a job needs from the node.
+pub struct JobContext {
+    pub meta: Arc<Meta>,
+    pub storage: Storage,
+    pub pending_uploads: Arc<PendingUploads>,
+    pub node_id: String,
+    pub sort_keys: Vec<String>,
+    pub memory_limit: u64,
+    pub download_concurrency: usize,
+    pub crash_at: Option<CrashPoint>,
+}
+
+impl JobContext {
+    fn crash_if(&self, point: CrashPoint) {
+        if self.crash_at == Some(point) {
+            tracing::error!(
+                step = point.as_str(),
+                "test hook: aborting during compaction"
+            );
+            std::process::abort();
+        }
+    }
+}
+
+/// A finished job.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    pub output: Option<FileEntry>,
+    pub merged: MergeOutcome,
+    pub bytes_in: u64,
+}
+
+/// Runs one batch in `work_dir` (created, and left for the caller to remove).
+pub async fn run(
+    context: &JobContext,
+    batch: &Batch,
+    work_dir: &Path,
+    started_at: DateTime<Utc>,
+) -> Result<JobResult, JobError> {
+    let temp_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| JobError::Temp { path, source }
+    };
+    tokio::fs::create_dir_all(work_dir)
+        .await
+        .map_err(temp_error(work_dir))?;
+
+    let local: Vec<PathBuf> = (0..batch.inputs.len())
+        .map(|i| work_dir.join(format!("input-{i}.parquet")))
+        .collect();
+    let downloads: Vec<(String, PathBuf)> = batch
+        .inputs
+        .iter()
+        .map(|f| f.path.clone())
+        .zip(local.iter().cloned())
+        .collect();
+    futures::stream::iter(downloads)
+        .map(|(key, path)| {
+            let storage = context.storage.clone();
+            async move { storage.get_to_file(&key, &path).await }
+        })
+        .buffer_unordered(context.download_concurrency.max(1))
+        .try_collect::<Vec<u64>>()
+        .await?;
+    context.crash_if(CrashPoint::AfterDownload);
+
+    let output_path = work_dir.join("output.parquet");
+    let column_types = context
+        .meta
+        .state()
+        .measurement(&batch.database, &batch.measurement)
+        .map(|m| m.columns.clone())
+        .unwrap_or_default();
+    let merged = {
+        let (inputs, output, sort_keys) = (
+            local.clone(),
+            output_path.clone(),
+            context.sort_keys.clone(),
+        );
+        let memory_limit = context.memory_limit;
+        tokio::task::spawn_blocking(move || {
+            merge(&MergeSpec {
+                inputs: &inputs,
+                output: &output,
+                sort_keys: &sort_keys,
+                column_types: &column_types,
+                memory_limit,
+            })
+        })
+        .await
+        .expect("merge task panicked")?
+    };
+    context.crash_if(CrashPoint::AfterMerge);
+
+    let output = (merged.rows_out > 0).then(|| output_entry(context, batch, &merged, started_at));
+    if let Some(entry) = &output {
+        let journal = Arc::clone(&context.pending_uploads);
+        let keys = vec![entry.path.clone()];
+        tokio::task::spawn_blocking(move || journal.record(&keys))
+            .await
+            .expect("journal task panicked")
+            .map_err(JobError::Journal)?;
+        context.crash_if(CrashPoint::AfterJournal);
+        if let Err(err) = context.storage.put_file(&entry.path, &output_path).await {
+            remove_output(context, &entry.path).await;
+            return Err(err.into());
+        }
+        context.crash_if(CrashPoint::AfterUpload);
+    }
+
+    let command = MetaCommand::ReplaceFiles {
+        database: batch.database.clone(),
+        measurement: batch.measurement.clone(),
+        removed: batch.inputs.iter().map(|f| f.path.clone()).collect(),
+        added: output.iter().cloned().collect(),
+        at_us: Utc::now().timestamp_micros(),
+    };
+    let meta = Arc::clone(&context.meta);
+    let swapped = tokio::task::spawn_blocking(move || meta.commit_or_abort(command))
+        .await
+        .expect("meta commit task panicked");
+    if let Err(err) = swapped {
+        // An input went away meanwhile (retention, a delete): the output must not appear.
+        if let Some(entry) = &output {
+            remove_output(context, &entry.path).await;
+        }
+        return Err(err.into());
+    }
+    context.crash_if(CrashPoint::AfterSwap);
+    if output.is_some() {
+        context.pending_uploads.registered();
+    }
+    Ok(JobResult {
+        output,
+        merged,
+        bytes_in: batch.inputs.iter().map(|f| f.size_bytes).sum(),
+    })
+}
+
+async fn remove_output(context: &JobContext, key: &str) {
+    if let Err(err) = context.storage.delete(key).await {
+        tracing::warn!(key, error = %err, "could not remove an unregistered compaction output; start-up will");
+    }
+}
+
+fn output_entry(
+    context: &JobContext,
+    batch: &Batch,
+    merged: &MergeOutcome,
+    started_at: DateTime<Utc>,
+) -> FileEntry {
+    let path = match batch.tier {
+        Tier::Hourly => hourly_compacted_key(
+            &batch.database,
+            &batch.measurement,
+            batch.partition_start_us,
+            started_at,
+            batch.index,
+        ),
+        Tier::Daily => daily_compacted_key(
+            &batch.database,
+            &batch.measurement,
+            batch.partition_start_us,
+            started_at,
+            batch.index,
+        ),
+    };
+    FileEntry {
+        path,
+        database: batch.database.clone(),
+        measurement: batch.measurement.clone(),
+        min_time_us: merged.min_time_us,
+        max_time_us: merged.max_time_us,
+        rows: merged.rows_out,
+        size_bytes: merged.size_bytes,
+        sha256: merged.sha256.clone(),
+        // The union of the inputs' ranges: the rows are exactly theirs.
+        min_lsn: batch.inputs.iter().map(|f| f.min_lsn).min().unwrap_or(0),
+        max_lsn: batch.inputs.iter().map(|f| f.max_lsn).max().unwrap_or(0),
+        columns: merged.columns.clone(),
+        tags: merged.tags.clone(),
+        created_at_us: Utc::now().timestamp_micros(),
+        origin_node: context.node_id.clone(),
+    }
+}

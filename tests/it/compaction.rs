@@ -1,0 +1,403 @@
+//! Compaction against a real server: one file per hour then per day with every row unchanged,
+//! duplicates removed, kill -9 at every step of a job, queries running during a compaction, and
+//! memory bounded by `compaction.memory_limit`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Server, decode_parquet, manifest_paths};
+
+const HOUR_NS: i64 = 3_600_000_000_000;
+const DAY_NS: i64 = 24 * HOUR_NS;
+
+/// Start of the current UTC hour, in ns.
+fn this_hour_ns() -> i64 {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    now - now.rem_euclid(HOUR_NS)
+}
+
+/// Start of the UTC day `days` days ago, in ns.
+fn day_ns(days: i64) -> i64 {
+    let today = this_hour_ns() - this_hour_ns().rem_euclid(DAY_NS);
+    today - days * DAY_NS
+}
+
+/// Settings that make small test partitions compactable and reclaim quick.
+const ENV: [(&str, &str); 4] = [
+    ("ARC_COMPACTION_HOURLY_MIN_FILES", "3"),
+    ("ARC_COMPACTION_DAILY_MIN_FILES", "2"),
+    ("ARC_QUERY_TIMEOUT", "2"),
+    ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+];
+
+async fn write_lines(server: &Server, db: &str, lines: &str) {
+    let (status, body) = server
+        .post(&format!("/write?db={db}"), &[], lines.to_string())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
+/// `files` flushes of `rows` rows each into the hour starting at `hour_ns`; `n` numbers rows
+/// uniquely from `first_id`. Returns the next id.
+async fn write_hour(
+    server: &Server,
+    db: &str,
+    hour_ns: i64,
+    files: usize,
+    rows: i64,
+    first_id: i64,
+) -> i64 {
+    let mut id = first_id;
+    for _ in 0..files {
+        let lines: String = (0..rows)
+            .map(|_| {
+                let line = format!(
+                    "cpu,host=h{} v={}.5,n={id}i {}\n",
+                    id % 4,
+                    id % 97,
+                    // Distinct µs within the hour for every id, out of order.
+                    hour_ns + (id * 7_919 % 3_600_000_000) * 1_000
+                );
+                id += 1;
+                line
+            })
+            .collect();
+        write_lines(server, db, &lines).await;
+        server.flush().await;
+    }
+    id
+}
+
+async fn query(server: &Server, sql: &str) -> Vec<Value> {
+    let response = server
+        .client
+        .post(server.url("/api/v1/query"))
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+async fn get_json(server: &Server, path: &str) -> Value {
+    let (status, body) = server.get(path).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn trigger(server: &Server, query: &str) -> (StatusCode, Value) {
+    let (status, body) = server
+        .post(&format!("/api/v1/compaction/trigger{query}"), &[], "")
+        .await;
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+/// Polls until no cycle runs.
+async fn wait_idle(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = get_json(server, "/api/v1/compaction/status").await;
+        if status["manager"]["cycle"].is_null() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cycle still running: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn compact(server: &Server, tier: &str) {
+    let (status, body) = trigger(server, &format!("?tier={tier}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_idle(server).await;
+}
+
+/// Files the manifest lists for `db`, from the measurements endpoint.
+async fn file_count(server: &Server, db: &str) -> u64 {
+    let body = get_json(server, &format!("/api/v1/measurements?database={db}")).await;
+    body["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["file_count"].as_u64().unwrap())
+        .sum()
+}
+
+/// Data objects in storage under `db/`.
+async fn stored_keys(server: &Server, db: &str) -> Vec<String> {
+    let mut keys: Vec<String> = server
+        .storage()
+        .list(&format!("{db}/"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Polls until storage holds exactly the manifest's files (removed inputs reclaimed).
+async fn wait_reclaimed(server: &Server, db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (stored, listed) = (stored_keys(server, db).await, file_count(server, db).await);
+        if stored.len() as u64 == listed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "storage keeps {} objects for {listed} files: {stored:?}",
+            stored.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// After a stop: storage and manifest agree exactly and nothing waits for deletion.
+fn assert_no_orphans(server: &Server, stored: &[String]) {
+    let listed = manifest_paths(&server.meta_dir());
+    assert_eq!(stored, listed.as_slice());
+    let meta = arcdb::meta::Meta::open(&server.meta_dir()).unwrap();
+    assert_eq!(meta.state().tombstones().count(), 0);
+}
+
+const ALL_ROWS: &str = "SELECT time, host, v, n FROM cpu ORDER BY n";
+
+#[tokio::test]
+async fn hourly_then_daily_leave_one_file_per_partition_and_every_row() {
+    let mut server = Server::start(&ENV).await;
+    let db = "tiers";
+    let mut id = 0;
+    for hour in 1..=3 {
+        id = write_hour(&server, db, day_ns(10) + hour * HOUR_NS, 3, 40, id).await;
+    }
+    for hour in [5, 6] {
+        id = write_hour(&server, db, day_ns(1) + hour * HOUR_NS, 3, 40, id).await;
+    }
+    // The current hour is never compacted.
+    write_hour(&server, db, this_hour_ns(), 3, 40, id).await;
+    let sql = ALL_ROWS.replace("cpu", "tiers.cpu");
+    let before = query(&server, &sql).await;
+    assert_eq!(before.len(), 18 * 40);
+    assert_eq!(file_count(&server, db).await, 18);
+
+    let candidates = get_json(&server, "/api/v1/compaction/candidates?tier=hourly").await;
+    assert_eq!(candidates["count"], 5, "{candidates}");
+    let (status, body) = trigger(&server, "?tier=hourly&database=tiers").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "running");
+    assert_eq!(body["tiers"], json!(["hourly"]));
+    assert_eq!(body["database"], "tiers");
+    let (status, conflict) = trigger(&server, "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["is_running"], true);
+    assert_eq!(conflict["cycle_id"], body["cycle_id"]);
+    wait_idle(&server).await;
+    assert_eq!(file_count(&server, db).await, 5 + 3);
+    assert_eq!(
+        query(&server, &sql).await,
+        before,
+        "rows after the hourly tier"
+    );
+
+    compact(&server, "daily").await;
+    // The old day becomes one file; yesterday's hours were just written, so they wait.
+    assert_eq!(file_count(&server, db).await, 1 + 2 + 3);
+    assert_eq!(
+        query(&server, &sql).await,
+        before,
+        "rows after the daily tier"
+    );
+    let history = get_json(&server, "/api/v1/compaction/history").await;
+    assert_eq!(history["total_jobs"], 6, "{history}");
+    assert!(
+        history["recent_jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["status"] == "completed")
+    );
+    let status = get_json(&server, "/api/v1/compaction/status").await;
+    assert_eq!(status["manager"]["total_completed"], 6, "{status}");
+    assert_eq!(status["schedulers"]["hourly"]["schedule"], "5 * * * *");
+
+    wait_reclaimed(&server, db).await;
+    let stored = stored_keys(&server, db).await;
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|k| k.ends_with("_daily.parquet"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|k| k.ends_with("_compacted.parquet"))
+            .count(),
+        2
+    );
+    let daily = stored
+        .iter()
+        .find(|k| k.ends_with("_daily.parquet"))
+        .unwrap();
+    let file = decode_parquet(daily, server.storage().get(daily).await.unwrap());
+    assert_eq!(file.rows(), 9 * 40);
+    assert_eq!(file.metadata["arc:tags"], "host");
+
+    let (status, body) = trigger(&server, "?tier=weekly").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("weekly"), "{body}");
+
+    server.stop().await;
+    assert_no_orphans(&server, &stored);
+}
+
+#[tokio::test]
+async fn points_written_twice_appear_once_with_the_latest_values() {
+    let server = Server::start(&ENV).await;
+    let hour = day_ns(1) + 3 * HOUR_NS;
+    let points = |value: f64| -> String {
+        (0..50)
+            .map(|i| {
+                format!(
+                    "cpu,host=h{} v={value},n={i}i {}\n",
+                    i % 2,
+                    hour + i * 1_000_000_000
+                )
+            })
+            .collect()
+    };
+    for value in [1.5, 1.5, 2.5] {
+        write_lines(&server, "dedup", &points(value)).await;
+        server.flush().await;
+    }
+    let sql = "SELECT COUNT(*), COUNT(DISTINCT n), MIN(v), MAX(v) FROM dedup.cpu";
+    assert_eq!(query(&server, sql).await, [json!([150, 50, 1.5, 2.5])]);
+    compact(&server, "hourly").await;
+    assert_eq!(file_count(&server, "dedup").await, 1);
+    assert_eq!(query(&server, sql).await, [json!([50, 50, 2.5, 2.5])]);
+    let stats = get_json(&server, "/api/v1/compaction/stats").await;
+    assert_eq!(stats["stats"]["duplicates_removed"], 100, "{stats}");
+}
+
+#[tokio::test]
+async fn kill_at_every_step_of_a_job_loses_and_duplicates_nothing() {
+    const ROUNDS: usize = 20;
+    const STEPS: [&str; 5] = [
+        "after_download",
+        "after_merge",
+        "after_journal",
+        "after_upload",
+        "after_swap",
+    ];
+    let mut server = Server::start(&ENV).await;
+    let db = "crashy";
+    let sql = "SELECT COUNT(*), COUNT(DISTINCT n), SUM(n), SUM(v) FROM crashy.cpu";
+    let mut id = 0;
+    let mut crashes = 0;
+    for round in 0..ROUNDS {
+        let step = STEPS[round % STEPS.len()];
+        server.stop().await;
+        server
+            .restart_with(&[("ARC_TEST_COMPACTION_CRASH_AT", step)])
+            .await;
+        let hour = day_ns(2) + round as i64 * HOUR_NS;
+        id = write_hour(&server, db, hour, 3, 30, id).await;
+        let expected = query(&server, sql).await;
+        assert_eq!(expected[0][0], id, "{expected:?}");
+
+        let (status, body) = trigger(&server, "?tier=hourly").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.is_running() {
+            assert!(Instant::now() < deadline, "no crash at {step}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        crashes += 1;
+        server.kill9();
+        server
+            .restart_with(&[("ARC_TEST_COMPACTION_CRASH_AT", "")])
+            .await;
+        assert_eq!(query(&server, sql).await, expected, "after a crash {step}");
+        compact(&server, "hourly").await;
+        assert_eq!(
+            query(&server, sql).await,
+            expected,
+            "after recovering from {step}"
+        );
+        assert_eq!(
+            file_count(&server, db).await,
+            round as u64 + 1,
+            "one file per hour"
+        );
+    }
+    assert_eq!(crashes, ROUNDS);
+    assert_eq!(
+        server
+            .log()
+            .matches("test hook: aborting during compaction")
+            .count(),
+        ROUNDS
+    );
+    wait_reclaimed(&server, db).await;
+    let stored = stored_keys(&server, db).await;
+    server.stop().await;
+    assert_no_orphans(&server, &stored);
+    let job_dirs: Vec<String> = std::fs::read_dir(server.dir.join("data/compaction"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(job_dirs.is_empty(), "{job_dirs:?}");
+}
+
+#[tokio::test]
+async fn queries_running_during_a_compaction_see_every_row_once() {
+    let server = Arc::new(Server::start(&ENV).await);
+    let hour = day_ns(1) + 7 * HOUR_NS;
+    write_hour(&server, "busy", hour, 12, 3_000, 0).await;
+    let sql = "SELECT COUNT(*), COUNT(DISTINCT n), SUM(n) FROM busy.cpu";
+    let expected = query(&server, sql).await;
+    assert_eq!(expected[0][0], 36_000);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let queriers: Vec<_> = (0..2)
+        .map(|_| {
+            let (server, stop, expected) =
+                (Arc::clone(&server), Arc::clone(&stop), expected.clone());
+            tokio::spawn(async move {
+                let mut spans = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    assert_eq!(query(&server, sql).await, expected);
+                    spans.push((started, Instant::now()));
+                }
+                spans
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let triggered = Instant::now();
+    compact(&server, "hourly").await;
+    let finished = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut during = 0;
+    for querier in queriers {
+        let spans = querier.await.expect("every query returned the same rows");
+        during += spans
+            .iter()
+            .filter(|(start, end)| *start < finished && *end > triggered)
+            .count();
+    }
+    assert!(during > 0, "no query overlapped the compaction");
+    assert_eq!(file_count(&server, "busy").await, 1);
+    assert_eq!(query(&server, sql).await, expected);
+}
