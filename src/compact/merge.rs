@@ -37,6 +37,9 @@ const ZSTD_LEVEL: i32 = 3;
 /// Bounds on rows decoded per input at a time.
 const MIN_BATCH_ROWS: usize = 256;
 const MAX_BATCH_ROWS: usize = 8_192;
+/// Parquet writers' page limits (rows and bytes), which bound what a reader holds per column.
+const PAGE_ROWS: u64 = 20_000;
+const MAX_PAGE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
@@ -101,6 +104,9 @@ struct OpenedInput {
     rows: u64,
     /// Uncompressed bytes per row, for sizing batches.
     row_bytes: u64,
+    /// What the reader holds besides the decoded batch: about one page per column, compressed
+    /// and decompressed.
+    page_bytes: u64,
 }
 
 fn open_input(path: &Path, sort_keys: &[String]) -> Result<OpenedInput, MergeError> {
@@ -154,7 +160,20 @@ fn open_input(path: &Path, sort_keys: &[String]) -> Result<OpenedInput, MergeErr
             .collect();
         declared.starts_with(&expected)
     });
+    let page_bytes = metadata
+        .row_groups()
+        .iter()
+        .map(|rg| {
+            let pages = (rg.num_rows().max(1) as u64).div_ceil(PAGE_ROWS);
+            rg.columns()
+                .iter()
+                .map(|c| 2 * (c.uncompressed_size().max(0) as u64 / pages).min(MAX_PAGE_BYTES))
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0);
     Ok(OpenedInput {
+        page_bytes,
         reader: builder,
         schema,
         tags,
@@ -452,7 +471,71 @@ impl Run {
 }
 
 /// Merges the inputs into `spec.output`. Blocking.
+///
+/// When reading every input at once would not fit in `memory_limit`, consecutive groups are
+/// merged into intermediate files first (next to the output), as an external sort does. Groups
+/// are consecutive in write order, so "latest written wins" holds across passes.
 pub fn merge(spec: &MergeSpec<'_>) -> Result<MergeOutcome, MergeError> {
+    let (fan_in, rows_in) = {
+        let opened = spec
+            .inputs
+            .iter()
+            .map(|path| open_input(path, spec.sort_keys))
+            .collect::<Result<Vec<_>, _>>()?;
+        let per_input = opened
+            .iter()
+            .map(|i| i.page_bytes + MIN_BATCH_ROWS as u64 * i.row_bytes)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let fan_in = ((spec.memory_limit / 2 / per_input) as usize).max(2);
+        (fan_in, opened.iter().map(|i| i.rows).sum::<u64>())
+    };
+    let mut level: Vec<PathBuf> = spec.inputs.to_vec();
+    let mut intermediates: Vec<PathBuf> = Vec::new();
+    let mut pass = 0;
+    while level.len() > fan_in {
+        let mut next = Vec::new();
+        for (group, paths) in level.chunks(fan_in).enumerate() {
+            if let [single] = paths {
+                next.push(single.clone());
+                continue;
+            }
+            let output = spec
+                .output
+                .with_file_name(format!("merge-pass{pass}-{group}.parquet"));
+            merge_once(&MergeSpec {
+                inputs: paths,
+                output: &output,
+                ..*spec
+            })?;
+            next.push(output);
+        }
+        // A lone file of the last group passes through to the next level untouched.
+        for done in intermediates.drain(..).filter(|p| !next.contains(p)) {
+            std::fs::remove_file(&done).map_err(io_error(&done))?;
+        }
+        intermediates = next
+            .iter()
+            .filter(|p| !spec.inputs.contains(p))
+            .cloned()
+            .collect();
+        level = next;
+        pass += 1;
+    }
+    let mut outcome = merge_once(&MergeSpec {
+        inputs: &level,
+        ..*spec
+    })?;
+    for done in &intermediates {
+        std::fs::remove_file(done).map_err(io_error(done))?;
+    }
+    outcome.rows_in = rows_in;
+    Ok(outcome)
+}
+
+/// Merges the inputs in one pass.
+fn merge_once(spec: &MergeSpec<'_>) -> Result<MergeOutcome, MergeError> {
     let opened = spec
         .inputs
         .iter()
@@ -481,7 +564,7 @@ pub fn merge(spec: &MergeSpec<'_>) -> Result<MergeOutcome, MergeError> {
     });
 
     // A batch per input and a batch of output rows share a quarter of the budget; the rest is
-    // for the Parquet reader's pages, the writer's row group and slack.
+    // for the Parquet reader's pages (bounded by the fan-in), the writer's row group and slack.
     let row_bytes = opened.iter().map(|i| i.row_bytes).max().unwrap_or(8);
     let budget_rows = (spec.memory_limit / 4 / row_bytes.max(1)) as usize;
     let batch_rows = (budget_rows / (opened.len() + 1)).clamp(MIN_BATCH_ROWS, MAX_BATCH_ROWS);
@@ -650,7 +733,16 @@ fn writer_properties(
             "true".to_string(),
         ));
     }
-    WriterProperties::builder()
+    let mut properties = WriterProperties::builder();
+    // Random numbers fill a dictionary's hash table before the writer gives up on it; tags and
+    // other strings are what dictionaries shrink.
+    for field in schema.fields() {
+        if field.data_type().is_numeric() || field.data_type().is_temporal() {
+            properties =
+                properties.set_column_dictionary_enabled(field.name().as_str().into(), false);
+        }
+    }
+    properties
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
         ))
@@ -914,6 +1006,12 @@ mod tests {
         let (small, small_out) = run_merge(dir.path(), &inputs, &["host", "time"], 4 << 10);
         let (large_rows, _) = read(&large_out);
         assert_eq!(read(&small_out).0, large_rows);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("merge-pass"))
+            .collect();
+        assert!(left.is_empty(), "intermediate files are removed: {left:?}");
         assert_eq!(large.rows_out, small.rows_out);
         assert!(
             large.rows_out < large.rows_in,

@@ -401,3 +401,112 @@ async fn queries_running_during_a_compaction_see_every_row_once() {
     assert_eq!(file_count(&server, "busy").await, 1);
     assert_eq!(query(&server, sql).await, expected);
 }
+
+/// A `/proc/<pid>/status` size, in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Resident set high-water mark of a process.
+fn peak_rss(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmHWM:")
+}
+
+fn current_rss(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+#[tokio::test]
+async fn a_partition_larger_than_memory_limit_compacts_in_bounded_memory() {
+    const LIMIT: u64 = 64 << 20;
+    const FILES: i64 = 28;
+    const ROWS: i64 = 250_000;
+    let mut server = Server::start(&[
+        ("ARC_COMPACTION_HOURLY_MIN_FILES", "2"),
+        ("ARC_COMPACTION_MEMORY_LIMIT", "64MB"),
+        ("ARC_INGEST_MAX_BUFFER_SIZE", "1000000"),
+        ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+    ])
+    .await;
+    let hour_us = (day_ns(1) + 9 * HOUR_NS) / 1_000;
+    // Values that barely compress, so the files are as large as the rows.
+    let noise = |i: i64, k: i64| {
+        // splitmix64: 53 random mantissa bits per value.
+        let mut z = ((i * 4 + k) as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    };
+    for file in 0..FILES {
+        let ids: Vec<i64> = (file * ROWS..(file + 1) * ROWS).collect();
+        let column = |k: i64| {
+            rmpv::Value::Array(
+                ids.iter()
+                    .map(|i| rmpv::Value::from(noise(*i, k)))
+                    .collect(),
+            )
+        };
+        let payload = crate::harness::map(vec![
+            ("m", rmpv::Value::from("wide")),
+            (
+                "columns",
+                crate::harness::map(vec![
+                    (
+                        "time",
+                        rmpv::Value::Array(
+                            ids.iter()
+                                .map(|i| rmpv::Value::from(hour_us + i % 3_600_000_000))
+                                .collect(),
+                        ),
+                    ),
+                    ("a", column(1)),
+                    ("b", column(2)),
+                    ("c", column(3)),
+                    ("d", column(4)),
+                    (
+                        "n",
+                        rmpv::Value::Array(ids.iter().map(|i| rmpv::Value::from(*i)).collect()),
+                    ),
+                ]),
+            ),
+        ]);
+        let (status, body) = server
+            .post(
+                "/api/v1/write/msgpack",
+                &[("x-arc-database", "mem")],
+                crate::harness::msgpack(&payload),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        server.flush().await;
+    }
+    let listed = get_json(&server, "/api/v1/measurements?database=mem").await;
+    let stored_mb = listed["measurements"][0]["total_size_mb"].as_f64().unwrap();
+    assert!(
+        stored_mb * (1 << 20) as f64 > 3.0 * LIMIT as f64,
+        "partition of {stored_mb} MB is not several times the limit"
+    );
+    let sql = "SELECT COUNT(*), SUM(n), MIN(time), MAX(time) FROM mem.wide";
+    let expected = query(&server, sql).await;
+
+    // A fresh process, and its high-water mark reset, so the mark covers the compaction only
+    // (start-up reads a whole WAL segment).
+    server.stop().await;
+    server.restart().await;
+    let before = current_rss(server.pid());
+    std::fs::write(format!("/proc/{}/clear_refs", server.pid()), "5").unwrap();
+    compact(&server, "hourly").await;
+    let peak = peak_rss(server.pid());
+    assert_eq!(file_count(&server, "mem").await, 1);
+    assert_eq!(query(&server, sql).await, expected);
+    eprintln!(
+        "partition {stored_mb:.1} MB, memory_limit {} MB, peak RSS {} MB (idle {} MB)",
+        LIMIT >> 20,
+        peak >> 20,
+        before >> 20
+    );
+    assert!(peak < 2 * LIMIT, "peak RSS {} MB", peak >> 20);
+}
