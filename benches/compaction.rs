@@ -1,0 +1,177 @@
+//! Compaction benchmark: loads the query benchmark's data set with Arc's default buffer size
+//! (so ingest leaves many small files), runs the query suite, compacts the hourly tier, runs the
+//! suite again, compacts the daily tier and runs it a third time. Prints compaction throughput
+//! (input MB/s and rows/s) and the suite's median times at each stage.
+//!
+//! ```text
+//! cargo bench --bench compaction -- [--rows 50000000] [--hosts 1000] [--iterations 3]
+//! ```
+
+mod common;
+#[path = "common/devops.rs"]
+mod devops;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use devops::{load, median, suite, timed};
+
+struct Options {
+    rows: u64,
+    hosts: u64,
+    iterations: usize,
+}
+
+fn parse_options() -> Result<Options> {
+    let mut options = Options {
+        rows: 50_000_000,
+        hosts: 1000,
+        iterations: 3,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rows" => options.rows = value()?.parse()?,
+            "--hosts" => options.hosts = value()?.parse()?,
+            "--iterations" => options.iterations = value()?.parse()?,
+            "--bench" => {}
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(options)
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<Value> {
+    let response = client.get(url).send().await?;
+    if !response.status().is_success() {
+        bail!("{url}: {}", response.text().await?);
+    }
+    Ok(response.json().await?)
+}
+
+/// Files of the data set, from the manifest.
+async fn file_count(client: &reqwest::Client, url: &str) -> Result<u64> {
+    let listed = get(client, &format!("{url}/api/v1/measurements?database=bench")).await?;
+    listed["measurements"][0]["file_count"]
+        .as_u64()
+        .context("file_count missing")
+}
+
+/// Median time of each suite query, in ms.
+async fn run_suite(client: &reqwest::Client, url: &str, iterations: usize) -> Result<Vec<f64>> {
+    let mut medians = Vec::new();
+    for (_, sql, _) in suite() {
+        let mut times = Vec::new();
+        for _ in 0..iterations {
+            times.push(timed(client, url, "/api/v1/query", &sql).await?.0 * 1000.0);
+        }
+        medians.push(median(times));
+    }
+    Ok(medians)
+}
+
+struct TierRun {
+    seconds: f64,
+    bytes_in: u64,
+    rows_in: u64,
+    jobs: u64,
+}
+
+/// Triggers one tier and waits for the cycle to end; the figures come from `/stats` deltas.
+async fn compact(client: &reqwest::Client, url: &str, tier: &str) -> Result<TierRun> {
+    let stats = |v: &Value, key: &str| v["stats"][key].as_u64().unwrap_or(0);
+    let before = get(client, &format!("{url}/api/v1/compaction/stats")).await?;
+    let started = Instant::now();
+    let response = client
+        .post(format!("{url}/api/v1/compaction/trigger?tier={tier}"))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("trigger {tier}: {}", response.text().await?);
+    }
+    loop {
+        let status = get(client, &format!("{url}/api/v1/compaction/status")).await?;
+        if status["manager"]["cycle"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = get(client, &format!("{url}/api/v1/compaction/stats")).await?;
+    if stats(&after, "total_failed") != stats(&before, "total_failed") {
+        bail!("a {tier} job failed: see the history");
+    }
+    Ok(TierRun {
+        seconds,
+        bytes_in: stats(&after, "bytes_before") - stats(&before, "bytes_before"),
+        rows_in: stats(&after, "rows_before") - stats(&before, "rows_before"),
+        jobs: stats(&after, "total_completed") - stats(&before, "total_completed"),
+    })
+}
+
+fn main() -> Result<()> {
+    let options = parse_options()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // Arc's defaults for buffering and compaction, except that any finished partition
+        // qualifies (the data set is in the past) and the schedules never fire by themselves.
+        let env: Vec<(String, String)> = [
+            ("ARC_INGEST_MAX_BUFFER_SIZE", "50000"),
+            ("ARC_COMPACTION_HOURLY_MIN_FILES", "2"),
+            ("ARC_COMPACTION_DAILY_MIN_FILES", "2"),
+            ("ARC_COMPACTION_HOURLY_SCHEDULE", "0 0 1 1 *"),
+            ("ARC_COMPACTION_DAILY_SCHEDULE", "0 0 1 1 *"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let server = common::LocalServer::start(&env).await?;
+        load(&server.url, options.rows, options.hosts).await?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .build()?;
+
+        let mut stages = vec![(
+            "after ingest".to_string(),
+            file_count(&client, &server.url).await?,
+            run_suite(&client, &server.url, options.iterations).await?,
+        )];
+        for tier in ["hourly", "daily"] {
+            let run = compact(&client, &server.url, tier).await?;
+            println!(
+                "{tier}: {} jobs, {:.1} MB and {} rows in {:.1} s: {:.1} MB/s, {:.0} rows/s",
+                run.jobs,
+                run.bytes_in as f64 / 1e6,
+                run.rows_in,
+                run.seconds,
+                run.bytes_in as f64 / 1e6 / run.seconds,
+                run.rows_in as f64 / run.seconds
+            );
+            stages.push((
+                format!("after {tier}"),
+                file_count(&client, &server.url).await?,
+                run_suite(&client, &server.url, options.iterations).await?,
+            ));
+        }
+
+        print!("\n{:<30}", "query (median ms)");
+        for (name, files, _) in &stages {
+            print!(" {:>22}", format!("{name} ({files} files)"));
+        }
+        println!();
+        for (q, (name, _, _)) in suite().iter().enumerate() {
+            print!("{name:<30}");
+            for (_, _, times) in &stages {
+                print!(" {:>22.1}", times[q]);
+            }
+            println!();
+        }
+        Ok(())
+    })
+}
