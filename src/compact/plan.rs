@@ -12,8 +12,8 @@ use chrono::{DateTime, Duration, Utc};
 use crate::config::CompactionConfig;
 use crate::meta::{FileEntry, MetaState};
 use crate::storage::paths::{
-    DAILY_COMPACTED_SUFFIX, HOURLY_COMPACTED_SUFFIX, MICROS_PER_DAY, MICROS_PER_HOUR, day_dir,
-    day_start, hour_dir, hour_start,
+    DAILY_COMPACTED_SUFFIX, HOURLY_COMPACTED_SUFFIX, MICROS_PER_DAY, day_dir, day_start, hour_dir,
+    hour_start,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -195,8 +195,8 @@ fn hourly_due(start: i64, files: &[FileEntry], now_us: i64, rules: &PlanRules) -
         .iter()
         .filter(|f| file_kind(&f.path) == FileKind::Flushed)
         .count();
+    // `hourly_min_age` is at least an hour: the hour has ended.
     start.saturating_add(micros(rules.hourly_min_age)) <= now_us
-        && start + MICROS_PER_HOUR <= now_us
         && newest_written(files).saturating_add(micros(rules.hourly_quiet_for)) <= now_us
         && flushed >= rules.hourly_min_files
 }
@@ -240,6 +240,7 @@ pub fn batches(candidate: &Candidate, max_files_per_batch: usize) -> Vec<Batch> 
 mod tests {
     use super::*;
     use crate::meta::MetaCommand;
+    use crate::storage::paths::MICROS_PER_HOUR;
     use chrono::TimeZone;
 
     const H: i64 = MICROS_PER_HOUR;
