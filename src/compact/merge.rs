@@ -89,7 +89,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> MergeError + '_ {
     }
 }
 
-pub fn time_type() -> DataType {
+fn time_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
@@ -302,9 +302,10 @@ impl KeyEncoders {
     }
 }
 
-/// Batches referenced by rows not yet written, and by the cursors.
+/// The k-way merge's state.
 struct Merger {
     schema: SchemaRef,
+    /// Batches referenced by rows not yet written, and the cursors' current batches.
     store: Vec<RecordBatch>,
     cursors: Vec<Cursor>,
     encoders: KeyEncoders,
