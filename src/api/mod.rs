@@ -1,6 +1,7 @@
 //! HTTP API: thin handlers that decode a request, call a module, and encode the answer.
 //! Errors become HTTP responses in one place ([`ApiError`]).
 
+mod compression;
 mod health;
 mod json_rows;
 mod msgpack;
@@ -93,11 +94,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v2/write", post(write::influx_v2))
         .route("/api/v1/write/line-protocol", post(write::line_protocol))
         .route("/api/v1/write/line-protocol/flush", post(write::flush))
-        .route("/api/v1/query", post(query::json))
+        .merge(compressed_query_routes())
         .route("/api/v1/query/arrow", post(query::arrow))
-        .route("/api/v1/query/msgpack", post(query::msgpack))
         .route("/api/v1/query/estimate", post(query::estimate))
-        .route("/api/v1/query/{measurement}", get(query::measurement_rows))
         .route("/api/v1/measurements", get(query::measurements))
         .route("/api/v1/databases", get(query::databases))
         .route("/api/v1/databases/{name}", get(query::database))
@@ -109,6 +108,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(common_headers))
         .with_state(state)
+}
+
+/// Query routes whose JSON or MessagePack results are compressed on request (Arrow results use
+/// IPC buffer compression instead).
+fn compressed_query_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/query", post(query::json))
+        .route("/api/v1/query/msgpack", post(query::msgpack))
+        .route("/api/v1/query/{measurement}", get(query::measurement_rows))
+        .route_layer(axum::middleware::from_fn(compression::compress_response))
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
