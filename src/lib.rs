@@ -12,6 +12,7 @@
 //! them in `meta` through a durable command log, and only then lets the WAL release the entries.
 
 pub mod api;
+pub mod auth;
 pub mod buffer;
 pub mod config;
 pub mod flush;

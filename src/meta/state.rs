@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::admin::{AdminCommand, AdminError, AdminState};
 use crate::wal::Lsn;
 
 /// Column types a stored file can have (the ingest decoders produce only these).
@@ -50,7 +51,7 @@ pub struct FileEntry {
     pub origin_node: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaCommand {
     /// Files written by one flush of one measurement: every row of that measurement with
     /// LSN ≤ `flushed_through_lsn` is now in registered files.
@@ -60,6 +61,8 @@ pub enum MetaCommand {
         files: Vec<FileEntry>,
         flushed_through_lsn: Lsn,
     },
+    /// Tokens, databases, retention policies, continuous queries.
+    Admin(AdminCommand),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,6 +76,8 @@ pub enum ApplyError {
         lsn: Lsn,
         flushed: Lsn,
     },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// Per-measurement facts derived from its files.
@@ -82,10 +87,12 @@ pub struct MeasurementMeta {
     pub columns: BTreeMap<String, ColumnType>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetaState {
     files: BTreeMap<String, FileEntry>,
     measurements: BTreeMap<String, BTreeMap<String, MeasurementMeta>>,
+    #[serde(default)]
+    admin: AdminState,
 }
 
 impl MetaState {
@@ -115,6 +122,7 @@ impl MetaState {
                 }
                 Ok(())
             }
+            MetaCommand::Admin(command) => Ok(self.admin.check(command)?),
         }
     }
 
@@ -142,7 +150,15 @@ impl MetaState {
                 }
                 Ok(())
             }
+            MetaCommand::Admin(command) => {
+                self.admin.apply(command);
+                Ok(())
+            }
         }
+    }
+
+    pub fn admin(&self) -> &AdminState {
+        &self.admin
     }
 
     /// Every row of the measurement with LSN at or below this is in registered files.
