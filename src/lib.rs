@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod meta;
 pub mod node;
 pub mod query;
+pub mod reclaim;
 pub mod schedule;
 pub mod storage;
 pub mod wal;

@@ -2,8 +2,9 @@
 //!
 //! Start-up order: bind the listener (so `/health` answers at once) → open metadata → connect
 //! storage and remove files a crash left unregistered → replay the WAL into the buffers → start
-//! a fresh WAL segment → `/ready`. Shutdown runs it backwards: stop taking requests, flush every
-//! buffer, sync and close the WAL.
+//! a fresh WAL segment → `/ready`, then the background jobs (flusher, reclaimer). Shutdown runs it
+//! backwards: stop taking requests, stop the background jobs, flush every buffer, sync and close
+//! the WAL.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +21,7 @@ use crate::flush::{Flusher, PendingUploads};
 use crate::ingest::{IngestLimits, Ingester, replay_entry};
 use crate::meta::{Meta, MetaError};
 use crate::query::QueryEngine;
+use crate::reclaim;
 use crate::storage::{Storage, StorageError};
 use crate::wal::{self, Wal, WalError, WalOptions};
 
@@ -91,10 +93,22 @@ pub async fn run(
             return Ok(());
         }
     };
-    let (services, wal, flush_requests) = started;
+    let Started {
+        services,
+        wal,
+        flush_requests,
+        meta,
+        storage,
+    } = started;
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
-        tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped));
+        tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped.clone()));
+    let reclaimer = tokio::spawn(reclaim::run(
+        meta,
+        storage,
+        Duration::from_secs(config.query.timeout),
+        flusher_stopped,
+    ));
     let flusher = Arc::clone(&services.flusher);
     state.set_ready(services);
     tracing::info!("ready");
@@ -112,6 +126,7 @@ pub async fn run(
     }
     let _ = stop_flusher.send(true);
     let _ = background.await;
+    let _ = reclaimer.await;
     match flusher.flush_all().await {
         Ok(files) => tracing::info!(files, "buffers flushed"),
         Err(err) => {
@@ -138,11 +153,13 @@ async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
     TcpListener::bind(socket_addr).await.map_err(bind_err)
 }
 
-type Started = (
-    Services,
-    Option<Arc<Wal>>,
-    mpsc::UnboundedReceiver<crate::buffer::MeasurementKey>,
-);
+struct Started {
+    services: Services,
+    wal: Option<Arc<Wal>>,
+    flush_requests: mpsc::UnboundedReceiver<crate::buffer::MeasurementKey>,
+    meta: Arc<Meta>,
+    storage: Storage,
+}
 
 async fn start_services(config: &Config) -> Result<Started, NodeError> {
     let meta = Arc::new(Meta::open(Path::new(&config.meta.directory))?);
@@ -204,21 +221,23 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
     ));
     let flusher = Arc::new(Flusher::new(
         Arc::clone(&buffers),
-        storage,
-        meta,
+        storage.clone(),
+        Arc::clone(&meta),
         pending_uploads,
         wal.clone(),
         config.ingest.clone(),
         node_id,
     ));
     let ingester = Arc::new(Ingester::new(buffers, wal.clone(), flush_tx, limits));
-    Ok((
-        Services {
+    Ok(Started {
+        services: Services {
             ingester,
             flusher,
             query,
         },
         wal,
-        flush_rx,
-    ))
+        flush_requests: flush_rx,
+        meta,
+        storage,
+    })
 }

@@ -177,7 +177,9 @@ fn split_by_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, EncodeE
         .collect()
 }
 
-/// Sorts by the sort keys (which end with `time`); keys the batch lacks are skipped.
+/// Sorts by the sort keys (which end with `time`); keys the batch lacks are skipped. Rows with
+/// equal keys keep their write order (the row position breaks ties: Arrow's sort is unstable),
+/// which compaction relies on to keep the latest of duplicate points.
 fn sort_rows(batch: &RecordBatch, sort_keys: &[String]) -> Result<RecordBatch, EncodeError> {
     let keys: Vec<usize> = sort_keys
         .iter()
@@ -186,10 +188,13 @@ fn sort_rows(batch: &RecordBatch, sort_keys: &[String]) -> Result<RecordBatch, E
     if keys == [0] && times(batch).values().is_sorted() {
         return Ok(batch.clone());
     }
+    let position: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..batch.num_rows() as u32));
     let columns: Vec<SortColumn> = keys
         .iter()
-        .map(|&i| SortColumn {
-            values: Arc::clone(batch.column(i)),
+        .map(|&i| Arc::clone(batch.column(i)))
+        .chain(std::iter::once(position))
+        .map(|values| SortColumn {
+            values,
             options: None,
         })
         .collect();
@@ -286,4 +291,62 @@ fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn sorting_keeps_write_order_among_equal_keys() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                arrow::datatypes::DataType::Timestamp(
+                    arrow::datatypes::TimeUnit::Microsecond,
+                    Some("UTC".into()),
+                ),
+                false,
+            ),
+            Field::new("host", arrow::datatypes::DataType::Utf8, true),
+            Field::new("v", arrow::datatypes::DataType::Int64, true),
+        ]));
+        let n = 1_000;
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values((0..n).map(|i| (i % 3) as i64))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| if i % 2 == 0 { "a" } else { "b" }),
+                )),
+                Arc::new(Int64Array::from_iter_values(0..n as i64)),
+            ],
+        )
+        .unwrap();
+        for keys in [vec!["time"], vec!["host", "time"]] {
+            let keys: Vec<String> = keys.into_iter().map(String::from).collect();
+            let sorted = sort_rows(&batch, &keys).unwrap();
+            let v = sorted
+                .column(2)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            for i in 1..sorted.num_rows() {
+                let same_group = (0..keys.len()).all(|k| {
+                    let c = sorted.schema().index_of(&keys[k]).unwrap();
+                    let col = sorted.column(c);
+                    arrow::compute::kernels::cmp::eq(&col.slice(i - 1, 1), &col.slice(i, 1))
+                        .unwrap()
+                        .value(0)
+                });
+                if same_group {
+                    assert!(v.value(i - 1) < v.value(i), "{keys:?} row {i}");
+                }
+            }
+        }
+    }
 }

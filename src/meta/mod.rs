@@ -160,6 +160,22 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// [`Meta::commit`] for callers with no way to recover from a failed log write: after a
+    /// failed sync the log's durable contents are unknown, and appending more could bury a torn
+    /// record under valid ones. Restarting recovers a consistent state. Blocking.
+    pub fn commit_or_abort(&self, command: MetaCommand) -> Result<(), ApplyError> {
+        match self.commit(command) {
+            Ok(()) => Ok(()),
+            Err(MetaError::Rejected(err)) => Err(err),
+            Err(err) => {
+                tracing::error!(error = %err, "metadata log write failed; aborting");
+                std::process::abort();
+            }
+        }
+    }
+}
+
 impl CommandLog {
     /// Writes the state as a snapshot, then starts an empty log. A crash in between is harmless:
     /// commands at or below the snapshot index are skipped on open.

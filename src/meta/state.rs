@@ -63,6 +63,20 @@ pub enum MetaCommand {
     },
     /// Tokens, databases, retention policies, continuous queries.
     Admin(AdminCommand),
+    /// Swaps files of one measurement in one step (compaction, retention, deletes): readers see
+    /// either the removed files or the added ones, never both. Removed paths become tombstones
+    /// stamped `at_us`, so their objects are deleted only once no query can still be reading
+    /// them. The measurement's `flushed_through_lsn` is unchanged: no new rows arrive this way.
+    ReplaceFiles {
+        database: String,
+        measurement: String,
+        removed: Vec<String>,
+        added: Vec<FileEntry>,
+        at_us: i64,
+    },
+    /// Forgets tombstones whose objects are deleted. Unknown paths are ignored, so a retry
+    /// after a crash is harmless.
+    PurgeTombstones { paths: Vec<String> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,6 +92,14 @@ pub enum ApplyError {
     },
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("file {path} is not a live file of {database}.{measurement}")]
+    FileNotLive {
+        database: String,
+        measurement: String,
+        path: String,
+    },
+    #[error("file {0} was removed and is waiting for its object to be deleted")]
+    FileTombstoned(String),
 }
 
 /// Per-measurement facts derived from its files.
@@ -93,6 +115,10 @@ pub struct MetaState {
     measurements: BTreeMap<String, BTreeMap<String, MeasurementMeta>>,
     #[serde(default)]
     admin: AdminState,
+    /// Removed files whose objects may still be read by running queries: path → removal time
+    /// (µs). Absent in snapshots written before files could be removed.
+    #[serde(default)]
+    tombstones: BTreeMap<String, i64>,
 }
 
 impl MetaState {
@@ -106,9 +132,7 @@ impl MetaState {
                 files,
                 flushed_through_lsn,
             } => {
-                if let Some(file) = files.iter().find(|f| self.files.contains_key(&f.path)) {
-                    return Err(ApplyError::DuplicateFile(file.path.clone()));
-                }
+                self.check_new_paths(files)?;
                 // Every flush covers LSNs above the previous one: an equal or lower watermark
                 // is the same rows a second time.
                 let flushed = self.flushed_through(database, measurement);
@@ -123,7 +147,47 @@ impl MetaState {
                 Ok(())
             }
             MetaCommand::Admin(command) => Ok(self.admin.check(command)?),
+            MetaCommand::ReplaceFiles {
+                database,
+                measurement,
+                removed,
+                added,
+                ..
+            } => {
+                let mut seen = std::collections::BTreeSet::new();
+                for path in removed {
+                    let live = self
+                        .files
+                        .get(path)
+                        .is_some_and(|f| f.database == *database && f.measurement == *measurement);
+                    // A path named twice would be removed once: refuse it like a missing one.
+                    if !live || !seen.insert(path) {
+                        return Err(ApplyError::FileNotLive {
+                            database: database.clone(),
+                            measurement: measurement.clone(),
+                            path: path.clone(),
+                        });
+                    }
+                }
+                self.check_new_paths(added)
+            }
+            MetaCommand::PurgeTombstones { .. } => Ok(()),
         }
+    }
+
+    /// New files must not reuse a path that is live, tombstoned (its object is about to be
+    /// deleted) or named twice in the same command.
+    fn check_new_paths(&self, files: &[FileEntry]) -> Result<(), ApplyError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for file in files {
+            if self.files.contains_key(&file.path) || !seen.insert(&file.path) {
+                return Err(ApplyError::DuplicateFile(file.path.clone()));
+            }
+            if self.tombstones.contains_key(&file.path) {
+                return Err(ApplyError::FileTombstoned(file.path.clone()));
+            }
+        }
+        Ok(())
     }
 
     pub fn apply(&mut self, command: &MetaCommand) -> Result<(), ApplyError> {
@@ -152,6 +216,39 @@ impl MetaState {
             }
             MetaCommand::Admin(command) => {
                 self.admin.apply(command);
+                Ok(())
+            }
+            MetaCommand::ReplaceFiles {
+                database,
+                measurement,
+                removed,
+                added,
+                at_us,
+            } => {
+                for path in removed {
+                    self.files.remove(path);
+                    self.tombstones.insert(path.clone(), *at_us);
+                }
+                if !added.is_empty() {
+                    let meta = self
+                        .measurements
+                        .entry(database.clone())
+                        .or_default()
+                        .entry(measurement.clone())
+                        .or_default();
+                    for file in added {
+                        for (name, column_type) in &file.columns {
+                            meta.columns.insert(name.clone(), *column_type);
+                        }
+                        self.files.insert(file.path.clone(), file.clone());
+                    }
+                }
+                Ok(())
+            }
+            MetaCommand::PurgeTombstones { paths } => {
+                for path in paths {
+                    self.tombstones.remove(path);
+                }
                 Ok(())
             }
         }
@@ -204,6 +301,13 @@ impl MetaState {
 
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
         self.files.get(path)
+    }
+
+    /// Removed files whose objects are not yet deleted: (path, removal time in µs).
+    pub fn tombstones(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.tombstones
+            .iter()
+            .map(|(path, at)| (path.as_str(), *at))
     }
 }
 
@@ -268,5 +372,148 @@ mod tests {
             ));
         }
         assert_eq!(state, before);
+    }
+
+    fn replace(removed: &[&str], added: Vec<FileEntry>, at_us: i64) -> MetaCommand {
+        MetaCommand::ReplaceFiles {
+            database: "db".into(),
+            measurement: "cpu".into(),
+            removed: removed.iter().map(|p| p.to_string()).collect(),
+            added,
+            at_us,
+        }
+    }
+
+    #[test]
+    fn replace_files_swaps_files_and_records_tombstones() {
+        let mut state = MetaState::default();
+        state.apply(&add("db/cpu/a.parquet", 5)).unwrap();
+        state.apply(&add("db/cpu/b.parquet", 9)).unwrap();
+        let mut merged = file("db/cpu/ab.parquet", 5);
+        merged.max_lsn = 9;
+        state
+            .apply(&replace(
+                &["db/cpu/a.parquet", "db/cpu/b.parquet"],
+                vec![merged],
+                1_000,
+            ))
+            .unwrap();
+        let live: Vec<&str> = state
+            .files_of("db", "cpu")
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
+        assert_eq!(live, ["db/cpu/ab.parquet"]);
+        assert_eq!(
+            state.tombstones().collect::<Vec<_>>(),
+            [("db/cpu/a.parquet", 1_000), ("db/cpu/b.parquet", 1_000)]
+        );
+        assert_eq!(state.flushed_through("db", "cpu"), 9);
+
+        // Removing without adding is how retention drops files.
+        state
+            .apply(&replace(&["db/cpu/ab.parquet"], vec![], 2_000))
+            .unwrap();
+        assert!(state.files_of("db", "cpu").is_empty());
+        assert_eq!(state.tombstones().count(), 3);
+
+        state
+            .apply(&MetaCommand::PurgeTombstones {
+                paths: vec!["db/cpu/a.parquet".into(), "never/existed".into()],
+            })
+            .unwrap();
+        let left: Vec<&str> = state.tombstones().map(|(p, _)| p).collect();
+        assert_eq!(left, ["db/cpu/ab.parquet", "db/cpu/b.parquet"]);
+    }
+
+    #[test]
+    fn replace_files_refuses_dead_foreign_and_reused_paths_without_change() {
+        let mut state = MetaState::default();
+        state.apply(&add("db/cpu/a.parquet", 5)).unwrap();
+        state.apply(&add("db/cpu/b.parquet", 6)).unwrap();
+        state
+            .apply(&replace(&["db/cpu/b.parquet"], vec![], 1))
+            .unwrap();
+        let mut other = file("db/mem/m.parquet", 7);
+        other.measurement = "mem".into();
+        state
+            .apply(&MetaCommand::AddFiles {
+                database: "db".into(),
+                measurement: "mem".into(),
+                files: vec![other],
+                flushed_through_lsn: 7,
+            })
+            .unwrap();
+        let before = state.clone();
+
+        let not_live = |path: &str| ApplyError::FileNotLive {
+            database: "db".into(),
+            measurement: "cpu".into(),
+            path: path.into(),
+        };
+        assert_eq!(
+            state.apply(&replace(&["db/cpu/zzz.parquet"], vec![], 2)),
+            Err(not_live("db/cpu/zzz.parquet"))
+        );
+        assert_eq!(
+            state.apply(&replace(&["db/cpu/b.parquet"], vec![], 2)),
+            Err(not_live("db/cpu/b.parquet"))
+        );
+        assert_eq!(
+            state.apply(&replace(&["db/mem/m.parquet"], vec![], 2)),
+            Err(not_live("db/mem/m.parquet"))
+        );
+        assert_eq!(
+            state.apply(&replace(
+                &["db/cpu/a.parquet", "db/cpu/a.parquet"],
+                vec![],
+                2
+            )),
+            Err(not_live("db/cpu/a.parquet"))
+        );
+        assert_eq!(
+            state.apply(&replace(
+                &["db/cpu/a.parquet"],
+                vec![file("db/cpu/a.parquet", 5)],
+                2
+            )),
+            Err(ApplyError::DuplicateFile("db/cpu/a.parquet".into()))
+        );
+        assert_eq!(
+            state.apply(&replace(
+                &["db/cpu/a.parquet"],
+                vec![file("db/cpu/b.parquet", 6)],
+                2
+            )),
+            Err(ApplyError::FileTombstoned("db/cpu/b.parquet".into()))
+        );
+        assert_eq!(
+            state.apply(&add("db/cpu/b.parquet", 8)),
+            Err(ApplyError::FileTombstoned("db/cpu/b.parquet".into()))
+        );
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn commands_keep_their_json_shape() {
+        let command = replace(&["db/cpu/a.parquet"], vec![], 7);
+        let json = serde_json::to_value(&command).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"ReplaceFiles": {
+                "database": "db", "measurement": "cpu",
+                "removed": ["db/cpu/a.parquet"], "added": [], "at_us": 7
+            }})
+        );
+        let purge = MetaCommand::PurgeTombstones {
+            paths: vec!["x".into()],
+        };
+        assert_eq!(
+            serde_json::to_value(&purge).unwrap(),
+            serde_json::json!({"PurgeTombstones": {"paths": ["x"]}})
+        );
+        // A snapshot written before tombstones existed still loads.
+        let old: MetaState = serde_json::from_str(r#"{"files": {}, "measurements": {}}"#).unwrap();
+        assert_eq!(old.tombstones().count(), 0);
     }
 }
