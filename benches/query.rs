@@ -111,7 +111,7 @@ fn batch(first_step: u64, steps: u64, hosts: u64) -> Result<Bytes> {
 }
 
 async fn load(url: &str, options: &Options) -> Result<()> {
-    let client = reqwest::Client::new();
+    let client = common::client_builder().build()?;
     let steps_total = options.rows / options.hosts;
     let steps_per_request = (20_000 / options.hosts).max(1);
     let requests: Vec<u64> = (0..steps_total)
@@ -252,7 +252,7 @@ fn main() -> Result<()> {
         )];
         let server = common::LocalServer::start(&env).await?;
         load(&server.url, &options).await?;
-        let client = reqwest::Client::builder()
+        let client = common::client_builder()
             .timeout(Duration::from_secs(600))
             .build()?;
         let suite = suite();

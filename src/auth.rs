@@ -131,6 +131,8 @@ pub struct Authenticator {
     ttl: Duration,
     max_entries: usize,
     cache: Mutex<HashMap<[u8; 32], CachedVerification>>,
+    /// Held while a slow hash runs, so concurrent first requests with one secret hash it once.
+    verifying: Mutex<()>,
     last_used_us: Mutex<HashMap<u64, i64>>,
 }
 
@@ -141,6 +143,7 @@ impl Authenticator {
             ttl: Duration::from_secs(config.cache_ttl),
             max_entries: config.max_cache_size,
             cache: Mutex::default(),
+            verifying: Mutex::default(),
             last_used_us: Mutex::default(),
         }
     }
@@ -154,33 +157,18 @@ impl Authenticator {
     pub fn authenticate(&self, secret: &str) -> Result<TokenRecord, AuthError> {
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let now = now_us();
-        let cached = self.cache.lock().unwrap().get(&digest).and_then(|entry| {
-            (entry.verified_at.elapsed() < self.ttl).then(|| (entry.token_id, entry.hash.clone()))
-        });
-        let token = match cached {
-            Some((id, hash)) => {
-                let state = self.meta.state();
-                match state.admin().token(id) {
-                    Some(token) if token.hash == hash => token.clone(),
-                    _ => return Err(AuthError::Invalid),
-                }
-            }
+        let token = match self.cached(&digest) {
+            Some(cached) => cached?,
             None => {
-                let lookup = lookup_key(secret);
-                let candidates: Vec<TokenRecord> = self
-                    .meta
-                    .state()
-                    .admin()
-                    .tokens()
-                    .filter(|t| t.lookup == lookup)
-                    .cloned()
-                    .collect();
-                let token = candidates
-                    .into_iter()
-                    .find(|t| verify_secret(secret, &t.hash))
-                    .ok_or(AuthError::Invalid)?;
-                self.remember(digest, &token);
-                token
+                let _one_at_a_time = self.verifying.lock().unwrap();
+                match self.cached(&digest) {
+                    Some(cached) => cached?,
+                    None => {
+                        let token = self.verify_slowly(secret)?;
+                        self.remember(digest, &token);
+                        token
+                    }
+                }
             }
         };
         if !token.usable_at(now) {
@@ -188,6 +176,35 @@ impl Authenticator {
         }
         self.last_used_us.lock().unwrap().insert(token.id, now);
         Ok(token)
+    }
+
+    /// The token of a verification still in the cache: `None` on a miss, an error if the token
+    /// was deleted or rotated since.
+    fn cached(&self, digest: &[u8; 32]) -> Option<Result<TokenRecord, AuthError>> {
+        let (id, hash) = self.cache.lock().unwrap().get(digest).and_then(|entry| {
+            (entry.verified_at.elapsed() < self.ttl).then(|| (entry.token_id, entry.hash.clone()))
+        })?;
+        let state = self.meta.state();
+        Some(match state.admin().token(id) {
+            Some(token) if token.hash == hash => Ok(token.clone()),
+            _ => Err(AuthError::Invalid),
+        })
+    }
+
+    fn verify_slowly(&self, secret: &str) -> Result<TokenRecord, AuthError> {
+        let lookup = lookup_key(secret);
+        let candidates: Vec<TokenRecord> = self
+            .meta
+            .state()
+            .admin()
+            .tokens()
+            .filter(|t| t.lookup == lookup)
+            .cloned()
+            .collect();
+        candidates
+            .into_iter()
+            .find(|t| verify_secret(secret, &t.hash))
+            .ok_or(AuthError::Invalid)
     }
 
     fn remember(&self, digest: [u8; 32], token: &TokenRecord) {
@@ -211,6 +228,14 @@ impl Authenticator {
     /// Forgets every cached verification (after a change to tokens on this node).
     pub fn invalidate(&self) {
         self.cache.lock().unwrap().clear();
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
     }
 
     pub fn cache_size(&self) -> usize {

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, AppState, Services};
+use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
 use crate::config::Config;
 use crate::flush::{Flusher, PendingUploads};
@@ -65,6 +66,7 @@ pub async fn run(
     let state = Arc::new(AppState::new(
         config.server.max_payload_size.bytes() as usize,
         Duration::from_secs(config.query.timeout),
+        config.auth.enabled,
     ));
     let (stop_http, http_stopped) = watch::channel(false);
     let server = {
@@ -163,6 +165,10 @@ struct Started {
 
 async fn start_services(config: &Config) -> Result<Started, NodeError> {
     let meta = Arc::new(Meta::open(Path::new(&config.meta.directory))?);
+    if config.auth.enabled {
+        announce(auth::bootstrap(&meta, &config.auth)?);
+    }
+    let authenticator = Arc::new(Authenticator::new(Arc::clone(&meta), &config.auth));
     let storage = Storage::from_config(&config.storage)?;
     tracing::info!(storage = storage.description(), "storage configured");
 
@@ -231,6 +237,7 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
     let ingester = Arc::new(Ingester::new(buffers, wal.clone(), flush_tx, limits));
     Ok(Started {
         services: Services {
+            auth: authenticator,
             ingester,
             flusher,
             query,
@@ -240,4 +247,22 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
         meta,
         storage,
     })
+}
+
+/// Tells the operator about a token created at start-up. A random secret is shown this once,
+/// on stderr and not through the log, so it never lands in log files.
+fn announce(bootstrap: Bootstrap) {
+    match bootstrap {
+        Bootstrap::Nothing => {}
+        Bootstrap::CreatedRandom { secret } => {
+            let rule = "=".repeat(72);
+            eprintln!(
+                "{rule}\nAdmin API token (shown only now; store it safely): {secret}\n\
+                 Use it as 'Authorization: Bearer <token>'.\n{rule}"
+            );
+        }
+        Bootstrap::CreatedFromConfig { name } => {
+            tracing::info!(token = %name, "admin token created from the configured bootstrap token");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! HTTP API: thin handlers that decode a request, call a module, and encode the answer.
 //! Errors become HTTP responses in one place ([`ApiError`]).
 
+mod auth;
 mod compression;
 mod health;
 mod json_rows;
@@ -19,12 +20,15 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use crate::auth::Authenticator;
 use crate::flush::{FlushError, Flusher};
 use crate::ingest::{IngestError, Ingester};
+use crate::meta::Permission;
 use crate::query::QueryEngine;
 
 /// What a started node serves requests with.
 pub struct Services {
+    pub auth: Arc<Authenticator>,
     pub ingester: Arc<Ingester>,
     pub flusher: Arc<Flusher>,
     pub query: Arc<QueryEngine>,
@@ -42,10 +46,11 @@ pub struct AppState {
     services: OnceLock<Services>,
     max_payload_bytes: usize,
     query_timeout: Duration,
+    auth_enabled: bool,
 }
 
 impl AppState {
-    pub fn new(max_payload_bytes: usize, query_timeout: Duration) -> AppState {
+    pub fn new(max_payload_bytes: usize, query_timeout: Duration, auth_enabled: bool) -> AppState {
         AppState {
             started_at: Instant::now(),
             started_wall: Utc::now(),
@@ -53,6 +58,7 @@ impl AppState {
             services: OnceLock::new(),
             max_payload_bytes,
             query_timeout,
+            auth_enabled,
         }
     }
 
@@ -86,23 +92,56 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let guard = |needed: Option<Permission>| {
+        axum::middleware::from_fn_with_state((Arc::clone(&state), needed), auth::authorize)
+    };
+    let read = guard(Some(Permission::Read));
+    let write = guard(Some(Permission::Write));
+    let admin = guard(Some(Permission::Admin));
+    let tokens = "/api/v1/auth/tokens";
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/api/v1/write/msgpack", post(write::msgpack))
-        .route("/write", post(write::influx_v1))
-        .route("/api/v2/write", post(write::influx_v2))
-        .route("/api/v1/write/line-protocol", post(write::line_protocol))
-        .route("/api/v1/write/line-protocol/flush", post(write::flush))
-        .merge(compressed_query_routes())
-        .route("/api/v1/query/arrow", post(query::arrow))
-        .route("/api/v1/query/estimate", post(query::estimate))
-        .route("/api/v1/measurements", get(query::measurements))
-        .route("/api/v1/databases", get(query::databases))
-        .route("/api/v1/databases/{name}", get(query::database))
-        .route(
-            "/api/v1/databases/{name}/measurements",
-            get(query::database_measurements),
+        .route("/api/v1/auth/verify", get(auth::verify))
+        .merge(
+            Router::new()
+                .route("/api/v1/write/msgpack", post(write::msgpack))
+                .route("/write", post(write::influx_v1))
+                .route("/api/v2/write", post(write::influx_v2))
+                .route("/api/v1/write/line-protocol", post(write::line_protocol))
+                .route("/api/v1/write/line-protocol/flush", post(write::flush))
+                .route_layer(write),
+        )
+        .merge(
+            compressed_query_routes()
+                .route("/api/v1/query/arrow", post(query::arrow))
+                .route("/api/v1/query/estimate", post(query::estimate))
+                .route("/api/v1/measurements", get(query::measurements))
+                .route("/api/v1/databases", get(query::databases))
+                .route("/api/v1/databases/{name}", get(query::database))
+                .route(
+                    "/api/v1/databases/{name}/measurements",
+                    get(query::database_measurements),
+                )
+                .route_layer(read),
+        )
+        .merge(
+            Router::new()
+                .route(tokens, get(auth::list_tokens).post(auth::create_token))
+                .route(
+                    &format!("{tokens}/{{id}}"),
+                    get(auth::get_token)
+                        .patch(auth::update_token)
+                        .delete(auth::delete_token),
+                )
+                .route(&format!("{tokens}/{{id}}/rotate"), post(auth::rotate_token))
+                .route(&format!("{tokens}/{{id}}/revoke"), post(auth::revoke_token))
+                .route("/api/v1/auth/cache/stats", get(auth::cache_stats))
+                .route(
+                    "/api/v1/auth/cache/invalidate",
+                    post(auth::cache_invalidate),
+                )
+                .route_layer(admin),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -234,7 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn not_ready_while_starting_or_draining_and_writes_are_refused() {
-        let state = Arc::new(AppState::new(1 << 20, Duration::from_secs(5)));
+        let state = Arc::new(AppState::new(1 << 20, Duration::from_secs(5), false));
         assert_eq!(call(&state, "GET", "/health").await.0, StatusCode::OK);
         let (status, body) = call(&state, "GET", "/ready").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

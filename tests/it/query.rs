@@ -589,8 +589,10 @@ async fn arrow_responses_end_with_the_execution_time_trailer() {
     let body = r#"{"sql": "SELECT 1 AS one"}"#;
     let request = format!(
         "POST /api/v1/query/arrow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nTE: trailers\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+         Content-Length: {}\r\nAuthorization: Bearer {}\r\nTE: trailers\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len(),
+        crate::harness::ADMIN_TOKEN,
     );
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
         .await
