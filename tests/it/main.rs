@@ -1,5 +1,6 @@
 //! The integration test binary: real `arcdb` processes on loopback, real files, real S3 (Garage).
 
+mod auth;
 mod bad_input;
 mod crash;
 mod garage;
