@@ -63,11 +63,7 @@ pub async fn run(
     let listener = bind(&addr).await?;
     tracing::info!(addr = %listener.local_addr().map_err(NodeError::Serve)?, "listening");
 
-    let state = Arc::new(AppState::new(
-        config.server.max_payload_size.bytes() as usize,
-        Duration::from_secs(config.query.timeout),
-        config.auth.enabled,
-    ));
+    let state = Arc::new(AppState::new(&config));
     let (stop_http, http_stopped) = watch::channel(false);
     let server = {
         let router = api::router(Arc::clone(&state));
@@ -238,6 +234,7 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
     Ok(Started {
         services: Services {
             auth: authenticator,
+            meta: Arc::clone(&meta),
             ingester,
             flusher,
             query,

@@ -3,6 +3,7 @@
 
 mod auth;
 mod compression;
+mod databases;
 mod health;
 mod json_rows;
 mod msgpack;
@@ -16,19 +17,21 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::auth::Authenticator;
+use crate::config::Config;
 use crate::flush::{FlushError, Flusher};
 use crate::ingest::{IngestError, Ingester};
-use crate::meta::Permission;
+use crate::meta::{Meta, Permission};
 use crate::query::QueryEngine;
 
 /// What a started node serves requests with.
 pub struct Services {
     pub auth: Arc<Authenticator>,
+    pub meta: Arc<Meta>,
     pub ingester: Arc<Ingester>,
     pub flusher: Arc<Flusher>,
     pub query: Arc<QueryEngine>,
@@ -47,18 +50,20 @@ pub struct AppState {
     max_payload_bytes: usize,
     query_timeout: Duration,
     auth_enabled: bool,
+    delete_enabled: bool,
 }
 
 impl AppState {
-    pub fn new(max_payload_bytes: usize, query_timeout: Duration, auth_enabled: bool) -> AppState {
+    pub fn new(config: &Config) -> AppState {
         AppState {
             started_at: Instant::now(),
             started_wall: Utc::now(),
             phase: AtomicU8::new(STARTING),
             services: OnceLock::new(),
-            max_payload_bytes,
-            query_timeout,
-            auth_enabled,
+            max_payload_bytes: config.server.max_payload_size.bytes() as usize,
+            query_timeout: Duration::from_secs(config.query.timeout),
+            auth_enabled: config.auth.enabled,
+            delete_enabled: config.delete.enabled,
         }
     }
 
@@ -117,13 +122,23 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .route("/api/v1/query/arrow", post(query::arrow))
                 .route("/api/v1/query/estimate", post(query::estimate))
                 .route("/api/v1/measurements", get(query::measurements))
-                .route("/api/v1/databases", get(query::databases))
-                .route("/api/v1/databases/{name}", get(query::database))
+                .route("/api/v1/databases", get(databases::list))
+                .route("/api/v1/databases/{name}", get(databases::get))
                 .route(
                     "/api/v1/databases/{name}/measurements",
-                    get(query::database_measurements),
+                    get(databases::measurements),
                 )
                 .route_layer(read),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/databases", post(databases::create))
+                .route_layer(guard(Some(Permission::Admin))),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/databases/{name}", delete(databases::delete))
+                .route_layer(guard(Some(Permission::Delete))),
         )
         .merge(
             Router::new()
@@ -273,7 +288,9 @@ mod tests {
 
     #[tokio::test]
     async fn not_ready_while_starting_or_draining_and_writes_are_refused() {
-        let state = Arc::new(AppState::new(1 << 20, Duration::from_secs(5), false));
+        let mut config = Config::default();
+        config.auth.enabled = false;
+        let state = Arc::new(AppState::new(&config));
         assert_eq!(call(&state, "GET", "/health").await.0, StatusCode::OK);
         let (status, body) = call(&state, "GET", "/ready").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

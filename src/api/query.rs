@@ -626,59 +626,6 @@ pub async fn measurement_rows(
     json_response(&state, &sql, None, false, started).await
 }
 
-/// `GET /api/v1/databases`.
-pub async fn databases(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let engine = state.query_engine()?;
-    let summaries = engine.measurements(None);
-    let list: Vec<Value> = engine
-        .databases()
-        .into_iter()
-        .map(|name| {
-            let count = summaries.iter().filter(|m| m.database == name).count();
-            json!({ "name": name, "measurement_count": count })
-        })
-        .collect();
-    Ok(Json(json!({ "count": list.len(), "databases": list })))
-}
-
-/// `GET /api/v1/databases/{name}`.
-pub async fn database(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let measurements = known_database(&state, &name)?;
-    Ok(Json(
-        json!({ "name": name, "measurement_count": measurements.len() }),
-    ))
-}
-
-/// `GET /api/v1/databases/{name}/measurements`.
-pub async fn database_measurements(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let measurements: Vec<Value> = known_database(&state, &name)?
-        .into_iter()
-        .map(|m| json!({ "name": m.measurement, "file_count": m.file_count }))
-        .collect();
-    Ok(Json(json!({
-        "database": name,
-        "count": measurements.len(),
-        "measurements": measurements,
-    })))
-}
-
-fn known_database(state: &AppState, name: &str) -> Result<Vec<MeasurementSummary>, ApiError> {
-    let measurements = state.query_engine()?.measurements(Some(name));
-    if measurements.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("Database '{name}' not found"),
-        ));
-    }
-    Ok(measurements)
-}
-
 /// `POST /api/v1/query/msgpack`: the whole result, column-major, in one MessagePack map.
 pub async fn msgpack(
     State(state): State<Arc<AppState>>,

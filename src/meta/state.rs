@@ -299,6 +299,15 @@ impl MetaState {
             .collect()
     }
 
+    /// Whether the measurement has at least one live file.
+    pub fn has_files(&self, database: &str, measurement: &str) -> bool {
+        let prefix = format!("{database}/{measurement}/");
+        self.files
+            .range(prefix.clone()..)
+            .take_while(|(path, _)| path.starts_with(&prefix))
+            .any(|(_, file)| file.database == database && file.measurement == measurement)
+    }
+
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
         self.files.get(path)
     }

@@ -84,7 +84,7 @@ fn token_id(tokens: &Value, name: &str) -> u64 {
 
 #[tokio::test]
 async fn every_route_enforces_its_permission() {
-    let mut server = Server::start(&[]).await;
+    let mut server = Server::start(&[("ARC_DELETE_ENABLED", "true")]).await;
     let reader = create_token(&server, json!({"name": "r", "permissions": ["read"]})).await;
     let writer = create_token(&server, json!({"name": "w", "permissions": ["write"]})).await;
     let deleter = create_token(&server, json!({"name": "d", "permissions": ["delete"]})).await;
@@ -115,6 +115,18 @@ async fn every_route_enforces_its_permission() {
             "/api/v1/databases/a/measurements",
             None,
             "read",
+        ),
+        (
+            Method::POST,
+            "/api/v1/databases",
+            Some(json!({"name": "p"})),
+            "admin",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/databases/none?confirm=true",
+            None,
+            "delete",
         ),
         (Method::GET, "/api/v1/auth/tokens", None, "admin"),
         (

@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod crash;
+mod databases;
 mod garage;
 mod harness;
 mod query;
