@@ -22,6 +22,7 @@ pub mod meta;
 pub mod node;
 pub mod query;
 pub mod reclaim;
+pub mod retention;
 pub mod schedule;
 pub mod storage;
 pub mod wal;

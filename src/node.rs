@@ -23,6 +23,8 @@ use crate::ingest::{IngestLimits, Ingester, replay_entry};
 use crate::meta::{Meta, MetaError};
 use crate::query::QueryEngine;
 use crate::reclaim;
+use crate::retention;
+use crate::schedule::CronSchedule;
 use crate::storage::{Storage, StorageError};
 use crate::wal::{self, Wal, WalError, WalOptions};
 
@@ -101,6 +103,18 @@ pub async fn run(
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
         tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped.clone()));
+    let retention_scheduler = config.retention.enabled.then(|| {
+        let schedule: CronSchedule = config
+            .scheduler
+            .retention_schedule
+            .parse()
+            .expect("validated with the configuration");
+        tokio::spawn(retention::run_scheduled(
+            Arc::clone(&meta),
+            schedule,
+            flusher_stopped.clone(),
+        ))
+    });
     let reclaimer = tokio::spawn(reclaim::run(
         meta,
         storage,
@@ -125,6 +139,9 @@ pub async fn run(
     let _ = stop_flusher.send(true);
     let _ = background.await;
     let _ = reclaimer.await;
+    if let Some(scheduler) = retention_scheduler {
+        let _ = scheduler.await;
+    }
     match flusher.flush_all().await {
         Ok(files) => tracing::info!(files, "buffers flushed"),
         Err(err) => {

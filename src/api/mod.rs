@@ -8,6 +8,7 @@ mod health;
 mod json_rows;
 mod msgpack;
 mod query;
+mod retention;
 mod write;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -51,6 +52,7 @@ pub struct AppState {
     query_timeout: Duration,
     auth_enabled: bool,
     delete_enabled: bool,
+    retention_enabled: bool,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             query_timeout: Duration::from_secs(config.query.timeout),
             auth_enabled: config.auth.enabled,
             delete_enabled: config.delete.enabled,
+            retention_enabled: config.retention.enabled,
         }
     }
 
@@ -158,10 +161,46 @@ pub fn router(state: Arc<AppState>) -> Router {
                 )
                 .route_layer(admin),
         )
+        .merge(retention_routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(common_headers))
         .with_state(state)
+}
+
+/// `/api/v1/retention` (when `retention.enabled`): reading needs a token, changing needs admin.
+fn retention_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    if !state.retention_enabled {
+        return Router::new();
+    }
+    let guard = |needed: Option<Permission>| {
+        axum::middleware::from_fn_with_state((Arc::clone(state), needed), auth::authorize)
+    };
+    let admin = || guard(Some(Permission::Admin));
+    let base = "/api/v1/retention";
+    Router::new()
+        .route(
+            base,
+            get(retention::list)
+                .route_layer(guard(None))
+                .merge(post(retention::create).route_layer(admin())),
+        )
+        .route(
+            &format!("{base}/{{id}}"),
+            get(retention::get).route_layer(guard(None)).merge(
+                put(retention::update)
+                    .delete(retention::delete)
+                    .route_layer(admin()),
+            ),
+        )
+        .route(
+            &format!("{base}/{{id}}/executions"),
+            get(retention::executions).route_layer(guard(None)),
+        )
+        .route(
+            &format!("{base}/{{id}}/execute"),
+            post(retention::execute).route_layer(admin()),
+        )
 }
 
 /// Query routes whose JSON or MessagePack results are compressed on request (Arrow results use

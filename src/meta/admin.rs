@@ -421,7 +421,10 @@ impl AdminState {
     }
 
     /// Oldest first.
-    pub fn retention_history(&self, policy_id: u64) -> impl Iterator<Item = &RetentionExecution> {
+    pub fn retention_history(
+        &self,
+        policy_id: u64,
+    ) -> impl DoubleEndedIterator<Item = &RetentionExecution> {
         self.retention_history.get(&policy_id).into_iter().flatten()
     }
 
@@ -440,7 +443,7 @@ impl AdminState {
     }
 
     /// Oldest first.
-    pub fn cq_history(&self, query_id: u64) -> impl Iterator<Item = &CqExecution> {
+    pub fn cq_history(&self, query_id: u64) -> impl DoubleEndedIterator<Item = &CqExecution> {
         self.cq_history.get(&query_id).into_iter().flatten()
     }
 }

@@ -7,5 +7,6 @@ mod databases;
 mod garage;
 mod harness;
 mod query;
+mod retention;
 mod s3;
 mod write;
