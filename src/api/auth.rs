@@ -176,6 +176,14 @@ fn token_id(text: &str) -> Result<u64, AuthFailure> {
     })
 }
 
+/// The authenticator and the id of an existing token named by a path parameter.
+fn known_token(state: &AppState, id: &str) -> Result<(Arc<Authenticator>, u64), AuthFailure> {
+    let authenticator = authenticator(state)?;
+    let id = token_id(id)?;
+    existing(&authenticator, id)?;
+    Ok((authenticator, id))
+}
+
 fn existing(authenticator: &Authenticator, id: u64) -> Result<TokenRecord, AuthFailure> {
     authenticator
         .meta()
@@ -329,9 +337,7 @@ pub async fn update_token(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, AuthFailure> {
-    let authenticator = authenticator(&state)?;
-    let id = token_id(&id)?;
-    existing(&authenticator, id)?;
+    let (authenticator, id) = known_token(&state, &id)?;
     let fields: TokenFields = parse_body(&body)?;
     let command = AdminCommand::UpdateToken {
         id,
@@ -356,9 +362,7 @@ pub async fn delete_token(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AuthFailure> {
-    let authenticator = authenticator(&state)?;
-    let id = token_id(&id)?;
-    existing(&authenticator, id)?;
+    let (authenticator, id) = known_token(&state, &id)?;
     commit(authenticator, AdminCommand::DeleteToken { id }).await?;
     Ok(Json(json!({ "success": true, "message": "Token deleted" })))
 }
@@ -367,9 +371,7 @@ pub async fn revoke_token(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AuthFailure> {
-    let authenticator = authenticator(&state)?;
-    let id = token_id(&id)?;
-    existing(&authenticator, id)?;
+    let (authenticator, id) = known_token(&state, &id)?;
     let command = AdminCommand::SetTokenEnabled { id, enabled: false };
     commit(authenticator, command).await?;
     Ok(Json(json!({ "success": true, "message": "Token revoked" })))
@@ -379,9 +381,7 @@ pub async fn rotate_token(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AuthFailure> {
-    let authenticator = authenticator(&state)?;
-    let id = token_id(&id)?;
-    existing(&authenticator, id)?;
+    let (authenticator, id) = known_token(&state, &id)?;
     let secret = auth::generate_secret();
     let (hash, lookup) = {
         let secret = secret.clone();

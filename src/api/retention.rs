@@ -57,6 +57,13 @@ fn policy_id(text: &str) -> Result<u64, ApiError> {
     })
 }
 
+/// The metadata handle and the policy named by a path parameter.
+fn known_policy(state: &AppState, id: &str) -> Result<(Arc<Meta>, RetentionPolicy), ApiError> {
+    let meta = meta(state)?;
+    let policy = existing(&meta, policy_id(id)?)?;
+    Ok((meta, policy))
+}
+
 fn existing(meta: &Meta, id: u64) -> Result<RetentionPolicy, ApiError> {
     meta.state()
         .admin()
@@ -78,8 +85,7 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let meta = meta(&state)?;
-    let policy = existing(&meta, policy_id(&id)?)?;
+    let (meta, policy) = known_policy(&state, &id)?;
     Ok(Json(policy_json(&meta, &policy)))
 }
 
@@ -87,9 +93,8 @@ pub async fn executions(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let meta = meta(&state)?;
-    let id = policy_id(&id)?;
-    existing(&meta, id)?;
+    let (meta, policy) = known_policy(&state, &id)?;
+    let id = policy.id;
     let executions: Vec<Value> = meta
         .state()
         .admin()
@@ -218,8 +223,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let meta = meta(&state)?;
-    let current = existing(&meta, policy_id(&id)?)?;
+    let (meta, current) = known_policy(&state, &id)?;
     let policy = parse_policy(&body, current.id, current.created_at_us)?;
     commit(&meta, AdminCommand::PutRetentionPolicy(policy)).await?;
     let updated = existing(&meta, current.id)?;
@@ -230,9 +234,8 @@ pub async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let meta = meta(&state)?;
-    let id = policy_id(&id)?;
-    existing(&meta, id)?;
+    let (meta, policy) = known_policy(&state, &id)?;
+    let id = policy.id;
     commit(&meta, AdminCommand::DeleteRetentionPolicy { id }).await?;
     Ok(Json(
         json!({ "message": format!("Retention policy {id} deleted") }),
@@ -254,8 +257,7 @@ pub async fn execute(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let started = std::time::Instant::now();
-    let meta = meta(&state)?;
-    let policy = existing(&meta, policy_id(&id)?)?;
+    let (meta, policy) = known_policy(&state, &id)?;
     let fields: ExecuteFields = if body.is_empty() {
         ExecuteFields::default()
     } else {
