@@ -199,19 +199,8 @@ impl MetaState {
                 files,
                 flushed_through_lsn,
             } => {
-                let meta = self
-                    .measurements
-                    .entry(database.clone())
-                    .or_default()
-                    .entry(measurement.clone())
-                    .or_default();
-                meta.flushed_through_lsn = *flushed_through_lsn;
-                for file in files {
-                    for (name, column_type) in &file.columns {
-                        meta.columns.insert(name.clone(), *column_type);
-                    }
-                    self.files.insert(file.path.clone(), file.clone());
-                }
+                self.register(database, measurement, files)
+                    .flushed_through_lsn = *flushed_through_lsn;
                 Ok(())
             }
             MetaCommand::Admin(command) => {
@@ -230,18 +219,7 @@ impl MetaState {
                     self.tombstones.insert(path.clone(), *at_us);
                 }
                 if !added.is_empty() {
-                    let meta = self
-                        .measurements
-                        .entry(database.clone())
-                        .or_default()
-                        .entry(measurement.clone())
-                        .or_default();
-                    for file in added {
-                        for (name, column_type) in &file.columns {
-                            meta.columns.insert(name.clone(), *column_type);
-                        }
-                        self.files.insert(file.path.clone(), file.clone());
-                    }
+                    self.register(database, measurement, added);
                 }
                 Ok(())
             }
@@ -252,6 +230,28 @@ impl MetaState {
                 Ok(())
             }
         }
+    }
+
+    /// Adds live files of a measurement and their columns; returns the measurement's facts.
+    fn register(
+        &mut self,
+        database: &str,
+        measurement: &str,
+        files: &[FileEntry],
+    ) -> &mut MeasurementMeta {
+        let meta = self
+            .measurements
+            .entry(database.to_string())
+            .or_default()
+            .entry(measurement.to_string())
+            .or_default();
+        for file in files {
+            for (name, column_type) in &file.columns {
+                meta.columns.insert(name.clone(), *column_type);
+            }
+            self.files.insert(file.path.clone(), file.clone());
+        }
+        meta
     }
 
     pub fn admin(&self) -> &AdminState {
@@ -290,22 +290,28 @@ impl MetaState {
 
     /// Files of one measurement (keys start with `{database}/{measurement}/`).
     pub fn files_of(&self, database: &str, measurement: &str) -> Vec<&FileEntry> {
-        let prefix = format!("{database}/{measurement}/");
-        self.files
-            .range(prefix.clone()..)
-            .take_while(|(path, _)| path.starts_with(&prefix))
-            .map(|(_, file)| file)
-            .filter(|file| file.database == database && file.measurement == measurement)
-            .collect()
+        self.measurement_files(database, measurement).collect()
     }
 
     /// Whether the measurement has at least one live file.
     pub fn has_files(&self, database: &str, measurement: &str) -> bool {
+        self.measurement_files(database, measurement)
+            .next()
+            .is_some()
+    }
+
+    fn measurement_files(
+        &self,
+        database: &str,
+        measurement: &str,
+    ) -> impl Iterator<Item = &FileEntry> {
         let prefix = format!("{database}/{measurement}/");
+        let (database, measurement) = (database.to_string(), measurement.to_string());
         self.files
             .range(prefix.clone()..)
-            .take_while(|(path, _)| path.starts_with(&prefix))
-            .any(|(_, file)| file.database == database && file.measurement == measurement)
+            .take_while(move |(path, _)| path.starts_with(&prefix))
+            .map(|(_, file)| file)
+            .filter(move |file| file.database == database && file.measurement == measurement)
     }
 
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
