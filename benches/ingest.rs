@@ -151,7 +151,7 @@ async fn drive(
     bodies: Arc<Vec<Bytes>>,
     options: &Options,
 ) -> Result<Outcome> {
-    let client = reqwest::Client::builder()
+    let client = common::client_builder()
         .pool_max_idle_per_host(options.workers)
         .build()?;
     let start = Instant::now();
@@ -231,7 +231,7 @@ fn main() -> Result<()> {
                 let rate = outcome.records as f64 / outcome.elapsed.as_secs_f64();
                 // What is still buffered when the load stops shows whether flushing kept up.
                 let drain = Instant::now();
-                common::flush(&reqwest::Client::new(), &url).await?;
+                common::flush(&common::client_builder().build()?, &url).await?;
                 println!(
                     "{protocol:>8} {compression:>5}: {rate:>12.0} records/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, {} records, {:.1} s; final flush {} ms)",
                     percentile(&outcome.latencies_us, 0.50),

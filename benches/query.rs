@@ -58,7 +58,7 @@ fn main() -> Result<()> {
         )];
         let server = common::LocalServer::start(&env).await?;
         load(&server.url, options.rows, options.hosts).await?;
-        let client = reqwest::Client::builder()
+        let client = common::client_builder()
             .timeout(Duration::from_secs(600))
             .build()?;
         let suite = suite();

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
 use toml::{Table, Value};
 
+use crate::schedule::CronSchedule;
+
 /// File name looked for in each search directory.
 const CONFIG_FILE_NAME: &str = "arc.toml";
 
@@ -79,6 +81,11 @@ pub struct Config {
     pub meta: MetaConfig,
     pub query: QueryConfig,
     pub compaction: CompactionConfig,
+    pub auth: AuthConfig,
+    pub delete: DeleteConfig,
+    pub retention: RetentionConfig,
+    pub continuous_query: ContinuousQueryConfig,
+    pub scheduler: SchedulerConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -382,6 +389,32 @@ impl Default for CompactionConfig {
     }
 }
 
+/// `[auth]`: API tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    /// Seconds a verified token is trusted without re-checking its hash.
+    pub cache_ttl: u64,
+    pub max_cache_size: usize,
+    /// Secret for the first admin token (at least 32 characters); empty means random.
+    pub bootstrap_token: String,
+    /// With `bootstrap_token`: add an `arc-recovery` admin token even when tokens exist.
+    pub force_bootstrap: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cache_ttl: 300,
+            max_cache_size: 1000,
+            bootstrap_token: String::new(),
+            force_bootstrap: false,
+        }
+    }
+}
+
 impl CompactionConfig {
     const MAX_FILES_PER_BATCH: std::ops::RangeInclusive<usize> = 2..=500;
     /// Smallest explicit `memory_limit`: below it a job could not hold one batch per input.
@@ -455,6 +488,68 @@ impl CompactionConfig {
             ));
         }
         check_data_dir("compaction.temp_directory", &self.temp_directory)
+    }
+}
+
+/// `[delete]`: row deletes and database deletion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeleteConfig {
+    pub enabled: bool,
+    /// Deletes of more rows than this need `confirm: true`.
+    pub confirmation_threshold: u64,
+    pub max_rows_per_delete: u64,
+}
+
+impl Default for DeleteConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            confirmation_threshold: 10_000,
+            max_rows_per_delete: 1_000_000,
+        }
+    }
+}
+
+/// `[retention]`: retention policies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    pub enabled: bool,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `[continuous_query]`: continuous queries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContinuousQueryConfig {
+    pub enabled: bool,
+}
+
+impl Default for ContinuousQueryConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `[scheduler]`: when background maintenance runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    /// Cron schedule (UTC) on which every active retention policy runs.
+    pub retention_schedule: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            retention_schedule: "0 3 * * *".to_owned(),
+        }
     }
 }
 
@@ -1329,7 +1424,38 @@ impl Config {
         check_data_dir("meta.directory", &self.meta.directory)?;
         require_positive("query.timeout", self.query.timeout)?;
         self.compaction.validate()?;
+        self.auth.validate()?;
+        if let Err(err) = self.scheduler.retention_schedule.parse::<CronSchedule>() {
+            return Err(invalid_value(
+                "scheduler.retention_schedule",
+                quoted(&self.scheduler.retention_schedule),
+                err.reason,
+            ));
+        }
         self.cluster.validate()
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        require_positive("auth.max_cache_size", self.max_cache_size as u64)?;
+        let secret = self.bootstrap_token.trim();
+        if !secret.is_empty() && secret.chars().count() < 32 {
+            // The value itself is a secret: never echo it.
+            return Err(invalid_value(
+                "auth.bootstrap_token",
+                "(hidden)".to_string(),
+                "must be at least 32 characters",
+            ));
+        }
+        if self.force_bootstrap && secret.is_empty() {
+            return Err(invalid_value(
+                "auth.force_bootstrap",
+                "true".to_string(),
+                "needs auth.bootstrap_token (ARC_AUTH_BOOTSTRAP_TOKEN)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1762,7 +1888,7 @@ mod tests {
             version = 2
             [ingest]
             foo = 1
-            [auth]
+            [governance]
             enabled = true
             [mqtt]
             [cluster]
@@ -1777,9 +1903,9 @@ mod tests {
         assert_eq!(
             loaded.warnings,
             [
-                "unknown configuration key 'auth.enabled' ignored",
                 "unknown configuration key 'cluster.failover' ignored",
                 "unknown configuration key 'cluster.rbac.max_cascade_descendants' ignored",
+                "unknown configuration key 'governance.enabled' ignored",
                 "unknown configuration key 'ingest.foo' ignored",
                 "unknown configuration key 'mqtt' ignored",
                 "unknown configuration key 'version' ignored",

@@ -12,6 +12,7 @@
 //! them in `meta` through a durable command log, and only then lets the WAL release the entries.
 
 pub mod api;
+pub mod auth;
 pub mod buffer;
 pub mod compact;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod meta;
 pub mod node;
 pub mod query;
 pub mod reclaim;
+pub mod retention;
 pub mod schedule;
 pub mod storage;
 pub mod wal;

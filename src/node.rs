@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, AppState, Services};
+use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
 use crate::compact::Compactor;
 use crate::config::Config;
@@ -24,6 +25,8 @@ use crate::ingest::{IngestLimits, Ingester, replay_entry};
 use crate::meta::{Meta, MetaError};
 use crate::query::QueryEngine;
 use crate::reclaim;
+use crate::retention;
+use crate::schedule::CronSchedule;
 use crate::storage::{Storage, StorageError};
 use crate::wal::{self, Wal, WalError, WalOptions};
 
@@ -64,10 +67,7 @@ pub async fn run(
     let listener = bind(&addr).await?;
     tracing::info!(addr = %listener.local_addr().map_err(NodeError::Serve)?, "listening");
 
-    let state = Arc::new(AppState::new(
-        config.server.max_payload_size.bytes() as usize,
-        Duration::from_secs(config.query.timeout),
-    ));
+    let state = Arc::new(AppState::new(&config));
     let (stop_http, http_stopped) = watch::channel(false);
     let server = {
         let router = api::router(Arc::clone(&state));
@@ -105,6 +105,18 @@ pub async fn run(
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
         tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped.clone()));
+    let retention_scheduler = config.retention.enabled.then(|| {
+        let schedule: CronSchedule = config
+            .scheduler
+            .retention_schedule
+            .parse()
+            .expect("validated with the configuration");
+        tokio::spawn(retention::run_scheduled(
+            Arc::clone(&meta),
+            schedule,
+            flusher_stopped.clone(),
+        ))
+    });
     let reclaimer = tokio::spawn(reclaim::run(
         meta,
         storage,
@@ -135,6 +147,9 @@ pub async fn run(
     let _ = reclaimer.await;
     if let Some(schedules) = schedules {
         let _ = schedules.await;
+    }
+    if let Some(scheduler) = retention_scheduler {
+        let _ = scheduler.await;
     }
     match flusher.flush_all().await {
         Ok(files) => tracing::info!(files, "buffers flushed"),
@@ -172,6 +187,10 @@ struct Started {
 
 async fn start_services(config: &Config) -> Result<Started, NodeError> {
     let meta = Arc::new(Meta::open(Path::new(&config.meta.directory))?);
+    if config.auth.enabled {
+        announce(auth::bootstrap(&meta, &config.auth)?);
+    }
+    let authenticator = Arc::new(Authenticator::new(Arc::clone(&meta), &config.auth));
     let storage = Storage::from_config(&config.storage)?;
     tracing::info!(storage = storage.description(), "storage configured");
 
@@ -250,6 +269,8 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
     let ingester = Arc::new(Ingester::new(buffers, wal.clone(), flush_tx, limits));
     Ok(Started {
         services: Services {
+            auth: authenticator,
+            meta: Arc::clone(&meta),
             ingester,
             flusher,
             query,
@@ -260,4 +281,22 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
         meta,
         storage,
     })
+}
+
+/// Tells the operator about a token created at start-up. A random secret is shown this once,
+/// on stderr and not through the log, so it never lands in log files.
+fn announce(bootstrap: Bootstrap) {
+    match bootstrap {
+        Bootstrap::Nothing => {}
+        Bootstrap::CreatedRandom { secret } => {
+            let rule = "=".repeat(72);
+            eprintln!(
+                "{rule}\nAdmin API token (shown only now; store it safely): {secret}\n\
+                 Use it as 'Authorization: Bearer <token>'.\n{rule}"
+            );
+        }
+        Bootstrap::CreatedFromConfig { name } => {
+            tracing::info!(token = %name, "admin token created from the configured bootstrap token");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Cron schedules for background jobs (compaction tiers, retention): five fields
 //! (`minute hour day-of-month month day-of-week`) or an `@hourly`-style descriptor, as Arc's
-//! robfig/cron accepts, evaluated in UTC.
+//! robfig/cron accepts, evaluated in UTC. A sixth leading seconds field is accepted too, for
+//! schedules finer than a minute.
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,7 +50,7 @@ impl FromStr for CronSchedule {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let parser = CronParser::builder()
-            .seconds(Seconds::Disallowed)
+            .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build();
         let cron = parser.parse(text).map_err(|e| ScheduleError {
@@ -61,6 +62,41 @@ impl FromStr for CronSchedule {
             cron,
         })
     }
+}
+
+/// Parses a duration as Arc's API takes them (Go's syntax plus days): `"90s"`, `"5m"`,
+/// `"1h30m"`, `"7d"`. Units: ms, s, m, h, d; every number needs a unit.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let mut total_ms: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total_ms = total_ms.checked_add(number.checked_mul(unit_ms)?)?;
+    }
+    Some(std::time::Duration::from_millis(total_ms))
 }
 
 impl fmt::Display for CronSchedule {
@@ -88,13 +124,30 @@ mod tests {
             daily.next_after(at(3, 0)),
             Some(Utc.with_ymd_and_hms(2026, 3, 11, 3, 0, 0).unwrap())
         );
+        let seconds: CronSchedule = "*/10 * * * * *".parse().unwrap();
+        assert_eq!(
+            seconds.next_after(at(10, 4)),
+            Some(at(10, 4) + chrono::Duration::seconds(10))
+        );
         let descriptor: CronSchedule = "@hourly".parse().unwrap();
         assert_eq!(descriptor.next_after(at(10, 30)), Some(at(11, 0)));
     }
 
     #[test]
+    fn durations_parse_like_go_with_days() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("90s"), Some(90));
+        assert_eq!(secs("1h30m"), Some(5400));
+        assert_eq!(secs("7d"), Some(604_800));
+        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
+        for bad in ["", "5", "m", "1x", "-5m", "1.5h", "99999999999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn malformed_schedules_are_refused() {
-        for text in ["", "* * *", "61 * * * *", "0 0 * * * *", "every hour"] {
+        for text in ["", "* * *", "61 * * * *", "0 0 * * * * 2030", "every hour"] {
             let err = text.parse::<CronSchedule>().unwrap_err();
             assert_eq!(err.text, text);
         }

@@ -77,7 +77,7 @@ fn batch(first_step: u64, steps: u64, hosts: u64) -> Result<Bytes> {
 
 /// Loads `rows` rows over `hosts` hosts into database `bench` and flushes.
 pub async fn load(url: &str, rows: u64, hosts: u64) -> Result<()> {
-    let client = reqwest::Client::new();
+    let client = crate::common::client_builder().build()?;
     let steps_total = rows / hosts;
     let steps_per_request = (20_000 / hosts).max(1);
     let requests: Vec<u64> = (0..steps_total)

@@ -6,6 +6,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+/// The admin token the benchmark servers are started with.
+const TOKEN: &str = "benchmark-admin-token-0123456789abcdef";
+
+/// An HTTP client that sends the benchmark servers' admin token.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {TOKEN}")
+        .parse()
+        .expect("valid header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers)
+}
+
 /// An `arcdb` process, stopped with SIGTERM when dropped.
 pub struct LocalServer {
     child: Child,
@@ -26,6 +39,7 @@ impl LocalServer {
             .env("ARC_SERVER_HOST", "127.0.0.1")
             .env("ARC_SERVER_PORT", port.to_string())
             .env("ARC_LOG_LEVEL", "warn")
+            .env("ARC_AUTH_BOOTSTRAP_TOKEN", TOKEN)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -1,11 +1,15 @@
 //! HTTP API: thin handlers that decode a request, call a module, and encode the answer.
 //! Errors become HTTP responses in one place ([`ApiError`]).
 
+mod auth;
 mod compaction;
+mod compression;
+mod databases;
 mod health;
 mod json_rows;
 mod msgpack;
 mod query;
+mod retention;
 mod write;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -15,17 +19,22 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use crate::auth::Authenticator;
 use crate::compact::Compactor;
+use crate::config::Config;
 use crate::flush::{FlushError, Flusher};
 use crate::ingest::{IngestError, Ingester};
+use crate::meta::{Meta, Permission};
 use crate::query::QueryEngine;
 
 /// What a started node serves requests with.
 pub struct Services {
+    pub auth: Arc<Authenticator>,
+    pub meta: Arc<Meta>,
     pub ingester: Arc<Ingester>,
     pub flusher: Arc<Flusher>,
     pub query: Arc<QueryEngine>,
@@ -45,17 +54,23 @@ pub struct AppState {
     services: OnceLock<Services>,
     max_payload_bytes: usize,
     query_timeout: Duration,
+    auth_enabled: bool,
+    delete_enabled: bool,
+    retention_enabled: bool,
 }
 
 impl AppState {
-    pub fn new(max_payload_bytes: usize, query_timeout: Duration) -> AppState {
+    pub fn new(config: &Config) -> AppState {
         AppState {
             started_at: Instant::now(),
             started_wall: Utc::now(),
             phase: AtomicU8::new(STARTING),
             services: OnceLock::new(),
-            max_payload_bytes,
-            query_timeout,
+            max_payload_bytes: config.server.max_payload_size.bytes() as usize,
+            query_timeout: Duration::from_secs(config.query.timeout),
+            auth_enabled: config.auth.enabled,
+            delete_enabled: config.delete.enabled,
+            retention_enabled: config.retention.enabled,
         }
     }
 
@@ -89,36 +104,131 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let guard = |needed: Option<Permission>| {
+        axum::middleware::from_fn_with_state((Arc::clone(&state), needed), auth::authorize)
+    };
+    let read = guard(Some(Permission::Read));
+    let write = guard(Some(Permission::Write));
+    let admin = guard(Some(Permission::Admin));
+    let tokens = "/api/v1/auth/tokens";
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/api/v1/write/msgpack", post(write::msgpack))
-        .route("/write", post(write::influx_v1))
-        .route("/api/v2/write", post(write::influx_v2))
-        .route("/api/v1/write/line-protocol", post(write::line_protocol))
-        .route("/api/v1/write/line-protocol/flush", post(write::flush))
-        .route("/api/v1/query", post(query::json))
-        .route("/api/v1/query/arrow", post(query::arrow))
-        .route("/api/v1/query/msgpack", post(query::msgpack))
-        .route("/api/v1/query/estimate", post(query::estimate))
-        .route("/api/v1/query/{measurement}", get(query::measurement_rows))
-        .route("/api/v1/measurements", get(query::measurements))
-        .route("/api/v1/databases", get(query::databases))
-        .route("/api/v1/databases/{name}", get(query::database))
-        .route(
-            "/api/v1/databases/{name}/measurements",
-            get(query::database_measurements),
+        .route("/api/v1/auth/verify", get(auth::verify))
+        .merge(
+            Router::new()
+                .route("/api/v1/write/msgpack", post(write::msgpack))
+                .route("/write", post(write::influx_v1))
+                .route("/api/v2/write", post(write::influx_v2))
+                .route("/api/v1/write/line-protocol", post(write::line_protocol))
+                .route("/api/v1/write/line-protocol/flush", post(write::flush))
+                .route_layer(write),
         )
-        .route("/api/v1/compaction/status", get(compaction::status))
-        .route("/api/v1/compaction/stats", get(compaction::stats))
-        .route("/api/v1/compaction/candidates", get(compaction::candidates))
-        .route("/api/v1/compaction/jobs", get(compaction::jobs))
-        .route("/api/v1/compaction/history", get(compaction::history))
-        .route("/api/v1/compaction/trigger", post(compaction::trigger))
+        .merge(
+            compressed_query_routes()
+                .route("/api/v1/query/arrow", post(query::arrow))
+                .route("/api/v1/query/estimate", post(query::estimate))
+                .route("/api/v1/measurements", get(query::measurements))
+                .route("/api/v1/databases", get(databases::list))
+                .route("/api/v1/databases/{name}", get(databases::get))
+                .route(
+                    "/api/v1/databases/{name}/measurements",
+                    get(databases::measurements),
+                )
+                .route_layer(read),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/databases", post(databases::create))
+                .route_layer(guard(Some(Permission::Admin))),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/databases/{name}", delete(databases::delete))
+                .route_layer(guard(Some(Permission::Delete))),
+        )
+        .merge(
+            Router::new()
+                .route(tokens, get(auth::list_tokens).post(auth::create_token))
+                .route(
+                    &format!("{tokens}/{{id}}"),
+                    get(auth::get_token)
+                        .patch(auth::update_token)
+                        .delete(auth::delete_token),
+                )
+                .route(&format!("{tokens}/{{id}}/rotate"), post(auth::rotate_token))
+                .route(&format!("{tokens}/{{id}}/revoke"), post(auth::revoke_token))
+                .route("/api/v1/auth/cache/stats", get(auth::cache_stats))
+                .route(
+                    "/api/v1/auth/cache/invalidate",
+                    post(auth::cache_invalidate),
+                )
+                .route_layer(admin),
+        )
+        .merge(retention_routes(&state))
+        .merge(
+            Router::new()
+                .route("/api/v1/compaction/status", get(compaction::status))
+                .route("/api/v1/compaction/stats", get(compaction::stats))
+                .route("/api/v1/compaction/candidates", get(compaction::candidates))
+                .route("/api/v1/compaction/jobs", get(compaction::jobs))
+                .route("/api/v1/compaction/history", get(compaction::history))
+                .route_layer(guard(None)),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/compaction/trigger", post(compaction::trigger))
+                .route_layer(guard(Some(Permission::Admin))),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(common_headers))
         .with_state(state)
+}
+
+/// `/api/v1/retention` (when `retention.enabled`): reading needs a token, changing needs admin.
+fn retention_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    if !state.retention_enabled {
+        return Router::new();
+    }
+    let guard = |needed: Option<Permission>| {
+        axum::middleware::from_fn_with_state((Arc::clone(state), needed), auth::authorize)
+    };
+    let admin = || guard(Some(Permission::Admin));
+    let base = "/api/v1/retention";
+    Router::new()
+        .route(
+            base,
+            get(retention::list)
+                .route_layer(guard(None))
+                .merge(post(retention::create).route_layer(admin())),
+        )
+        .route(
+            &format!("{base}/{{id}}"),
+            get(retention::get).route_layer(guard(None)).merge(
+                put(retention::update)
+                    .delete(retention::delete)
+                    .route_layer(admin()),
+            ),
+        )
+        .route(
+            &format!("{base}/{{id}}/executions"),
+            get(retention::executions).route_layer(guard(None)),
+        )
+        .route(
+            &format!("{base}/{{id}}/execute"),
+            post(retention::execute).route_layer(admin()),
+        )
+}
+
+/// Query routes whose JSON or MessagePack results are compressed on request (Arrow results use
+/// IPC buffer compression instead).
+fn compressed_query_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/query", post(query::json))
+        .route("/api/v1/query/msgpack", post(query::msgpack))
+        .route("/api/v1/query/{measurement}", get(query::measurement_rows))
+        .route_layer(axum::middleware::from_fn(compression::compress_response))
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -235,7 +345,9 @@ mod tests {
 
     #[tokio::test]
     async fn not_ready_while_starting_or_draining_and_writes_are_refused() {
-        let state = Arc::new(AppState::new(1 << 20, Duration::from_secs(5)));
+        let mut config = Config::default();
+        config.auth.enabled = false;
+        let state = Arc::new(AppState::new(&config));
         assert_eq!(call(&state, "GET", "/health").await.0, StatusCode::OK);
         let (status, body) = call(&state, "GET", "/ready").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -1,11 +1,13 @@
 //! Query endpoints: SQL in, Arc's JSON envelope or an Arrow IPC stream out, streamed batch by
 //! batch so a large result never sits in memory whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
 use arrow::ipc::CompressionType;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow::record_batch::RecordBatch;
@@ -28,6 +30,7 @@ use super::{ApiError, AppState, json_rows, msgpack};
 const DATABASE_HEADER: &str = "x-arc-database";
 const PROFILE_HEADER: &str = "x-arc-profile";
 const ARROW_COMPRESSION_HEADER: &str = "x-arc-arrow-compression";
+const ARROW_DICTIONARY_HEADER: &str = "x-arc-arrow-dictionary";
 const EXECUTION_TIME_TRAILER: &str = "arc-execution-time-ms";
 /// Arc's message for a query past `query.timeout` (504).
 const TIMED_OUT: &str = "Query timed out";
@@ -389,9 +392,20 @@ pub async fn arrow(
         .map_err(|e| {
             QueryFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), started)
         })?;
+    let dictionary = headers
+        .get(ARROW_DICTIONARY_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
     let query = start(&state, &sql, database, started).await?;
-    let schema = query.stream.schema();
-    let batches = batches_until(query.stream, query.first, query.deadline);
+    let schema = if dictionary {
+        dictionary_schema(&query.stream.schema(), query.first.as_ref())
+    } else {
+        query.stream.schema()
+    };
+    let batches = {
+        let schema = Arc::clone(&schema);
+        batches_until(query.stream, query.first, query.deadline)
+            .map(move |batch| batch.and_then(|b| conform(b, &schema).map_err(|e| e.to_string())))
+    };
     let encoder = IpcEncoder::new(&schema, options).map_err(|e| {
         QueryFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), started)
     })?;
@@ -416,6 +430,47 @@ pub async fn arrow(
         Body::new(StreamBody::new(frames)),
     )
         .into_response())
+}
+
+/// With `x-arc-arrow-dictionary: true`, string columns whose values repeat in the first batch
+/// (at most half of them distinct) are sent dictionary-encoded.
+fn dictionary_schema(schema: &SchemaRef, first: Option<&RecordBatch>) -> SchemaRef {
+    let Some(first) = first else {
+        return Arc::clone(schema);
+    };
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .zip(first.columns())
+        .map(|(field, column)| {
+            let repeats = column.as_string_opt::<i32>().is_some_and(|strings| {
+                let distinct: HashSet<Option<&str>> = strings.iter().collect();
+                distinct.len() * 2 <= strings.len()
+            });
+            if repeats {
+                let dictionary =
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+                field.as_ref().clone().with_data_type(dictionary)
+            } else {
+                field.as_ref().clone()
+            }
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Casts a batch's columns to the types of the schema being sent.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
 /// Encodes IPC messages into a buffer drained after each batch.
@@ -569,59 +624,6 @@ pub async fn measurement_rows(
     let sql = crate::query::paginated_select(&measurement, &params)
         .map_err(|message| QueryFailure::new(StatusCode::BAD_REQUEST, message, started))?;
     json_response(&state, &sql, None, false, started).await
-}
-
-/// `GET /api/v1/databases`.
-pub async fn databases(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let engine = state.query_engine()?;
-    let summaries = engine.measurements(None);
-    let list: Vec<Value> = engine
-        .databases()
-        .into_iter()
-        .map(|name| {
-            let count = summaries.iter().filter(|m| m.database == name).count();
-            json!({ "name": name, "measurement_count": count })
-        })
-        .collect();
-    Ok(Json(json!({ "count": list.len(), "databases": list })))
-}
-
-/// `GET /api/v1/databases/{name}`.
-pub async fn database(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let measurements = known_database(&state, &name)?;
-    Ok(Json(
-        json!({ "name": name, "measurement_count": measurements.len() }),
-    ))
-}
-
-/// `GET /api/v1/databases/{name}/measurements`.
-pub async fn database_measurements(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let measurements: Vec<Value> = known_database(&state, &name)?
-        .into_iter()
-        .map(|m| json!({ "name": m.measurement, "file_count": m.file_count }))
-        .collect();
-    Ok(Json(json!({
-        "database": name,
-        "count": measurements.len(),
-        "measurements": measurements,
-    })))
-}
-
-fn known_database(state: &AppState, name: &str) -> Result<Vec<MeasurementSummary>, ApiError> {
-    let measurements = state.query_engine()?.measurements(Some(name));
-    if measurements.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("Database '{name}' not found"),
-        ));
-    }
-    Ok(measurements)
 }
 
 /// `POST /api/v1/query/msgpack`: the whole result, column-major, in one MessagePack map.

@@ -357,11 +357,6 @@ impl BufferSet {
             .collect()
     }
 
-    /// Every measurement the node knows, with or without buffered rows.
-    pub fn measurements(&self) -> Vec<MeasurementKey> {
-        self.tables.keys().cloned().collect()
-    }
-
     /// Column types of a measurement (all it has ever had), `time` excluded.
     pub fn columns(&self, key: &MeasurementKey) -> Option<Vec<(String, DataType)>> {
         let table = self.tables.get(key)?;
@@ -389,6 +384,13 @@ impl BufferSet {
     }
 
     /// Measurements holding any unflushed rows.
+    /// Whether the measurement has unflushed rows.
+    pub fn has_data(&self, key: &MeasurementKey) -> bool {
+        self.tables
+            .get(key)
+            .is_some_and(|t| t.active.is_some() || !t.frozen.is_empty())
+    }
+
     pub fn with_data(&self) -> Vec<MeasurementKey> {
         self.tables
             .iter()

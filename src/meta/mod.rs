@@ -4,6 +4,7 @@
 //! On a standalone node [`Meta::commit`] appends the command to a local log, syncs it, then
 //! applies it. The log is periodically folded into a snapshot so start-up stays fast.
 
+mod admin;
 mod state;
 
 use std::fs::{self, File, OpenOptions};
@@ -11,6 +12,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
+pub use admin::{
+    AdminCommand, AdminError, AdminState, ContinuousQuery, CqExecution, DatabaseRecord, Permission,
+    RetentionExecution, RetentionPolicy, TokenRecord,
+};
 pub use state::{ApplyError, ColumnType, FileEntry, MeasurementMeta, MetaCommand, MetaState};
 
 use crate::frame::{RecordReader, encode_record};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::admin::{AdminCommand, AdminError, AdminState};
 use crate::wal::Lsn;
 
 /// Column types a stored file can have (the ingest decoders produce only these).
@@ -50,7 +51,7 @@ pub struct FileEntry {
     pub origin_node: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaCommand {
     /// Files written by one flush of one measurement: every row of that measurement with
     /// LSN ≤ `flushed_through_lsn` is now in registered files.
@@ -60,6 +61,8 @@ pub enum MetaCommand {
         files: Vec<FileEntry>,
         flushed_through_lsn: Lsn,
     },
+    /// Tokens, databases, retention policies, continuous queries.
+    Admin(AdminCommand),
     /// Swaps files of one measurement in one step (compaction, retention, deletes): readers see
     /// either the removed files or the added ones, never both. Removed paths become tombstones
     /// stamped `at_us`, so their objects are deleted only once no query can still be reading
@@ -87,6 +90,8 @@ pub enum ApplyError {
         lsn: Lsn,
         flushed: Lsn,
     },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error("file {path} is not a live file of {database}.{measurement}")]
     FileNotLive {
         database: String,
@@ -104,10 +109,12 @@ pub struct MeasurementMeta {
     pub columns: BTreeMap<String, ColumnType>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetaState {
     files: BTreeMap<String, FileEntry>,
     measurements: BTreeMap<String, BTreeMap<String, MeasurementMeta>>,
+    #[serde(default)]
+    admin: AdminState,
     /// Removed files whose objects may still be read by running queries: path → removal time
     /// (µs). Absent in snapshots written before files could be removed.
     #[serde(default)]
@@ -139,6 +146,7 @@ impl MetaState {
                 }
                 Ok(())
             }
+            MetaCommand::Admin(command) => Ok(self.admin.check(command)?),
             MetaCommand::ReplaceFiles {
                 database,
                 measurement,
@@ -191,19 +199,12 @@ impl MetaState {
                 files,
                 flushed_through_lsn,
             } => {
-                let meta = self
-                    .measurements
-                    .entry(database.clone())
-                    .or_default()
-                    .entry(measurement.clone())
-                    .or_default();
-                meta.flushed_through_lsn = *flushed_through_lsn;
-                for file in files {
-                    for (name, column_type) in &file.columns {
-                        meta.columns.insert(name.clone(), *column_type);
-                    }
-                    self.files.insert(file.path.clone(), file.clone());
-                }
+                self.register(database, measurement, files)
+                    .flushed_through_lsn = *flushed_through_lsn;
+                Ok(())
+            }
+            MetaCommand::Admin(command) => {
+                self.admin.apply(command);
                 Ok(())
             }
             MetaCommand::ReplaceFiles {
@@ -218,18 +219,7 @@ impl MetaState {
                     self.tombstones.insert(path.clone(), *at_us);
                 }
                 if !added.is_empty() {
-                    let meta = self
-                        .measurements
-                        .entry(database.clone())
-                        .or_default()
-                        .entry(measurement.clone())
-                        .or_default();
-                    for file in added {
-                        for (name, column_type) in &file.columns {
-                            meta.columns.insert(name.clone(), *column_type);
-                        }
-                        self.files.insert(file.path.clone(), file.clone());
-                    }
+                    self.register(database, measurement, added);
                 }
                 Ok(())
             }
@@ -240,6 +230,32 @@ impl MetaState {
                 Ok(())
             }
         }
+    }
+
+    /// Adds live files of a measurement and their columns; returns the measurement's facts.
+    fn register(
+        &mut self,
+        database: &str,
+        measurement: &str,
+        files: &[FileEntry],
+    ) -> &mut MeasurementMeta {
+        let meta = self
+            .measurements
+            .entry(database.to_string())
+            .or_default()
+            .entry(measurement.to_string())
+            .or_default();
+        for file in files {
+            for (name, column_type) in &file.columns {
+                meta.columns.insert(name.clone(), *column_type);
+            }
+            self.files.insert(file.path.clone(), file.clone());
+        }
+        meta
+    }
+
+    pub fn admin(&self) -> &AdminState {
+        &self.admin
     }
 
     /// Every row of the measurement with LSN at or below this is in registered files.
@@ -274,13 +290,28 @@ impl MetaState {
 
     /// Files of one measurement (keys start with `{database}/{measurement}/`).
     pub fn files_of(&self, database: &str, measurement: &str) -> Vec<&FileEntry> {
+        self.measurement_files(database, measurement).collect()
+    }
+
+    /// Whether the measurement has at least one live file.
+    pub fn has_files(&self, database: &str, measurement: &str) -> bool {
+        self.measurement_files(database, measurement)
+            .next()
+            .is_some()
+    }
+
+    fn measurement_files(
+        &self,
+        database: &str,
+        measurement: &str,
+    ) -> impl Iterator<Item = &FileEntry> {
         let prefix = format!("{database}/{measurement}/");
+        let (database, measurement) = (database.to_string(), measurement.to_string());
         self.files
             .range(prefix.clone()..)
-            .take_while(|(path, _)| path.starts_with(&prefix))
+            .take_while(move |(path, _)| path.starts_with(&prefix))
             .map(|(_, file)| file)
-            .filter(|file| file.database == database && file.measurement == measurement)
-            .collect()
+            .filter(move |file| file.database == database && file.measurement == measurement)
     }
 
     pub fn file(&self, path: &str) -> Option<&FileEntry> {

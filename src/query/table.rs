@@ -37,21 +37,28 @@ pub struct TableSources {
 
 impl TableSources {
     /// Every database with at least one measurement, in name order.
+    /// Every database that was created or has a measurement, in name order.
     pub fn databases(&self) -> BTreeSet<String> {
-        self.measurement_keys()
+        let mut databases: BTreeSet<String> = self
+            .measurement_keys()
             .into_iter()
             .map(|k| k.database)
-            .collect()
+            .collect();
+        let state = self.meta.state();
+        databases.extend(state.admin().databases().map(|d| d.name.clone()));
+        databases
     }
 
     /// Every (database, measurement) with files or buffered rows.
     pub fn measurement_keys(&self) -> BTreeSet<MeasurementKey> {
         let mut keys: BTreeSet<MeasurementKey> =
-            self.buffers.lock().measurements().into_iter().collect();
+            self.buffers.lock().with_data().into_iter().collect();
+        let state = self.meta.state();
+        // A measurement whose files were all removed (retention, deletes) is gone.
         keys.extend(
-            self.meta
-                .state()
+            state
                 .measurements()
+                .filter(|(db, m, _)| state.has_files(db, m))
                 .map(|(db, m, _)| MeasurementKey {
                     database: db.to_string(),
                     measurement: m.to_string(),
@@ -110,7 +117,19 @@ impl SchemaProvider for DatabaseSchema {
             database: self.database.clone(),
             measurement: name.to_string(),
         };
-        let columns = self.sources.buffers.lock().columns(&key);
+        let (has_rows, columns) = {
+            let buffers = self.sources.buffers.lock();
+            (buffers.has_data(&key), buffers.columns(&key))
+        };
+        let has_files = || {
+            let state = self.sources.meta.state();
+            state.has_files(&key.database, &key.measurement)
+        };
+        // Column types outlive the rows (so later writes keep them), but a measurement without
+        // rows anywhere does not exist.
+        if !has_rows && !has_files() {
+            return Ok(None);
+        }
         let columns = match columns {
             Some(columns) => columns,
             None => {

@@ -34,6 +34,20 @@ pub fn die_with_parent(command: &mut Command) {
     }
 }
 
+/// The admin token every test server is started with (unless a test sets its own).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghijkl";
+
+/// A client that sends [`ADMIN_TOKEN`].
+pub fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {ADMIN_TOKEN}").parse().unwrap();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 pub struct Server {
     child: Option<Child>,
     pub port: u16,
@@ -56,7 +70,7 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            client: reqwest::Client::new(),
+            client: admin_client(),
             _tempdir: Some(tempdir),
         };
         server.spawn();
@@ -78,6 +92,7 @@ impl Server {
             .env("ARC_SERVER_HOST", "127.0.0.1")
             .env("ARC_SERVER_PORT", self.port.to_string())
             .env("ARC_LOG_FORMAT", "console")
+            .env("ARC_AUTH_BOOTSTRAP_TOKEN", ADMIN_TOKEN)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

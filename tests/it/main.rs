@@ -1,10 +1,13 @@
 //! The integration test binary: real `arcdb` processes on loopback, real files, real S3 (Garage).
 
+mod auth;
 mod bad_input;
 mod compaction;
 mod crash;
+mod databases;
 mod garage;
 mod harness;
 mod query;
+mod retention;
 mod s3;
 mod write;

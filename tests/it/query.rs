@@ -267,6 +267,35 @@ async fn arrow_endpoint_streams_ipc_with_optional_compression() {
         let total: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(total, 1000, "{compression:?}");
     }
+    // Repeating strings are sent dictionary-encoded on request; the values are unchanged.
+    let response = server
+        .client
+        .post(server.url("/api/v1/query/arrow"))
+        .header("x-arc-database", "arrow")
+        .header("x-arc-arrow-dictionary", "true")
+        .json(&json!({ "sql": "SELECT v, host FROM a ORDER BY v" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.bytes().await.unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
+    let host =
+        arrow::compute::cast(batches[0].column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+    assert!(matches!(
+        batches[0].schema().field(1).data_type(),
+        arrow::datatypes::DataType::Dictionary(..)
+    ));
+    assert_eq!(
+        batches[0].schema().field(0).data_type(),
+        &arrow::datatypes::DataType::Int64
+    );
+    use arrow::array::AsArray;
+    assert_eq!(host.as_string::<i32>().value(8), "h1");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
+
     let response = server
         .client
         .post(server.url("/api/v1/query/arrow"))
@@ -560,8 +589,10 @@ async fn arrow_responses_end_with_the_execution_time_trailer() {
     let body = r#"{"sql": "SELECT 1 AS one"}"#;
     let request = format!(
         "POST /api/v1/query/arrow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nTE: trailers\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+         Content-Length: {}\r\nAuthorization: Bearer {}\r\nTE: trailers\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len(),
+        crate::harness::ADMIN_TOKEN,
     );
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
         .await
@@ -579,5 +610,81 @@ async fn arrow_responses_end_with_the_execution_time_trailer() {
         .unwrap_or_else(|| panic!("no trailer after the last chunk: {tail:?}"))
         .trim();
     assert!(value.parse::<f64>().is_ok(), "{value}");
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn json_and_msgpack_results_are_compressed_on_request() {
+    let mut server = Server::start(&[]).await;
+    let lines: String = (0..5000)
+        .map(|i| format!("c,host=h{} v={i}i {}\n", i % 7, T0_NS + i * 1_000_000))
+        .collect();
+    write_lines(&server, "enc", &lines).await;
+    let sql = json!({ "sql": "SELECT host, v FROM enc.c ORDER BY v" });
+    let fetch = |path: &'static str, accept: Option<&'static str>| {
+        let mut request = server.client.post(server.url(path)).json(&sql);
+        if let Some(accept) = accept {
+            request = request.header("accept-encoding", accept);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let encoding = response
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap().to_string());
+            (encoding, response.bytes().await.unwrap().to_vec())
+        }
+    };
+    for path in ["/api/v1/query", "/api/v1/query/msgpack"] {
+        let (encoding, plain) = fetch(path, None).await;
+        assert_eq!(encoding, None);
+        let (encoding, zstd) = fetch(path, Some("gzip, zstd")).await;
+        assert_eq!(encoding.as_deref(), Some("zstd"), "{path}");
+        let (encoding, gzip) = fetch(path, Some("gzip, zstd;q=0")).await;
+        assert_eq!(encoding.as_deref(), Some("gzip"), "{path}");
+        assert!(zstd.len() < plain.len() / 2 && gzip.len() < plain.len() / 2);
+
+        let unzstd = zstd::decode_all(zstd.as_slice()).unwrap();
+        let mut ungzip = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(gzip.as_slice()),
+            &mut ungzip,
+        )
+        .unwrap();
+        // Everything but the timing fields must match the uncompressed answer.
+        let comparable = |bytes: &[u8]| -> String {
+            let timing = |key: &str| key == "execution_time_ms" || key == "timestamp";
+            if path.ends_with("msgpack") {
+                let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+                let kept: Vec<_> = value
+                    .as_map()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| !timing(k.as_str().unwrap()))
+                    .collect();
+                format!("{kept:?}")
+            } else {
+                let mut value: Value = serde_json::from_slice(bytes).unwrap();
+                value.as_object_mut().unwrap().retain(|k, _| !timing(k));
+                value.to_string()
+            }
+        };
+        let expected = comparable(&plain);
+        assert!(expected.contains("5000"), "{path}: {expected}");
+        assert_eq!(comparable(&unzstd), expected, "{path}");
+        assert_eq!(comparable(&ungzip), expected, "{path}");
+    }
+    // Errors stay plain JSON.
+    let response = server
+        .client
+        .post(server.url("/api/v1/query"))
+        .header("accept-encoding", "zstd")
+        .json(&json!({ "sql": "SELECT * FROM enc.missing" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.headers().get("content-encoding").is_none());
     assert!(server.stop().await.success());
 }

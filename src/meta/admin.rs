@@ -1,0 +1,566 @@
+//! Operator-managed metadata: API tokens (hashes only), declared databases, retention policies
+//! and continuous queries, with their execution histories. Part of the one state machine, so a
+//! cluster replicates them like the file manifest.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// Executions kept per policy or continuous query.
+const HISTORY_LEN: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    Read,
+    Write,
+    Delete,
+    Admin,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Write => "write",
+            Permission::Delete => "delete",
+            Permission::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Permission> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "read" => Some(Permission::Read),
+            "write" => Some(Permission::Write),
+            "delete" => Some(Permission::Delete),
+            "admin" => Some(Permission::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: u64,
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<Permission>,
+    /// `$pbkdf2-sha256$<iterations>$<salt>$<key>`: the secret itself is never stored.
+    pub hash: String,
+    /// First 16 hex digits of SHA-256(secret): finds the candidate without a slow hash.
+    pub lookup: String,
+    pub created_at_us: i64,
+    pub expires_at_us: Option<i64>,
+    pub enabled: bool,
+}
+
+impl TokenRecord {
+    pub fn allows(&self, needed: Permission) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| *p == needed || *p == Permission::Admin)
+    }
+
+    pub fn usable_at(&self, now_us: i64) -> bool {
+        self.enabled && self.expires_at_us.is_none_or(|t| now_us < t)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseRecord {
+    pub name: String,
+    pub created_at_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    pub id: u64,
+    pub name: String,
+    pub database: String,
+    /// `None`: every measurement of the database.
+    pub measurement: Option<String>,
+    pub retention_days: u32,
+    pub buffer_days: u32,
+    pub is_active: bool,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetentionExecution {
+    pub id: u64,
+    pub policy_id: u64,
+    pub executed_at_us: i64,
+    pub status: String,
+    pub deleted_count: u64,
+    pub files_deleted: u64,
+    pub cutoff_us: i64,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContinuousQuery {
+    pub id: u64,
+    pub name: String,
+    pub description: String,
+    pub database: String,
+    pub source_measurement: String,
+    pub destination_measurement: String,
+    /// SQL with `{start_time}` and `{end_time}` placeholders.
+    pub query: String,
+    /// As given (`"1m"`), and in seconds.
+    pub interval: String,
+    pub interval_seconds: u64,
+    pub tag_columns: Vec<String>,
+    pub retention_days: Option<u32>,
+    pub delete_source_after_days: Option<u32>,
+    pub is_active: bool,
+    /// End of the last window processed successfully.
+    pub last_processed_us: Option<i64>,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CqExecution {
+    pub id: u64,
+    pub query_id: u64,
+    pub executed_at_us: i64,
+    pub start_us: i64,
+    pub end_us: i64,
+    pub status: String,
+    pub records_read: u64,
+    pub records_written: u64,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AdminCommand {
+    /// Adds a token; its `id` is assigned by the state machine.
+    CreateToken(TokenRecord),
+    UpdateToken {
+        id: u64,
+        name: Option<String>,
+        description: Option<String>,
+        permissions: Option<Vec<Permission>>,
+        expires_at_us: Option<Option<i64>>,
+    },
+    SetTokenSecret {
+        id: u64,
+        hash: String,
+        lookup: String,
+    },
+    SetTokenEnabled {
+        id: u64,
+        enabled: bool,
+    },
+    DeleteToken {
+        id: u64,
+    },
+    CreateDatabase(DatabaseRecord),
+    DropDatabase {
+        name: String,
+    },
+    /// Creates (id 0: assigned) or replaces a policy.
+    PutRetentionPolicy(RetentionPolicy),
+    DeleteRetentionPolicy {
+        id: u64,
+    },
+    /// Records an execution (id assigned).
+    RecordRetentionExecution(RetentionExecution),
+    /// Creates (id 0: assigned) or replaces a continuous query.
+    PutContinuousQuery(ContinuousQuery),
+    DeleteContinuousQuery {
+        id: u64,
+    },
+    /// Records an execution (id assigned); a successful one moves the query's window on.
+    RecordCqExecution {
+        execution: CqExecution,
+        processed_through_us: Option<i64>,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdminError {
+    #[error("name '{0}' is already in use")]
+    NameTaken(String),
+    #[error("token {0} not found")]
+    UnknownToken(u64),
+    #[error("database '{0}' already exists")]
+    DatabaseExists(String),
+    #[error("database '{0}' not found")]
+    UnknownDatabase(String),
+    #[error("retention policy {0} not found")]
+    UnknownPolicy(u64),
+    #[error("continuous query {0} not found")]
+    UnknownContinuousQuery(u64),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdminState {
+    next_id: u64,
+    tokens: BTreeMap<u64, TokenRecord>,
+    databases: BTreeMap<String, DatabaseRecord>,
+    retention_policies: BTreeMap<u64, RetentionPolicy>,
+    retention_history: BTreeMap<u64, VecDeque<RetentionExecution>>,
+    continuous_queries: BTreeMap<u64, ContinuousQuery>,
+    cq_history: BTreeMap<u64, VecDeque<CqExecution>>,
+}
+
+fn name_free<'a>(
+    mut names: impl Iterator<Item = (u64, &'a str)>,
+    name: &str,
+    except: u64,
+) -> Result<(), AdminError> {
+    match names.any(|(id, n)| id != except && n == name) {
+        true => Err(AdminError::NameTaken(name.to_string())),
+        false => Ok(()),
+    }
+}
+
+fn push_history<T>(history: &mut VecDeque<T>, item: T) {
+    if history.len() == HISTORY_LEN {
+        history.pop_front();
+    }
+    history.push_back(item);
+}
+
+impl AdminState {
+    pub fn check(&self, command: &AdminCommand) -> Result<(), AdminError> {
+        let token_names = || self.tokens.values().map(|t| (t.id, t.name.as_str()));
+        let known_token = |id: u64| match self.tokens.contains_key(&id) {
+            true => Ok(()),
+            false => Err(AdminError::UnknownToken(id)),
+        };
+        match command {
+            AdminCommand::CreateToken(token) => name_free(token_names(), &token.name, 0),
+            AdminCommand::UpdateToken { id, name, .. } => {
+                known_token(*id)?;
+                name.as_deref()
+                    .map_or(Ok(()), |n| name_free(token_names(), n, *id))
+            }
+            AdminCommand::SetTokenSecret { id, .. }
+            | AdminCommand::SetTokenEnabled { id, .. }
+            | AdminCommand::DeleteToken { id } => known_token(*id),
+            AdminCommand::CreateDatabase(db) => match self.databases.contains_key(&db.name) {
+                true => Err(AdminError::DatabaseExists(db.name.clone())),
+                false => Ok(()),
+            },
+            AdminCommand::DropDatabase { .. } => Ok(()),
+            AdminCommand::PutRetentionPolicy(policy) => {
+                if policy.id != 0 && !self.retention_policies.contains_key(&policy.id) {
+                    return Err(AdminError::UnknownPolicy(policy.id));
+                }
+                let names = self
+                    .retention_policies
+                    .values()
+                    .map(|p| (p.id, p.name.as_str()));
+                name_free(names, &policy.name, policy.id)
+            }
+            AdminCommand::DeleteRetentionPolicy { id } => self.retention_policy(*id).map(|_| ()),
+            AdminCommand::RecordRetentionExecution(execution) => {
+                self.retention_policy(execution.policy_id).map(|_| ())
+            }
+            AdminCommand::PutContinuousQuery(cq) => {
+                if cq.id != 0 && !self.continuous_queries.contains_key(&cq.id) {
+                    return Err(AdminError::UnknownContinuousQuery(cq.id));
+                }
+                let names = self
+                    .continuous_queries
+                    .values()
+                    .map(|q| (q.id, q.name.as_str()));
+                name_free(names, &cq.name, cq.id)
+            }
+            AdminCommand::DeleteContinuousQuery { id } => self.continuous_query(*id).map(|_| ()),
+            AdminCommand::RecordCqExecution { execution, .. } => {
+                self.continuous_query(execution.query_id).map(|_| ())
+            }
+        }
+    }
+
+    /// Applies a command that [`AdminState::check`] accepted.
+    pub fn apply(&mut self, command: &AdminCommand) {
+        match command.clone() {
+            AdminCommand::CreateToken(mut token) => {
+                token.id = self.allocate_id();
+                self.tokens.insert(token.id, token);
+            }
+            AdminCommand::UpdateToken {
+                id,
+                name,
+                description,
+                permissions,
+                expires_at_us,
+            } => {
+                let token = self.tokens.get_mut(&id).expect("checked");
+                if let Some(name) = name {
+                    token.name = name;
+                }
+                if let Some(description) = description {
+                    token.description = description;
+                }
+                if let Some(permissions) = permissions {
+                    token.permissions = permissions;
+                }
+                if let Some(expires_at_us) = expires_at_us {
+                    token.expires_at_us = expires_at_us;
+                }
+            }
+            AdminCommand::SetTokenSecret { id, hash, lookup } => {
+                let token = self.tokens.get_mut(&id).expect("checked");
+                token.hash = hash;
+                token.lookup = lookup;
+            }
+            AdminCommand::SetTokenEnabled { id, enabled } => {
+                self.tokens.get_mut(&id).expect("checked").enabled = enabled;
+            }
+            AdminCommand::DeleteToken { id } => {
+                self.tokens.remove(&id);
+            }
+            AdminCommand::CreateDatabase(db) => {
+                self.databases.insert(db.name.clone(), db);
+            }
+            AdminCommand::DropDatabase { name } => {
+                self.databases.remove(&name);
+                let dropped: Vec<u64> = self
+                    .retention_policies
+                    .values()
+                    .filter(|p| p.database == name)
+                    .map(|p| p.id)
+                    .collect();
+                for id in dropped {
+                    self.retention_policies.remove(&id);
+                    self.retention_history.remove(&id);
+                }
+            }
+            AdminCommand::PutRetentionPolicy(mut policy) => {
+                if policy.id == 0 {
+                    policy.id = self.allocate_id();
+                }
+                self.retention_policies.insert(policy.id, policy);
+            }
+            AdminCommand::DeleteRetentionPolicy { id } => {
+                self.retention_policies.remove(&id);
+                self.retention_history.remove(&id);
+            }
+            AdminCommand::RecordRetentionExecution(mut execution) => {
+                execution.id = self.allocate_id();
+                let history = self
+                    .retention_history
+                    .entry(execution.policy_id)
+                    .or_default();
+                push_history(history, execution);
+            }
+            AdminCommand::PutContinuousQuery(mut cq) => {
+                if cq.id == 0 {
+                    cq.id = self.allocate_id();
+                }
+                self.continuous_queries.insert(cq.id, cq);
+            }
+            AdminCommand::DeleteContinuousQuery { id } => {
+                self.continuous_queries.remove(&id);
+                self.cq_history.remove(&id);
+            }
+            AdminCommand::RecordCqExecution {
+                mut execution,
+                processed_through_us,
+            } => {
+                execution.id = self.allocate_id();
+                if let Some(through) = processed_through_us {
+                    let cq = self
+                        .continuous_queries
+                        .get_mut(&execution.query_id)
+                        .expect("checked");
+                    cq.last_processed_us = Some(through);
+                }
+                let history = self.cq_history.entry(execution.query_id).or_default();
+                push_history(history, execution);
+            }
+        }
+    }
+
+    fn allocate_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
+        self.tokens.values()
+    }
+
+    pub fn token(&self, id: u64) -> Option<&TokenRecord> {
+        self.tokens.get(&id)
+    }
+
+    pub fn token_named(&self, name: &str) -> Option<&TokenRecord> {
+        self.tokens.values().find(|t| t.name == name)
+    }
+
+    pub fn databases(&self) -> impl Iterator<Item = &DatabaseRecord> {
+        self.databases.values()
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseRecord> {
+        self.databases.get(name)
+    }
+
+    pub fn retention_policies(&self) -> impl Iterator<Item = &RetentionPolicy> {
+        self.retention_policies.values()
+    }
+
+    pub fn retention_policy(&self, id: u64) -> Result<&RetentionPolicy, AdminError> {
+        self.retention_policies
+            .get(&id)
+            .ok_or(AdminError::UnknownPolicy(id))
+    }
+
+    pub fn retention_policy_named(&self, name: &str) -> Option<&RetentionPolicy> {
+        self.retention_policies.values().find(|p| p.name == name)
+    }
+
+    /// Oldest first.
+    pub fn retention_history(
+        &self,
+        policy_id: u64,
+    ) -> impl DoubleEndedIterator<Item = &RetentionExecution> {
+        self.retention_history.get(&policy_id).into_iter().flatten()
+    }
+
+    pub fn continuous_queries(&self) -> impl Iterator<Item = &ContinuousQuery> {
+        self.continuous_queries.values()
+    }
+
+    pub fn continuous_query(&self, id: u64) -> Result<&ContinuousQuery, AdminError> {
+        self.continuous_queries
+            .get(&id)
+            .ok_or(AdminError::UnknownContinuousQuery(id))
+    }
+
+    pub fn continuous_query_named(&self, name: &str) -> Option<&ContinuousQuery> {
+        self.continuous_queries.values().find(|q| q.name == name)
+    }
+
+    /// Oldest first.
+    pub fn cq_history(&self, query_id: u64) -> impl DoubleEndedIterator<Item = &CqExecution> {
+        self.cq_history.get(&query_id).into_iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(name: &str) -> TokenRecord {
+        TokenRecord {
+            id: 0,
+            name: name.into(),
+            description: String::new(),
+            permissions: vec![Permission::Read],
+            hash: "h".into(),
+            lookup: "l".into(),
+            created_at_us: 0,
+            expires_at_us: Some(100),
+            enabled: true,
+        }
+    }
+
+    fn applied(state: &mut AdminState, command: AdminCommand) -> Result<(), AdminError> {
+        state.check(&command)?;
+        state.apply(&command);
+        Ok(())
+    }
+
+    #[test]
+    fn tokens_get_ids_unique_names_and_updates() {
+        let mut state = AdminState::default();
+        applied(&mut state, AdminCommand::CreateToken(token("a"))).unwrap();
+        applied(&mut state, AdminCommand::CreateToken(token("b"))).unwrap();
+        let a = state.token_named("a").unwrap().id;
+        let b = state.token_named("b").unwrap().id;
+        assert_ne!(a, b);
+        assert_eq!(
+            applied(&mut state, AdminCommand::CreateToken(token("a"))),
+            Err(AdminError::NameTaken("a".into()))
+        );
+        let rename = AdminCommand::UpdateToken {
+            id: b,
+            name: Some("a".into()),
+            description: None,
+            permissions: None,
+            expires_at_us: None,
+        };
+        assert_eq!(
+            applied(&mut state, rename),
+            Err(AdminError::NameTaken("a".into()))
+        );
+        let update = AdminCommand::UpdateToken {
+            id: a,
+            name: Some("a".into()),
+            description: None,
+            permissions: Some(vec![Permission::Admin]),
+            expires_at_us: Some(None),
+        };
+        applied(&mut state, update).unwrap();
+        let a_token = state.token(a).unwrap();
+        assert!(a_token.allows(Permission::Delete));
+        assert!(a_token.usable_at(i64::MAX));
+        assert!(!state.token(b).unwrap().usable_at(100));
+        applied(&mut state, AdminCommand::DeleteToken { id: a }).unwrap();
+        assert_eq!(
+            applied(&mut state, AdminCommand::DeleteToken { id: a }),
+            Err(AdminError::UnknownToken(a))
+        );
+    }
+
+    #[test]
+    fn histories_are_bounded_and_successful_cq_runs_move_the_window() {
+        let mut state = AdminState::default();
+        let cq = ContinuousQuery {
+            id: 0,
+            name: "down".into(),
+            description: String::new(),
+            database: "db".into(),
+            source_measurement: "cpu".into(),
+            destination_measurement: "cpu_1m".into(),
+            query: "q".into(),
+            interval: "1m".into(),
+            interval_seconds: 60,
+            tag_columns: vec![],
+            retention_days: None,
+            delete_source_after_days: None,
+            is_active: true,
+            last_processed_us: None,
+            created_at_us: 0,
+            updated_at_us: 0,
+        };
+        applied(&mut state, AdminCommand::PutContinuousQuery(cq)).unwrap();
+        let id = state.continuous_query_named("down").unwrap().id;
+        for i in 0..(HISTORY_LEN as i64 + 5) {
+            let execution = CqExecution {
+                id: 0,
+                query_id: id,
+                executed_at_us: i,
+                start_us: 0,
+                end_us: i,
+                status: "completed".into(),
+                records_read: 0,
+                records_written: 0,
+                duration_ms: 0.0,
+                error: None,
+            };
+            let command = AdminCommand::RecordCqExecution {
+                execution,
+                processed_through_us: Some(i),
+            };
+            applied(&mut state, command).unwrap();
+        }
+        assert_eq!(state.cq_history(id).count(), HISTORY_LEN);
+        assert_eq!(state.cq_history(id).next().unwrap().executed_at_us, 5);
+        assert_eq!(
+            state.continuous_query(id).unwrap().last_processed_us,
+            Some(HISTORY_LEN as i64 + 4)
+        );
+    }
+}
