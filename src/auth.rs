@@ -41,8 +41,10 @@ pub fn generate_secret() -> String {
 
 /// The fast, non-secret index of a secret: 16 hex digits of its SHA-256.
 pub fn lookup_key(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    secret_digest(secret)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `$pbkdf2-sha256$<rounds>$<salt>$<key>` for a secret.
@@ -112,6 +114,10 @@ pub fn new_token(
     }
 }
 
+fn secret_digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
 pub fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -155,8 +161,7 @@ impl Authenticator {
     /// The token a secret belongs to, if it is usable now. Blocking when the hash must be
     /// checked: call from a blocking context.
     pub fn authenticate(&self, secret: &str) -> Result<TokenRecord, AuthError> {
-        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let now = now_us();
+        let digest = secret_digest(secret);
         let token = match self.cached(&digest) {
             Some(cached) => cached?,
             None => {
@@ -171,6 +176,19 @@ impl Authenticator {
                 }
             }
         };
+        self.admit(token)
+    }
+
+    /// [`Authenticator::authenticate`] without the slow hash: `None` when the secret is not in
+    /// the cache. Cheap enough for the request path.
+    pub fn authenticate_cached(&self, secret: &str) -> Option<Result<TokenRecord, AuthError>> {
+        let token = self.cached(&secret_digest(secret))?;
+        Some(token.and_then(|token| self.admit(token)))
+    }
+
+    /// Accepts a verified token if it is usable now, and notes its use.
+    fn admit(&self, token: TokenRecord) -> Result<TokenRecord, AuthError> {
+        let now = now_us();
         if !token.usable_at(now) {
             return Err(AuthError::Invalid);
         }

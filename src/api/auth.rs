@@ -94,10 +94,13 @@ async fn authenticate(
         AuthFailure::new(StatusCode::UNAUTHORIZED, AuthError::Missing.to_string())
     })?;
     let authenticator = authenticator(state)?;
-    // A cache miss runs the slow hash: keep it off the async workers.
-    let result = tokio::task::spawn_blocking(move || authenticator.authenticate(&secret))
-        .await
-        .map_err(|e| AuthFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let result = match authenticator.authenticate_cached(&secret) {
+        Some(result) => result,
+        // A cache miss runs the slow hash: keep it off the async workers.
+        None => tokio::task::spawn_blocking(move || authenticator.authenticate(&secret))
+            .await
+            .map_err(|e| AuthFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    };
     result.map_err(|err| match err {
         AuthError::Meta(err) => {
             AuthFailure::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
