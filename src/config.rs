@@ -84,7 +84,6 @@ pub struct Config {
     pub auth: AuthConfig,
     pub delete: DeleteConfig,
     pub retention: RetentionConfig,
-    pub continuous_query: ContinuousQueryConfig,
     pub scheduler: SchedulerConfig,
     pub cluster: ClusterConfig,
 }
@@ -491,24 +490,11 @@ impl CompactionConfig {
     }
 }
 
-/// `[delete]`: row deletes and database deletion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[delete]`: database deletion.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeleteConfig {
     pub enabled: bool,
-    /// Deletes of more rows than this need `confirm: true`.
-    pub confirmation_threshold: u64,
-    pub max_rows_per_delete: u64,
-}
-
-impl Default for DeleteConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            confirmation_threshold: 10_000,
-            max_rows_per_delete: 1_000_000,
-        }
-    }
 }
 
 /// `[retention]`: retention policies.
@@ -519,19 +505,6 @@ pub struct RetentionConfig {
 }
 
 impl Default for RetentionConfig {
-    fn default() -> Self {
-        Self { enabled: true }
-    }
-}
-
-/// `[continuous_query]`: continuous queries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ContinuousQueryConfig {
-    pub enabled: bool,
-}
-
-impl Default for ContinuousQueryConfig {
     fn default() -> Self {
         Self { enabled: true }
     }

@@ -1,12 +1,12 @@
-//! Operator-managed metadata: API tokens (hashes only), declared databases, retention policies
-//! and continuous queries, with their execution histories. Part of the one state machine, so a
+//! Operator-managed metadata: API tokens (hashes only), declared databases and retention
+//! policies with their execution history. Part of the one state machine, so a
 //! cluster replicates them like the file manifest.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-/// Executions kept per policy or continuous query.
+/// Executions kept per retention policy.
 const HISTORY_LEN: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -100,43 +100,6 @@ pub struct RetentionExecution {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContinuousQuery {
-    pub id: u64,
-    pub name: String,
-    pub description: String,
-    pub database: String,
-    pub source_measurement: String,
-    pub destination_measurement: String,
-    /// SQL with `{start_time}` and `{end_time}` placeholders.
-    pub query: String,
-    /// As given (`"1m"`), and in seconds.
-    pub interval: String,
-    pub interval_seconds: u64,
-    pub tag_columns: Vec<String>,
-    pub retention_days: Option<u32>,
-    pub delete_source_after_days: Option<u32>,
-    pub is_active: bool,
-    /// End of the last window processed successfully.
-    pub last_processed_us: Option<i64>,
-    pub created_at_us: i64,
-    pub updated_at_us: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CqExecution {
-    pub id: u64,
-    pub query_id: u64,
-    pub executed_at_us: i64,
-    pub start_us: i64,
-    pub end_us: i64,
-    pub status: String,
-    pub records_read: u64,
-    pub records_written: u64,
-    pub duration_ms: f64,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AdminCommand {
     /// Adds a token; its `id` is assigned by the state machine.
     CreateToken(TokenRecord),
@@ -170,16 +133,6 @@ pub enum AdminCommand {
     },
     /// Records an execution (id assigned).
     RecordRetentionExecution(RetentionExecution),
-    /// Creates (id 0: assigned) or replaces a continuous query.
-    PutContinuousQuery(ContinuousQuery),
-    DeleteContinuousQuery {
-        id: u64,
-    },
-    /// Records an execution (id assigned); a successful one moves the query's window on.
-    RecordCqExecution {
-        execution: CqExecution,
-        processed_through_us: Option<i64>,
-    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -194,8 +147,6 @@ pub enum AdminError {
     UnknownDatabase(String),
     #[error("retention policy {0} not found")]
     UnknownPolicy(u64),
-    #[error("continuous query {0} not found")]
-    UnknownContinuousQuery(u64),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -205,8 +156,6 @@ pub struct AdminState {
     databases: BTreeMap<String, DatabaseRecord>,
     retention_policies: BTreeMap<u64, RetentionPolicy>,
     retention_history: BTreeMap<u64, VecDeque<RetentionExecution>>,
-    continuous_queries: BTreeMap<u64, ContinuousQuery>,
-    cq_history: BTreeMap<u64, VecDeque<CqExecution>>,
 }
 
 fn name_free<'a>(
@@ -262,20 +211,6 @@ impl AdminState {
             AdminCommand::DeleteRetentionPolicy { id } => self.retention_policy(*id).map(|_| ()),
             AdminCommand::RecordRetentionExecution(execution) => {
                 self.retention_policy(execution.policy_id).map(|_| ())
-            }
-            AdminCommand::PutContinuousQuery(cq) => {
-                if cq.id != 0 && !self.continuous_queries.contains_key(&cq.id) {
-                    return Err(AdminError::UnknownContinuousQuery(cq.id));
-                }
-                let names = self
-                    .continuous_queries
-                    .values()
-                    .map(|q| (q.id, q.name.as_str()));
-                name_free(names, &cq.name, cq.id)
-            }
-            AdminCommand::DeleteContinuousQuery { id } => self.continuous_query(*id).map(|_| ()),
-            AdminCommand::RecordCqExecution { execution, .. } => {
-                self.continuous_query(execution.query_id).map(|_| ())
             }
         }
     }
@@ -353,31 +288,6 @@ impl AdminState {
                     .or_default();
                 push_history(history, execution);
             }
-            AdminCommand::PutContinuousQuery(mut cq) => {
-                if cq.id == 0 {
-                    cq.id = self.allocate_id();
-                }
-                self.continuous_queries.insert(cq.id, cq);
-            }
-            AdminCommand::DeleteContinuousQuery { id } => {
-                self.continuous_queries.remove(&id);
-                self.cq_history.remove(&id);
-            }
-            AdminCommand::RecordCqExecution {
-                mut execution,
-                processed_through_us,
-            } => {
-                execution.id = self.allocate_id();
-                if let Some(through) = processed_through_us {
-                    let cq = self
-                        .continuous_queries
-                        .get_mut(&execution.query_id)
-                        .expect("checked");
-                    cq.last_processed_us = Some(through);
-                }
-                let history = self.cq_history.entry(execution.query_id).or_default();
-                push_history(history, execution);
-            }
         }
     }
 
@@ -426,25 +336,6 @@ impl AdminState {
         policy_id: u64,
     ) -> impl DoubleEndedIterator<Item = &RetentionExecution> {
         self.retention_history.get(&policy_id).into_iter().flatten()
-    }
-
-    pub fn continuous_queries(&self) -> impl Iterator<Item = &ContinuousQuery> {
-        self.continuous_queries.values()
-    }
-
-    pub fn continuous_query(&self, id: u64) -> Result<&ContinuousQuery, AdminError> {
-        self.continuous_queries
-            .get(&id)
-            .ok_or(AdminError::UnknownContinuousQuery(id))
-    }
-
-    pub fn continuous_query_named(&self, name: &str) -> Option<&ContinuousQuery> {
-        self.continuous_queries.values().find(|q| q.name == name)
-    }
-
-    /// Oldest first.
-    pub fn cq_history(&self, query_id: u64) -> impl DoubleEndedIterator<Item = &CqExecution> {
-        self.cq_history.get(&query_id).into_iter().flatten()
     }
 }
 
@@ -515,52 +406,53 @@ mod tests {
     }
 
     #[test]
-    fn histories_are_bounded_and_successful_cq_runs_move_the_window() {
+    fn execution_history_is_bounded_and_goes_with_its_policy() {
         let mut state = AdminState::default();
-        let cq = ContinuousQuery {
+        let policy = RetentionPolicy {
             id: 0,
-            name: "down".into(),
-            description: String::new(),
+            name: "month".into(),
             database: "db".into(),
-            source_measurement: "cpu".into(),
-            destination_measurement: "cpu_1m".into(),
-            query: "q".into(),
-            interval: "1m".into(),
-            interval_seconds: 60,
-            tag_columns: vec![],
-            retention_days: None,
-            delete_source_after_days: None,
+            measurement: None,
+            retention_days: 30,
+            buffer_days: 7,
             is_active: true,
-            last_processed_us: None,
             created_at_us: 0,
             updated_at_us: 0,
         };
-        applied(&mut state, AdminCommand::PutContinuousQuery(cq)).unwrap();
-        let id = state.continuous_query_named("down").unwrap().id;
+        applied(&mut state, AdminCommand::PutRetentionPolicy(policy.clone())).unwrap();
+        assert_eq!(
+            applied(&mut state, AdminCommand::PutRetentionPolicy(policy)),
+            Err(AdminError::NameTaken("month".into()))
+        );
+        let id = state.retention_policy_named("month").unwrap().id;
         for i in 0..(HISTORY_LEN as i64 + 5) {
-            let execution = CqExecution {
+            let execution = RetentionExecution {
                 id: 0,
-                query_id: id,
+                policy_id: id,
                 executed_at_us: i,
-                start_us: 0,
-                end_us: i,
                 status: "completed".into(),
-                records_read: 0,
-                records_written: 0,
+                deleted_count: 0,
+                files_deleted: 0,
+                cutoff_us: 0,
                 duration_ms: 0.0,
                 error: None,
             };
-            let command = AdminCommand::RecordCqExecution {
-                execution,
-                processed_through_us: Some(i),
-            };
-            applied(&mut state, command).unwrap();
+            applied(
+                &mut state,
+                AdminCommand::RecordRetentionExecution(execution),
+            )
+            .unwrap();
         }
-        assert_eq!(state.cq_history(id).count(), HISTORY_LEN);
-        assert_eq!(state.cq_history(id).next().unwrap().executed_at_us, 5);
+        assert_eq!(state.retention_history(id).count(), HISTORY_LEN);
         assert_eq!(
-            state.continuous_query(id).unwrap().last_processed_us,
-            Some(HISTORY_LEN as i64 + 4)
+            state.retention_history(id).next().unwrap().executed_at_us,
+            5
+        );
+        applied(&mut state, AdminCommand::DeleteRetentionPolicy { id }).unwrap();
+        assert_eq!(state.retention_history(id).count(), 0);
+        assert_eq!(
+            applied(&mut state, AdminCommand::DeleteRetentionPolicy { id }),
+            Err(AdminError::UnknownPolicy(id))
         );
     }
 }
