@@ -16,33 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use devops::{load, median, suite, timed};
-
-struct Options {
-    rows: u64,
-    hosts: u64,
-    iterations: usize,
-}
-
-fn parse_options() -> Result<Options> {
-    let mut options = Options {
-        rows: 50_000_000,
-        hosts: 1000,
-        iterations: 3,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rows" => options.rows = value()?.parse()?,
-            "--hosts" => options.hosts = value()?.parse()?,
-            "--iterations" => options.iterations = value()?.parse()?,
-            "--bench" => {}
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(options)
-}
+use devops::{load, median, parse_options, suite, timed};
 
 async fn get(client: &reqwest::Client, url: &str) -> Result<Value> {
     let response = client.get(url).send().await?;
@@ -113,7 +87,7 @@ async fn compact(client: &reqwest::Client, url: &str, tier: &str) -> Result<Tier
 }
 
 fn main() -> Result<()> {
-    let options = parse_options()?;
+    let options = parse_options(3)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

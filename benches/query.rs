@@ -17,36 +17,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use devops::{load, median, suite, timed};
-
-struct Options {
-    rows: u64,
-    hosts: u64,
-    iterations: usize,
-}
-
-fn parse_options() -> Result<Options> {
-    let mut options = Options {
-        rows: 50_000_000,
-        hosts: 1000,
-        iterations: 5,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rows" => options.rows = value()?.parse()?,
-            "--hosts" => options.hosts = value()?.parse()?,
-            "--iterations" => options.iterations = value()?.parse()?,
-            "--bench" => {}
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(options)
-}
+use devops::{load, median, parse_options, suite, timed};
 
 fn main() -> Result<()> {
-    let options = parse_options()?;
+    let options = parse_options(5)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,10 +3,38 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
+
+/// Command-line options of the benchmarks over this data set.
+pub struct Options {
+    pub rows: u64,
+    pub hosts: u64,
+    pub iterations: usize,
+}
+
+/// Reads `--rows`, `--hosts` and `--iterations` (50M rows over 1000 hosts by default).
+pub fn parse_options(default_iterations: usize) -> Result<Options> {
+    let mut options = Options {
+        rows: 50_000_000,
+        hosts: 1000,
+        iterations: default_iterations,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rows" => options.rows = value()?.parse()?,
+            "--hosts" => options.hosts = value()?.parse()?,
+            "--iterations" => options.iterations = value()?.parse()?,
+            "--bench" => {}
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(options)
+}
 
 /// 2026-01-01T00:00:00Z in µs.
 const START_US: i64 = 1_767_225_600_000_000;

@@ -21,12 +21,12 @@ use arrow::row::{RowConverter, Rows, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use sha2::{Digest, Sha256};
 
 use crate::buffer::{column_type, data_type};
-use crate::flush::parquet::{TAGS_METADATA_KEY, hex, sort_rows};
+use crate::flush::parquet::{TAGS_METADATA_KEY, hex, sort_rows, sorting_columns};
 use crate::meta::ColumnType;
 
 /// Arc's marker on continuous-query outputs: deduplicate on time (and tags) when compacting.
@@ -715,15 +715,7 @@ fn writer_properties(
     tags: &[String],
     dedup_time: bool,
 ) -> WriterProperties {
-    let sorting: Vec<SortingColumn> = sort_keys
-        .iter()
-        .filter_map(|k| schema.index_of(k).ok())
-        .map(|i| SortingColumn {
-            column_idx: i as i32,
-            descending: false,
-            nulls_first: true,
-        })
-        .collect();
+    let sorting = sorting_columns(schema, sort_keys);
     let mut metadata = Vec::new();
     if !tags.is_empty() {
         metadata.push(KeyValue::new(TAGS_METADATA_KEY.to_string(), tags.join(",")));

@@ -213,16 +213,7 @@ fn write_file(
     options: &ParquetOptions,
 ) -> Result<EncodedFile, EncodeError> {
     let schema = batch.schema();
-    let sorting: Vec<SortingColumn> = target
-        .sort_keys
-        .iter()
-        .filter_map(|k| schema.index_of(k).ok())
-        .map(|i| SortingColumn {
-            column_idx: i as i32,
-            descending: false,
-            nulls_first: true,
-        })
-        .collect();
+    let sorting = sorting_columns(&schema, &target.sort_keys);
     let mut props = WriterProperties::builder()
         .set_compression(options.compression)
         .set_writer_version(options.writer_version)
@@ -284,6 +275,19 @@ fn write_file(
         bytes: buffer.into(),
         entry,
     })
+}
+
+/// The Parquet `sorting_columns` for rows sorted by these keys (ones the file lacks are skipped).
+pub(crate) fn sorting_columns(schema: &Schema, sort_keys: &[String]) -> Vec<SortingColumn> {
+    sort_keys
+        .iter()
+        .filter_map(|k| schema.index_of(k).ok())
+        .map(|i| SortingColumn {
+            column_idx: i as i32,
+            descending: false,
+            nulls_first: true,
+        })
+        .collect()
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
