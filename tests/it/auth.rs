@@ -129,6 +129,20 @@ async fn every_route_enforces_its_permission() {
             "delete",
         ),
         (Method::POST, "/api/v1/compaction/trigger", None, "admin"),
+        (
+            Method::POST,
+            "/api/v1/retention",
+            Some(json!({"name": "perm", "database": "a", "retention_days": 30})),
+            "admin",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/retention/999",
+            Some(json!({})),
+            "admin",
+        ),
+        (Method::DELETE, "/api/v1/retention/999", None, "admin"),
+        (Method::POST, "/api/v1/retention/999/execute", None, "admin"),
         (Method::GET, "/api/v1/auth/tokens", None, "admin"),
         (
             Method::POST,
