@@ -84,6 +84,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub delete: DeleteConfig,
     pub retention: RetentionConfig,
+    pub continuous_query: ContinuousQueryConfig,
     pub scheduler: SchedulerConfig,
     pub cluster: ClusterConfig,
 }
@@ -490,11 +491,44 @@ impl CompactionConfig {
     }
 }
 
-/// `[delete]`: database deletion.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[delete]`: database deletion and row deletes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeleteConfig {
     pub enabled: bool,
+    /// Rows a delete may match before it needs `confirm=true` (a whole-table `where` always does).
+    pub confirmation_threshold: u64,
+    /// A row delete matching more rows than this is refused.
+    pub max_rows_per_delete: u64,
+}
+
+impl Default for DeleteConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            confirmation_threshold: 10_000,
+            max_rows_per_delete: 1_000_000,
+        }
+    }
+}
+
+impl DeleteConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        require_positive("delete.max_rows_per_delete", self.max_rows_per_delete)
+    }
+}
+
+/// `[continuous_query]`: continuous queries and their scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContinuousQueryConfig {
+    pub enabled: bool,
+}
+
+impl Default for ContinuousQueryConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// `[retention]`: retention policies.
@@ -1398,6 +1432,7 @@ impl Config {
         require_positive("query.timeout", self.query.timeout)?;
         self.compaction.validate()?;
         self.auth.validate()?;
+        self.delete.validate()?;
         if let Err(err) = self.scheduler.retention_schedule.parse::<CronSchedule>() {
             return Err(invalid_value(
                 "scheduler.retention_schedule",

@@ -16,6 +16,8 @@ pub mod auth;
 pub mod buffer;
 pub mod compact;
 pub mod config;
+pub mod crash_hook;
+pub mod delete;
 pub mod flush;
 pub mod frame;
 pub mod ingest;

@@ -20,6 +20,8 @@ use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
 use crate::compact::Compactor;
 use crate::config::Config;
+use crate::crash_hook::CrashHook;
+use crate::delete::{self, Deleter};
 use crate::flush::{Flusher, PendingUploads};
 use crate::ingest::{IngestLimits, Ingester, replay_entry};
 use crate::meta::{Meta, MetaError};
@@ -263,9 +265,24 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
             Arc::clone(&meta),
             storage.clone(),
             Arc::clone(&flusher),
-            node_id,
+            node_id.clone(),
         ))
     });
+    let deleter = Arc::new(Deleter {
+        meta: Arc::clone(&meta),
+        buffers: Arc::clone(&buffers),
+        storage: storage.clone(),
+        flusher: Arc::clone(&flusher),
+        query: Arc::clone(&query),
+        config: config.delete.clone(),
+        work_dir: Path::new(&config.compaction.temp_directory).join("delete"),
+        node_id,
+        crash_hook: CrashHook::from_env(delete::CRASH_ENV),
+        running: tokio::sync::Mutex::new(()),
+    });
+    if let Err(err) = deleter.remove_leftovers().await {
+        tracing::warn!(error = %err, "could not remove an interrupted delete's files");
+    }
     let ingester = Arc::new(Ingester::new(buffers, wal.clone(), flush_tx, limits));
     Ok(Started {
         services: Services {
@@ -275,6 +292,7 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
             flusher,
             query,
             compactor,
+            deleter,
         },
         wal,
         flush_requests: flush_rx,

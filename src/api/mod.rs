@@ -5,6 +5,7 @@ mod auth;
 mod compaction;
 mod compression;
 mod databases;
+mod delete;
 mod health;
 mod json_rows;
 mod msgpack;
@@ -26,6 +27,7 @@ use serde_json::json;
 use crate::auth::Authenticator;
 use crate::compact::Compactor;
 use crate::config::Config;
+use crate::delete::Deleter;
 use crate::flush::{FlushError, Flusher};
 use crate::ingest::{IngestError, Ingester};
 use crate::meta::{Meta, Permission};
@@ -40,6 +42,7 @@ pub struct Services {
     pub query: Arc<QueryEngine>,
     /// Present on nodes whose role compacts, when compaction is enabled.
     pub compactor: Option<Arc<Compactor>>,
+    pub deleter: Arc<Deleter>,
 }
 
 const STARTING: u8 = 0;
@@ -140,6 +143,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(
             Router::new()
                 .route("/api/v1/databases", post(databases::create))
+                .route_layer(guard(Some(Permission::Admin))),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/delete", post(delete::rows))
+                .route("/api/v1/delete/config", get(delete::config))
                 .route_layer(guard(Some(Permission::Admin))),
         )
         .merge(

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
+use crate::crash_hook::{CrashHook, Step};
 use crate::flush::PendingUploads;
 use crate::meta::{ApplyError, FileEntry, Meta, MetaCommand};
 use crate::storage::paths::{daily_compacted_key, hourly_compacted_key};
@@ -39,46 +40,8 @@ pub enum JobError {
     Journal(std::io::Error),
 }
 
-/// Steps at which `ARC_TEST_COMPACTION_CRASH_AT=<step>` aborts the process (crash tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashPoint {
-    AfterDownload,
-    AfterMerge,
-    AfterJournal,
-    AfterUpload,
-    AfterSwap,
-}
-
-impl CrashPoint {
-    pub const ALL: [CrashPoint; 5] = [
-        CrashPoint::AfterDownload,
-        CrashPoint::AfterMerge,
-        CrashPoint::AfterJournal,
-        CrashPoint::AfterUpload,
-        CrashPoint::AfterSwap,
-    ];
-    pub const ENV: &'static str = "ARC_TEST_COMPACTION_CRASH_AT";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CrashPoint::AfterDownload => "after_download",
-            CrashPoint::AfterMerge => "after_merge",
-            CrashPoint::AfterJournal => "after_journal",
-            CrashPoint::AfterUpload => "after_upload",
-            CrashPoint::AfterSwap => "after_swap",
-        }
-    }
-
-    /// The step named by the environment, read once at start-up; unset means none.
-    pub fn from_env() -> Option<CrashPoint> {
-        let name = std::env::var(Self::ENV).ok().filter(|n| !n.is_empty())?;
-        let point = Self::ALL.into_iter().find(|p| p.as_str() == name);
-        if point.is_none() {
-            tracing::warn!(value = %name, "unknown {}; ignored", Self::ENV);
-        }
-        point
-    }
-}
+/// Environment variable naming the step at which compaction aborts (crash tests).
+pub const CRASH_ENV: &str = "ARC_TEST_COMPACTION_CRASH_AT";
 
 /// What a job needs from the node.
 pub struct JobContext {
@@ -89,19 +52,7 @@ pub struct JobContext {
     pub sort_keys: Vec<String>,
     pub memory_limit: u64,
     pub download_concurrency: usize,
-    pub crash_at: Option<CrashPoint>,
-}
-
-impl JobContext {
-    fn crash_if(&self, point: CrashPoint) {
-        if self.crash_at == Some(point) {
-            tracing::error!(
-                step = point.as_str(),
-                "test hook: aborting during compaction"
-            );
-            std::process::abort();
-        }
-    }
+    pub crash_hook: CrashHook,
 }
 
 /// A finished job.
@@ -144,7 +95,7 @@ pub async fn run(
         .buffer_unordered(context.download_concurrency.max(1))
         .try_collect::<Vec<u64>>()
         .await?;
-    context.crash_if(CrashPoint::AfterDownload);
+    context.crash_hook.crash_if(Step::AfterDownload);
 
     let output_path = work_dir.join("output.parquet");
     let column_types = context
@@ -172,7 +123,7 @@ pub async fn run(
         .await
         .expect("merge task panicked")?
     };
-    context.crash_if(CrashPoint::AfterMerge);
+    context.crash_hook.crash_if(Step::AfterMerge);
 
     let output = (merged.rows_out > 0).then(|| output_entry(context, batch, &merged, started_at));
     if let Some(entry) = &output {
@@ -182,12 +133,12 @@ pub async fn run(
             .await
             .expect("journal task panicked")
             .map_err(JobError::Journal)?;
-        context.crash_if(CrashPoint::AfterJournal);
+        context.crash_hook.crash_if(Step::AfterJournal);
         if let Err(err) = context.storage.put_file(&entry.path, &output_path).await {
             remove_output(context, &entry.path).await;
             return Err(err.into());
         }
-        context.crash_if(CrashPoint::AfterUpload);
+        context.crash_hook.crash_if(Step::AfterUpload);
     }
 
     let command = MetaCommand::ReplaceFiles {
@@ -208,7 +159,7 @@ pub async fn run(
         }
         return Err(err.into());
     }
-    context.crash_if(CrashPoint::AfterSwap);
+    context.crash_hook.crash_if(Step::AfterSwap);
     if output.is_some() {
         context.pending_uploads.registered();
     }

@@ -21,7 +21,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use sha2::{Digest, Sha256};
 
@@ -398,7 +398,85 @@ impl Merger {
     }
 }
 
-/// Output file that hashes what it writes.
+/// A Parquet file being written to local disk, hashed and described as it goes.
+pub(crate) struct OutputFile {
+    path: PathBuf,
+    writer: ArrowWriter<HashingFile>,
+    rows: u64,
+    time_range: (i64, i64),
+}
+
+/// What an [`OutputFile`] holds once finished.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WrittenFile {
+    pub rows: u64,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub min_time_us: i64,
+    pub max_time_us: i64,
+}
+
+impl OutputFile {
+    pub(crate) fn create(
+        path: &Path,
+        schema: &SchemaRef,
+        properties: WriterProperties,
+    ) -> Result<OutputFile, MergeError> {
+        let file = File::create(path).map_err(io_error(path))?;
+        let sink = HashingFile {
+            file: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        Ok(OutputFile {
+            path: path.to_path_buf(),
+            writer: ArrowWriter::try_new(sink, Arc::clone(schema), Some(properties))?,
+            rows: 0,
+            time_range: (i64::MAX, i64::MIN),
+        })
+    }
+
+    /// Appends rows; column 0 must be the µs time column.
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<(), MergeError> {
+        let times = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| MergeError::NoTime {
+                path: self.path.clone(),
+            })?;
+        if let (Some(lo), Some(hi)) = (arrow::compute::min(times), arrow::compute::max(times)) {
+            self.time_range = (self.time_range.0.min(lo), self.time_range.1.max(hi));
+        }
+        self.rows += batch.num_rows() as u64;
+        self.writer.write(batch)?;
+        Ok(())
+    }
+
+    /// Writes the footer and syncs the file to disk.
+    pub(crate) fn finish(self) -> Result<WrittenFile, MergeError> {
+        let mut sink = self.writer.into_inner()?;
+        sink.flush().map_err(io_error(&self.path))?;
+        let HashingFile {
+            file,
+            hasher,
+            bytes,
+        } = sink;
+        let file = file
+            .into_inner()
+            .map_err(|e| io_error(&self.path)(e.into_error()))?;
+        file.sync_all().map_err(io_error(&self.path))?;
+        Ok(WrittenFile {
+            rows: self.rows,
+            size_bytes: bytes,
+            sha256: hex(&hasher.finalize()),
+            min_time_us: self.time_range.0,
+            max_time_us: self.time_range.1,
+        })
+    }
+}
+
+/// The file under an [`OutputFile`], hashing what it writes.
 struct HashingFile {
     file: BufWriter<File>,
     hasher: Sha256,
@@ -614,37 +692,16 @@ fn merge_once(spec: &MergeSpec<'_>) -> Result<MergeOutcome, MergeError> {
         merger.sift_down(at);
     }
 
-    let file = File::create(spec.output).map_err(io_error(spec.output))?;
-    let sink = HashingFile {
-        file: BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
-    let mut writer = ArrowWriter::try_new(
-        sink,
-        Arc::clone(&schema),
-        Some(writer_properties(&schema, &sort_keys, &tags, dedup_time)),
+    let mut output = OutputFile::create(
+        spec.output,
+        &schema,
+        writer_properties(&schema, &sort_keys, &tags, dedup_time),
     )?;
-
     let mut pending: Vec<(usize, usize)> = Vec::with_capacity(batch_rows);
     let mut run = Run::default();
-    let mut time_range = (i64::MAX, i64::MIN);
-    let mut rows_out = 0u64;
-    let mut write =
-        |merger: &mut Merger, pending: &mut Vec<(usize, usize)>| -> Result<(), MergeError> {
-            let batch = merger.take(pending)?;
-            let times = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .expect("column 0 is the µs time column");
-            if let (Some(lo), Some(hi)) = (arrow::compute::min(times), arrow::compute::max(times)) {
-                time_range = (time_range.0.min(lo), time_range.1.max(hi));
-            }
-            rows_out += batch.num_rows() as u64;
-            writer.write(&batch)?;
-            Ok(())
-        };
+    let mut write = |merger: &mut Merger,
+                     pending: &mut Vec<(usize, usize)>|
+     -> Result<(), MergeError> { output.write(&merger.take(pending)?) };
     let dedup = dedup_columns.is_some();
     while let Some(&c) = merger.heap.first() {
         let cursor = &merger.cursors[c];
@@ -679,18 +736,7 @@ fn merge_once(spec: &MergeSpec<'_>) -> Result<MergeOutcome, MergeError> {
     if !pending.is_empty() {
         write(&mut merger, &mut pending)?;
     }
-    let mut sink = writer.into_inner()?;
-    sink.flush().map_err(io_error(spec.output))?;
-    let HashingFile {
-        file,
-        hasher,
-        bytes,
-    } = sink;
-    let file = file
-        .into_inner()
-        .map_err(|e| io_error(spec.output)(e.into_error()))?;
-    file.sync_all().map_err(io_error(spec.output))?;
-
+    let written = output.finish()?;
     let columns = schema
         .fields()
         .iter()
@@ -699,11 +745,11 @@ fn merge_once(spec: &MergeSpec<'_>) -> Result<MergeOutcome, MergeError> {
         .collect();
     Ok(MergeOutcome {
         rows_in,
-        rows_out,
-        size_bytes: bytes,
-        sha256: hex(&hasher.finalize()),
-        min_time_us: time_range.0,
-        max_time_us: time_range.1,
+        rows_out: written.rows,
+        size_bytes: written.size_bytes,
+        sha256: written.sha256,
+        min_time_us: written.min_time_us,
+        max_time_us: written.max_time_us,
         columns,
         tags,
     })
@@ -715,7 +761,6 @@ fn writer_properties(
     tags: &[String],
     dedup_time: bool,
 ) -> WriterProperties {
-    let sorting = sorting_columns(schema, sort_keys);
     let mut metadata = Vec::new();
     if !tags.is_empty() {
         metadata.push(KeyValue::new(TAGS_METADATA_KEY.to_string(), tags.join(",")));
@@ -726,6 +771,16 @@ fn writer_properties(
             "true".to_string(),
         ));
     }
+    file_properties(schema, sorting_columns(schema, sort_keys), metadata)
+}
+
+/// Properties of every file compaction or a row delete writes: zstd, Arc's row group size, page
+/// statistics, and the given sort order and footer metadata.
+pub(crate) fn file_properties(
+    schema: &SchemaRef,
+    sorting: Vec<SortingColumn>,
+    metadata: Vec<KeyValue>,
+) -> WriterProperties {
     let mut properties = WriterProperties::builder();
     // Random numbers fill a dictionary's hash table before the writer gives up on it; tags and
     // other strings are what dictionaries shrink.

@@ -27,8 +27,9 @@ use crate::meta::Meta;
 use crate::schedule::CronSchedule;
 use crate::storage::Storage;
 
-use self::job::{CrashPoint, JobContext};
+use self::job::JobContext;
 use self::plan::{Batch, PlanRules, Tier};
+use crate::crash_hook::CrashHook;
 
 /// Arc's limit on one cycle.
 const CYCLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -126,7 +127,7 @@ pub struct Compactor {
     storage: Storage,
     flusher: Arc<Flusher>,
     node_id: String,
-    crash_at: Option<CrashPoint>,
+    crash_hook: CrashHook,
     next_job_id: AtomicU64,
     progress: Mutex<Progress>,
 }
@@ -155,7 +156,7 @@ impl Compactor {
             storage,
             flusher,
             node_id,
-            crash_at: CrashPoint::from_env(),
+            crash_hook: CrashHook::from_env(job::CRASH_ENV),
             next_job_id: AtomicU64::new(1),
             progress: Mutex::default(),
         }
@@ -285,7 +286,7 @@ impl Compactor {
             sort_keys: self.ingest.sort_keys_for(&batch.measurement),
             memory_limit: self.config.memory_limit_bytes(),
             download_concurrency: self.config.download_concurrency(),
-            crash_at: self.crash_at,
+            crash_hook: self.crash_hook,
         };
         let work_dir = self.job_dir(job_id);
         let result = job::run(&context, &batch, &work_dir, started_at).await;

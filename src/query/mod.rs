@@ -9,6 +9,7 @@ mod table;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -125,6 +126,42 @@ impl QueryEngine {
             runtime,
             arc_functions: functions::arc_functions(),
         }
+    }
+
+    /// The object store URL of a storage key, for statements that read one file.
+    pub fn storage_url(&self, key: &str) -> String {
+        format!("{STORAGE_URL}{key}")
+    }
+
+    /// The table schema a query sees for a measurement (`time`, then its columns by name).
+    pub fn measurement_schema(&self, database: &str, measurement: &str) -> Option<SchemaRef> {
+        let state = self.sources.meta.state();
+        let columns = &state.measurement(database, measurement)?.columns;
+        Some(table::table_schema(
+            columns
+                .iter()
+                .map(|(n, t)| (n.clone(), crate::buffer::data_type(*t)))
+                .collect(),
+        ))
+    }
+
+    /// A session for maintenance statements over single files (row deletes): the storage
+    /// backend and Arc's functions, one partition so rows keep their file order, and strings
+    /// read as the files store them.
+    pub fn file_session(&self) -> SessionContext {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_information_schema(false);
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
+        let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&self.runtime));
+        for function in &self.arc_functions {
+            ctx.register_udf(function.clone());
+        }
+        ctx
     }
 
     pub fn databases(&self) -> Vec<String> {
@@ -272,7 +309,9 @@ fn order_by_clause(text: &str) -> Result<String, String> {
     Ok(terms.join(", "))
 }
 
-fn check_where(filter: &str) -> Result<(), String> {
+/// Arc's screen for a user-supplied `where` clause (paginated reads, row deletes): bounded
+/// length, no comments or statement breaks, no statement keywords, balanced quotes and brackets.
+pub fn check_where(filter: &str) -> Result<(), String> {
     if filter.chars().count() > MAX_WHERE_CHARS {
         return Err(format!(
             "where must be at most {MAX_WHERE_CHARS} characters"
@@ -288,7 +327,8 @@ fn check_where(filter: &str) -> Result<(), String> {
         .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
         .collect();
     for keyword in [
-        "drop", "delete", "insert", "update", "truncate", "alter", "create", "exec", "union",
+        "drop", "delete", "insert", "update", "truncate", "alter", "create", "exec", "execute",
+        "union", "select", "copy", "attach", "detach", "load", "install", "pragma", "call", "set",
     ] {
         if words.contains(&keyword) {
             return Err(format!(

@@ -72,6 +72,15 @@ pub fn time_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// A measurement's table schema: `time`, then its columns in name order.
+pub fn table_schema(mut columns: Vec<(String, DataType)>) -> SchemaRef {
+    columns.sort_by(|a, b| a.0.cmp(&b.0));
+    let fields: Vec<Field> = std::iter::once(Field::new("time", time_type(), false))
+        .chain(columns.into_iter().map(|(n, t)| Field::new(n, t, true)))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
 /// The catalog of one query.
 #[derive(Debug)]
 pub struct ArcCatalog {
@@ -169,17 +178,13 @@ pub struct MeasurementTable {
 impl MeasurementTable {
     fn new(
         key: MeasurementKey,
-        mut columns: Vec<(String, DataType)>,
+        columns: Vec<(String, DataType)>,
         sources: Arc<TableSources>,
         files_scanned: Arc<AtomicU64>,
     ) -> MeasurementTable {
-        columns.sort_by(|a, b| a.0.cmp(&b.0));
-        let fields: Vec<Field> = std::iter::once(Field::new("time", time_type(), false))
-            .chain(columns.into_iter().map(|(n, t)| Field::new(n, t, true)))
-            .collect();
         MeasurementTable {
             key,
-            schema: Arc::new(Schema::new(fields)),
+            schema: table_schema(columns),
             sources,
             files_scanned,
         }

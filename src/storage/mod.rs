@@ -225,6 +225,22 @@ impl Storage {
         result.bytes().await.map_err(err)
     }
 
+    /// Bytes `range` of an object.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StorageError> {
+        self.store
+            .get_range(&ObjectPath::from(key), range)
+            .await
+            .map_err(|source| StorageError::Backend {
+                operation: "get_range",
+                key: key.to_string(),
+                source,
+            })
+    }
+
     /// Uploads a local file as a whole object without holding it in memory; like
     /// [`Storage::put`], it becomes visible only complete. The local backend copies the file to
     /// a staging name and renames it; others stream it as a multipart upload.

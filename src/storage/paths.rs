@@ -100,6 +100,29 @@ pub fn daily_compacted_key(
     )
 }
 
+/// Key of the file a row delete writes in place of `original`: same directory and kind (flushed,
+/// hourly or daily, which compaction plans by), named after the time of the delete and the
+/// file's place in it.
+pub fn rewritten_key(
+    original: &str,
+    measurement: &str,
+    rewritten_at: DateTime<Utc>,
+    index: usize,
+) -> String {
+    let dir = original.rsplit_once('/').map_or("", |(dir, _)| dir);
+    let suffix = [DAILY_COMPACTED_SUFFIX, HOURLY_COMPACTED_SUFFIX]
+        .into_iter()
+        .find(|s| original.ends_with(s))
+        .unwrap_or(".parquet");
+    format!(
+        "{dir}/{measurement}_{}_{}_d{index}{suffix}",
+        rewritten_at.format("%Y%m%d_%H%M%S"),
+        rewritten_at
+            .timestamp_nanos_opt()
+            .expect("clock within i64 ns"),
+    )
+}
+
 /// Key of a file written by a flush. `flushed_at` must be unique per measurement and hour.
 pub fn flush_file_key(
     database: &str,
@@ -160,6 +183,29 @@ mod tests {
             "prod/cpu/2026/03/04/cpu_20260305_010203_1772672523000000042_b0_daily.parquet"
         );
         assert_eq!(day_start(-1), -MICROS_PER_DAY);
+    }
+
+    #[test]
+    fn rewritten_keys_keep_directory_and_kind() {
+        let at = DateTime::parse_from_rfc3339("2026-03-05T01:02:03.000000042Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for (original, rewritten) in [
+            (
+                "prod/cpu/2026/03/04/05/cpu_20260304_060000_000000001.parquet",
+                "prod/cpu/2026/03/04/05/cpu_20260305_010203_1772672523000000042_d3.parquet",
+            ),
+            (
+                "prod/cpu/2026/03/04/05/cpu_x_b2_compacted.parquet",
+                "prod/cpu/2026/03/04/05/cpu_20260305_010203_1772672523000000042_d3_compacted.parquet",
+            ),
+            (
+                "prod/cpu/2026/03/04/cpu_x_b0_daily.parquet",
+                "prod/cpu/2026/03/04/cpu_20260305_010203_1772672523000000042_d3_daily.parquet",
+            ),
+        ] {
+            assert_eq!(rewritten_key(original, "cpu", at, 3), rewritten);
+        }
     }
 
     #[test]

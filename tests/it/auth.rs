@@ -147,6 +147,13 @@ async fn every_route_enforces_its_permission() {
         (Method::POST, "/api/v1/compaction/trigger", None, "admin"),
         (
             Method::POST,
+            "/api/v1/delete",
+            Some(json!({"database": "a", "measurement": "m", "where": "1=1", "dry_run": true})),
+            "admin",
+        ),
+        (Method::GET, "/api/v1/delete/config", None, "admin"),
+        (
+            Method::POST,
             "/api/v1/retention",
             Some(json!({"name": "perm", "database": "a", "retention_days": 30})),
             "admin",

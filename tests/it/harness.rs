@@ -13,6 +13,7 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use reqwest::StatusCode;
+use serde_json::{Value, json};
 
 /// A port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
@@ -342,4 +343,81 @@ pub fn map(entries: Vec<(&str, rmpv::Value)>) -> rmpv::Value {
             .map(|(k, v)| (rmpv::Value::from(k), v))
             .collect(),
     )
+}
+
+pub async fn write_lines(server: &Server, db: &str, lines: &str) {
+    let (status, body) = server
+        .post(&format!("/write?db={db}"), &[], lines.to_string())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
+pub async fn query(server: &Server, sql: &str) -> Vec<Value> {
+    let response = server
+        .client
+        .post(server.url("/api/v1/query"))
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+pub async fn get_json(server: &Server, path: &str) -> Value {
+    let (status, body) = server.get(path).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Files the manifest lists for `db`, from the measurements endpoint.
+pub async fn file_count(server: &Server, db: &str) -> u64 {
+    let body = get_json(server, &format!("/api/v1/measurements?database={db}")).await;
+    body["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["file_count"].as_u64().unwrap())
+        .sum()
+}
+
+/// Data objects in storage under `db/`.
+pub async fn stored_keys(server: &Server, db: &str) -> Vec<String> {
+    let mut keys: Vec<String> = server
+        .storage()
+        .list(&format!("{db}/"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Polls until storage holds exactly the manifest's files (removed inputs reclaimed).
+pub async fn wait_reclaimed(server: &Server, db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (stored, listed) = (stored_keys(server, db).await, file_count(server, db).await);
+        if stored.len() as u64 == listed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "storage keeps {} objects for {listed} files: {stored:?}",
+            stored.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// After a stop: storage and manifest agree exactly and nothing waits for deletion.
+pub fn assert_no_orphans(server: &Server, stored: &[String]) {
+    let listed = manifest_paths(&server.meta_dir());
+    assert_eq!(stored, listed.as_slice());
+    let meta = arcdb::meta::Meta::open(&server.meta_dir()).unwrap();
+    assert_eq!(meta.state().tombstones().count(), 0);
 }

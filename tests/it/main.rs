@@ -5,6 +5,7 @@ mod bad_input;
 mod compaction;
 mod crash;
 mod databases;
+mod delete;
 mod garage;
 mod harness;
 mod query;
