@@ -30,13 +30,18 @@ pub enum AuthError {
     Meta(#[from] MetaError),
 }
 
-/// A fresh secret: 32 random bytes, URL-safe base64 (44 characters).
-pub fn generate_secret() -> String {
-    let mut bytes = [0u8; 32];
+/// `N` bytes from the OS random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
     SystemRandom::new()
         .fill(&mut bytes)
         .expect("the OS random source works");
-    URL_SAFE.encode(bytes)
+    bytes
+}
+
+/// A fresh secret: 32 random bytes, URL-safe base64 (44 characters).
+pub fn generate_secret() -> String {
+    URL_SAFE.encode(random_bytes::<32>())
 }
 
 /// The fast, non-secret index of a secret: 16 hex digits of its SHA-256.
@@ -49,10 +54,7 @@ pub fn lookup_key(secret: &str) -> String {
 
 /// `$pbkdf2-sha256$<rounds>$<salt>$<key>` for a secret.
 pub fn hash_secret(secret: &str) -> String {
-    let mut salt = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut salt)
-        .expect("the OS random source works");
+    let salt = random_bytes::<16>();
     let mut key = [0u8; 32];
     ring::pbkdf2::derive(
         ring::pbkdf2::PBKDF2_HMAC_SHA256,

@@ -227,20 +227,71 @@ impl Deleter {
             ));
         }
 
-        let _one_at_a_time = self.running.lock().await;
         let key = MeasurementKey {
             database: request.database.clone(),
             measurement: request.measurement.clone(),
         };
-        let exists = self.buffers.lock().has_data(&key)
+        let limits = Some(request.confirm);
+        let mut outcome = self
+            .remove_matching(&key, &predicate, request.dry_run, limits)
+            .await?;
+        outcome.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(outcome)
+    }
+
+    /// Removes every row of `[start_us, end_us)`, with no row limits: how a continuous query
+    /// clears its window before writing it again. A measurement that does not exist has nothing
+    /// to remove. Returns the rows removed.
+    pub async fn remove_time_range(
+        &self,
+        database: &str,
+        measurement: &str,
+        start_us: i64,
+        end_us: i64,
+    ) -> Result<u64, DeleteError> {
+        let bound = |us: i64| {
+            chrono::DateTime::<Utc>::from_timestamp_micros(us)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                .ok_or_else(|| DeleteError::Invalid(format!("time {us} µs is out of range")))
+        };
+        let predicate = Predicate {
+            sql: format!(
+                "time >= '{}' AND time < '{}'",
+                bound(start_us)?,
+                bound(end_us)?
+            ),
+            whole_table: false,
+        };
+        let key = MeasurementKey {
+            database: database.to_string(),
+            measurement: measurement.to_string(),
+        };
+        match self.remove_matching(&key, &predicate, false, None).await {
+            Ok(outcome) => Ok(outcome.deleted_rows),
+            Err(DeleteError::NotFound { .. }) => Ok(0),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The delete itself; `limits` is the request's `confirm` when the configured row limits
+    /// apply.
+    async fn remove_matching(
+        &self,
+        key: &MeasurementKey,
+        predicate: &Predicate,
+        dry_run: bool,
+        limits: Option<bool>,
+    ) -> Result<DeleteOutcome, DeleteError> {
+        let _one_at_a_time = self.running.lock().await;
+        let exists = self.buffers.lock().has_data(key)
             || self.meta.state().has_files(&key.database, &key.measurement);
         if !exists {
             return Err(DeleteError::NotFound {
-                database: key.database,
-                measurement: key.measurement,
+                database: key.database.clone(),
+                measurement: key.measurement.clone(),
             });
         }
-        self.flusher.flush(&key).await?;
+        self.flusher.flush(key).await?;
         let schema = self
             .query
             .measurement_schema(&key.database, &key.measurement)
@@ -248,7 +299,7 @@ impl Deleter {
                 database: key.database.clone(),
                 measurement: key.measurement.clone(),
             })?;
-        self.check_against_schema(&predicate, &schema).await?;
+        self.check_against_schema(predicate, &schema).await?;
 
         let files: Vec<FileEntry> = self
             .meta
@@ -259,23 +310,24 @@ impl Deleter {
             .collect();
         let mut affected = Vec::new();
         for file in files {
-            let matched = self.count_matches(&file, &predicate, &schema).await?;
+            let matched = self.count_matches(&file, predicate, &schema).await?;
             if matched > 0 {
                 affected.push(Affected { file, matched });
             }
         }
         let deleted_rows = affected.iter().map(|a| a.matched).sum();
-        check_limits(deleted_rows, request.confirm, &self.config)?;
+        if let Some(confirm) = limits {
+            check_limits(deleted_rows, confirm, &self.config)?;
+        }
         let mut outcome = DeleteOutcome {
             deleted_rows,
             affected_files: affected.iter().map(|a| a.file.path.clone()).collect(),
             rewritten_files: 0,
             elapsed_ms: 0.0,
         };
-        if !request.dry_run && !affected.is_empty() {
-            outcome.rewritten_files = self.replace(&key, &affected, &predicate, &schema).await?;
+        if !dry_run && !affected.is_empty() {
+            outcome.rewritten_files = self.replace(key, &affected, predicate, &schema).await?;
         }
-        outcome.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         Ok(outcome)
     }
 

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod buffer;
 pub mod compact;
 pub mod config;
+pub mod continuous;
 pub mod crash_hook;
 pub mod delete;
 pub mod flush;

@@ -2,8 +2,8 @@
 //!
 //! Start-up order: bind the listener (so `/health` answers at once) → open metadata → connect
 //! storage and remove files a crash left unregistered → replay the WAL into the buffers → start
-//! a fresh WAL segment → `/ready`, then the background jobs (flusher, reclaimer, compaction
-//! schedules). Shutdown runs it
+//! a fresh WAL segment → `/ready`, then the background jobs (flusher, reclaimer, compaction,
+//! retention and continuous-query schedules). Shutdown runs it
 //! backwards: stop taking requests, stop the background jobs, flush every buffer, sync and close
 //! the WAL.
 
@@ -20,6 +20,7 @@ use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
 use crate::compact::Compactor;
 use crate::config::Config;
+use crate::continuous::{self, CqRunner};
 use crate::crash_hook::CrashHook;
 use crate::delete::{self, Deleter};
 use crate::flush::{Flusher, PendingUploads};
@@ -119,6 +120,12 @@ pub async fn run(
             flusher_stopped.clone(),
         ))
     });
+    let cq_scheduler = config.continuous_query.enabled.then(|| {
+        tokio::spawn(continuous::run_scheduled(
+            Arc::clone(&services.continuous_queries),
+            flusher_stopped.clone(),
+        ))
+    });
     let reclaimer = tokio::spawn(reclaim::run(
         meta,
         storage,
@@ -150,7 +157,7 @@ pub async fn run(
     if let Some(schedules) = schedules {
         let _ = schedules.await;
     }
-    if let Some(scheduler) = retention_scheduler {
+    for scheduler in [retention_scheduler, cq_scheduler].into_iter().flatten() {
         let _ = scheduler.await;
     }
     match flusher.flush_all().await {
@@ -284,6 +291,13 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
         tracing::warn!(error = %err, "could not remove an interrupted delete's files");
     }
     let ingester = Arc::new(Ingester::new(buffers, wal.clone(), flush_tx, limits));
+    let continuous_queries = Arc::new(CqRunner {
+        meta: Arc::clone(&meta),
+        query: Arc::clone(&query),
+        ingester: Arc::clone(&ingester),
+        deleter: Arc::clone(&deleter),
+        running: tokio::sync::Mutex::new(()),
+    });
     Ok(Started {
         services: Services {
             auth: authenticator,
@@ -293,6 +307,7 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
             query,
             compactor,
             deleter,
+            continuous_queries,
         },
         wal,
         flush_requests: flush_rx,

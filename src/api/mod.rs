@@ -4,6 +4,7 @@
 mod auth;
 mod compaction;
 mod compression;
+mod continuous_queries;
 mod databases;
 mod delete;
 mod health;
@@ -27,10 +28,11 @@ use serde_json::json;
 use crate::auth::Authenticator;
 use crate::compact::Compactor;
 use crate::config::Config;
+use crate::continuous::CqRunner;
 use crate::delete::Deleter;
 use crate::flush::{FlushError, Flusher};
 use crate::ingest::{IngestError, Ingester};
-use crate::meta::{Meta, Permission};
+use crate::meta::{AdminCommand, AdminError, ApplyError, Meta, MetaCommand, MetaError, Permission};
 use crate::query::QueryEngine;
 
 /// What a started node serves requests with.
@@ -43,6 +45,7 @@ pub struct Services {
     /// Present on nodes whose role compacts, when compaction is enabled.
     pub compactor: Option<Arc<Compactor>>,
     pub deleter: Arc<Deleter>,
+    pub continuous_queries: Arc<CqRunner>,
 }
 
 const STARTING: u8 = 0;
@@ -60,6 +63,7 @@ pub struct AppState {
     auth_enabled: bool,
     delete_enabled: bool,
     retention_enabled: bool,
+    continuous_queries_enabled: bool,
 }
 
 impl AppState {
@@ -74,6 +78,7 @@ impl AppState {
             auth_enabled: config.auth.enabled,
             delete_enabled: config.delete.enabled,
             retention_enabled: config.retention.enabled,
+            continuous_queries_enabled: config.continuous_query.enabled,
         }
     }
 
@@ -175,6 +180,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .route_layer(admin),
         )
         .merge(retention_routes(&state))
+        .merge(continuous_query_routes(&state))
         .merge(
             Router::new()
                 .route("/api/v1/compaction/status", get(compaction::status))
@@ -228,6 +234,37 @@ fn retention_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             &format!("{base}/{{id}}/execute"),
             post(retention::execute).route_layer(admin()),
         )
+}
+
+/// `/api/v1/continuous_queries` (when `continuous_query.enabled`): all admin.
+fn continuous_query_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    if !state.continuous_queries_enabled {
+        return Router::new();
+    }
+    let base = "/api/v1/continuous_queries";
+    Router::new()
+        .route(
+            base,
+            get(continuous_queries::list).post(continuous_queries::create),
+        )
+        .route(
+            &format!("{base}/{{id}}"),
+            get(continuous_queries::get)
+                .put(continuous_queries::update)
+                .delete(continuous_queries::delete),
+        )
+        .route(
+            &format!("{base}/{{id}}/execute"),
+            post(continuous_queries::execute),
+        )
+        .route(
+            &format!("{base}/{{id}}/executions"),
+            get(continuous_queries::executions),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            (Arc::clone(state), Some(Permission::Admin)),
+            auth::authorize,
+        ))
 }
 
 /// Query routes whose JSON or MessagePack results are compressed on request (Arrow results use
@@ -304,6 +341,36 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// An RFC 3339 UTC time, or null.
+fn time(us: i64) -> serde_json::Value {
+    DateTime::<Utc>::from_timestamp_micros(us).map_or(serde_json::Value::Null, |t| {
+        json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    })
+}
+
+/// Commits an admin command off the async workers (it syncs a file): a taken name is 409, an
+/// unknown record 404.
+async fn commit_admin(meta: &Arc<Meta>, kind: &str, command: AdminCommand) -> Result<(), ApiError> {
+    let meta = Arc::clone(meta);
+    tokio::task::spawn_blocking(move || meta.commit(MetaCommand::Admin(command)))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| match e {
+            MetaError::Rejected(ApplyError::Admin(AdminError::NameTaken(name))) => ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a {kind} named '{name}' already exists"),
+            ),
+            MetaError::Rejected(ApplyError::Admin(err)) => {
+                ApiError::new(StatusCode::NOT_FOUND, err.to_string())
+            }
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })
 }
 
 impl From<IngestError> for ApiError {

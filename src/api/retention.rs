@@ -6,24 +6,15 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::now_us;
 use crate::ingest::names;
-use crate::meta::{
-    AdminCommand, AdminError, ApplyError, Meta, MetaCommand, MetaError, RetentionPolicy,
-};
+use crate::meta::{AdminCommand, Meta, RetentionPolicy};
 use crate::retention;
 
-use super::{ApiError, AppState};
-
-fn time(us: i64) -> Value {
-    DateTime::<Utc>::from_timestamp_micros(us).map_or(Value::Null, |t| {
-        json!(t.to_rfc3339_opts(SecondsFormat::Secs, true))
-    })
-}
+use super::{ApiError, AppState, bad, commit_admin, time};
 
 fn policy_json(meta: &Meta, policy: &RetentionPolicy) -> Value {
     let state = meta.state();
@@ -133,10 +124,6 @@ pub struct PolicyFields {
 /// Arc's default safety margin added to `retention_days`.
 const DEFAULT_BUFFER_DAYS: i64 = 7;
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message)
-}
-
 fn parse_policy(body: &[u8], id: u64, created_at_us: i64) -> Result<RetentionPolicy, ApiError> {
     let fields: PolicyFields =
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))?;
@@ -184,23 +171,6 @@ fn parse_policy(body: &[u8], id: u64, created_at_us: i64) -> Result<RetentionPol
     })
 }
 
-async fn commit(meta: &Arc<Meta>, command: AdminCommand) -> Result<(), ApiError> {
-    let meta = Arc::clone(meta);
-    tokio::task::spawn_blocking(move || meta.commit(MetaCommand::Admin(command)))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| match e {
-            MetaError::Rejected(ApplyError::Admin(AdminError::NameTaken(name))) => ApiError::new(
-                StatusCode::CONFLICT,
-                format!("a retention policy named '{name}' already exists"),
-            ),
-            MetaError::Rejected(ApplyError::Admin(err)) => {
-                ApiError::new(StatusCode::NOT_FOUND, err.to_string())
-            }
-            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-        })
-}
-
 pub async fn create(
     State(state): State<Arc<AppState>>,
     body: axum::body::Bytes,
@@ -208,7 +178,12 @@ pub async fn create(
     let meta = meta(&state)?;
     let policy = parse_policy(&body, 0, 0)?;
     let name = policy.name.clone();
-    commit(&meta, AdminCommand::PutRetentionPolicy(policy)).await?;
+    commit_admin(
+        &meta,
+        "retention policy",
+        AdminCommand::PutRetentionPolicy(policy),
+    )
+    .await?;
     let created = meta
         .state()
         .admin()
@@ -225,7 +200,12 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let (meta, current) = known_policy(&state, &id)?;
     let policy = parse_policy(&body, current.id, current.created_at_us)?;
-    commit(&meta, AdminCommand::PutRetentionPolicy(policy)).await?;
+    commit_admin(
+        &meta,
+        "retention policy",
+        AdminCommand::PutRetentionPolicy(policy),
+    )
+    .await?;
     let updated = existing(&meta, current.id)?;
     Ok(Json(policy_json(&meta, &updated)))
 }
@@ -236,7 +216,12 @@ pub async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     let (meta, policy) = known_policy(&state, &id)?;
     let id = policy.id;
-    commit(&meta, AdminCommand::DeleteRetentionPolicy { id }).await?;
+    commit_admin(
+        &meta,
+        "retention policy",
+        AdminCommand::DeleteRetentionPolicy { id },
+    )
+    .await?;
     Ok(Json(
         json!({ "message": format!("Retention policy {id} deleted") }),
     ))

@@ -1,13 +1,16 @@
-//! Operator-managed metadata: API tokens (hashes only), declared databases and retention
-//! policies with their execution history. Part of the one state machine, so a
+//! Operator-managed metadata: API tokens (hashes only), declared databases, retention policies
+//! and continuous queries with their execution histories. Part of the one state machine, so a
 //! cluster replicates them like the file manifest.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-/// Executions kept per retention policy.
+/// Executions kept per retention policy and per continuous query.
 const HISTORY_LEN: usize = 100;
+
+/// Status of a continuous-query execution that wrote its window.
+pub const CQ_COMPLETED: &str = "completed";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +103,43 @@ pub struct RetentionExecution {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContinuousQuery {
+    pub id: u64,
+    pub name: String,
+    pub description: Option<String>,
+    pub database: String,
+    pub source_measurement: String,
+    pub destination_measurement: String,
+    /// SQL with `{start_time}` and `{end_time}` placeholders.
+    pub query: String,
+    /// As given (`"1m"`), and in µs.
+    pub interval: String,
+    pub interval_us: i64,
+    pub tag_columns: Vec<String>,
+    pub retention_days: Option<u32>,
+    pub delete_source_after_days: Option<u32>,
+    pub is_active: bool,
+    /// End of the last window that ran successfully.
+    pub last_processed_us: Option<i64>,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CqExecution {
+    pub id: u64,
+    pub query_id: u64,
+    pub execution_id: String,
+    pub executed_at_us: i64,
+    pub status: String,
+    pub start_us: i64,
+    pub end_us: i64,
+    pub records_written: u64,
+    pub duration_s: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AdminCommand {
     /// Adds a token; its `id` is assigned by the state machine.
     CreateToken(TokenRecord),
@@ -133,6 +173,14 @@ pub enum AdminCommand {
     },
     /// Records an execution (id assigned).
     RecordRetentionExecution(RetentionExecution),
+    /// Creates (id 0: assigned) or replaces a continuous query.
+    PutContinuousQuery(ContinuousQuery),
+    DeleteContinuousQuery {
+        id: u64,
+    },
+    /// Records an execution (id assigned); a successful one moves the query's
+    /// `last_processed_us` to the end of its window.
+    RecordCqExecution(CqExecution),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -147,6 +195,8 @@ pub enum AdminError {
     UnknownDatabase(String),
     #[error("retention policy {0} not found")]
     UnknownPolicy(u64),
+    #[error("continuous query {0} not found")]
+    UnknownContinuousQuery(u64),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -156,6 +206,10 @@ pub struct AdminState {
     databases: BTreeMap<String, DatabaseRecord>,
     retention_policies: BTreeMap<u64, RetentionPolicy>,
     retention_history: BTreeMap<u64, VecDeque<RetentionExecution>>,
+    #[serde(default)]
+    continuous_queries: BTreeMap<u64, ContinuousQuery>,
+    #[serde(default)]
+    cq_history: BTreeMap<u64, VecDeque<CqExecution>>,
 }
 
 fn name_free<'a>(
@@ -211,6 +265,20 @@ impl AdminState {
             AdminCommand::DeleteRetentionPolicy { id } => self.retention_policy(*id).map(|_| ()),
             AdminCommand::RecordRetentionExecution(execution) => {
                 self.retention_policy(execution.policy_id).map(|_| ())
+            }
+            AdminCommand::PutContinuousQuery(query) => {
+                if query.id != 0 {
+                    self.continuous_query(query.id)?;
+                }
+                let names = self
+                    .continuous_queries
+                    .values()
+                    .map(|q| (q.id, q.name.as_str()));
+                name_free(names, &query.name, query.id)
+            }
+            AdminCommand::DeleteContinuousQuery { id } => self.continuous_query(*id).map(|_| ()),
+            AdminCommand::RecordCqExecution(execution) => {
+                self.continuous_query(execution.query_id).map(|_| ())
             }
         }
     }
@@ -269,6 +337,9 @@ impl AdminState {
                     self.retention_policies.remove(&id);
                     self.retention_history.remove(&id);
                 }
+                self.continuous_queries.retain(|_, q| q.database != name);
+                let queries = &self.continuous_queries;
+                self.cq_history.retain(|id, _| queries.contains_key(id));
             }
             AdminCommand::PutRetentionPolicy(mut policy) => {
                 if policy.id == 0 {
@@ -286,6 +357,28 @@ impl AdminState {
                     .retention_history
                     .entry(execution.policy_id)
                     .or_default();
+                push_history(history, execution);
+            }
+            AdminCommand::PutContinuousQuery(mut query) => {
+                if query.id == 0 {
+                    query.id = self.allocate_id();
+                }
+                self.continuous_queries.insert(query.id, query);
+            }
+            AdminCommand::DeleteContinuousQuery { id } => {
+                self.continuous_queries.remove(&id);
+                self.cq_history.remove(&id);
+            }
+            AdminCommand::RecordCqExecution(mut execution) => {
+                execution.id = self.allocate_id();
+                if execution.status == CQ_COMPLETED {
+                    let query = self
+                        .continuous_queries
+                        .get_mut(&execution.query_id)
+                        .expect("checked");
+                    query.last_processed_us = Some(execution.end_us);
+                }
+                let history = self.cq_history.entry(execution.query_id).or_default();
                 push_history(history, execution);
             }
         }
@@ -328,6 +421,21 @@ impl AdminState {
 
     pub fn retention_policy_named(&self, name: &str) -> Option<&RetentionPolicy> {
         self.retention_policies.values().find(|p| p.name == name)
+    }
+
+    pub fn continuous_queries(&self) -> impl Iterator<Item = &ContinuousQuery> {
+        self.continuous_queries.values()
+    }
+
+    pub fn continuous_query(&self, id: u64) -> Result<&ContinuousQuery, AdminError> {
+        self.continuous_queries
+            .get(&id)
+            .ok_or(AdminError::UnknownContinuousQuery(id))
+    }
+
+    /// Oldest first.
+    pub fn cq_history(&self, query_id: u64) -> impl DoubleEndedIterator<Item = &CqExecution> {
+        self.cq_history.get(&query_id).into_iter().flatten()
     }
 
     /// Oldest first.
@@ -454,5 +562,75 @@ mod tests {
             applied(&mut state, AdminCommand::DeleteRetentionPolicy { id }),
             Err(AdminError::UnknownPolicy(id))
         );
+    }
+
+    #[test]
+    fn continuous_queries_advance_only_on_success_and_go_with_their_database() {
+        let mut state = AdminState::default();
+        let query = ContinuousQuery {
+            id: 0,
+            name: "cpu_1m".into(),
+            description: None,
+            database: "prod".into(),
+            source_measurement: "cpu".into(),
+            destination_measurement: "cpu_1m".into(),
+            query: "SELECT 1 WHERE {start_time} < {end_time}".into(),
+            interval: "1m".into(),
+            interval_us: 60_000_000,
+            tag_columns: vec!["host".into()],
+            retention_days: None,
+            delete_source_after_days: None,
+            is_active: true,
+            last_processed_us: None,
+            created_at_us: 1,
+            updated_at_us: 1,
+        };
+        applied(&mut state, AdminCommand::PutContinuousQuery(query.clone())).unwrap();
+        assert_eq!(
+            applied(&mut state, AdminCommand::PutContinuousQuery(query)),
+            Err(AdminError::NameTaken("cpu_1m".into()))
+        );
+        let id = state.continuous_queries().next().unwrap().id;
+        let execution = |status: &str, end_us| CqExecution {
+            id: 0,
+            query_id: id,
+            execution_id: "x".into(),
+            executed_at_us: end_us,
+            status: status.into(),
+            start_us: end_us - 60_000_000,
+            end_us,
+            records_written: 0,
+            duration_s: 0.0,
+            error: None,
+        };
+        applied(
+            &mut state,
+            AdminCommand::RecordCqExecution(execution("failed", 120_000_000)),
+        )
+        .unwrap();
+        assert_eq!(state.continuous_query(id).unwrap().last_processed_us, None);
+        applied(
+            &mut state,
+            AdminCommand::RecordCqExecution(execution(CQ_COMPLETED, 60_000_000)),
+        )
+        .unwrap();
+        assert_eq!(
+            state.continuous_query(id).unwrap().last_processed_us,
+            Some(60_000_000)
+        );
+        assert_eq!(state.cq_history(id).count(), 2);
+        assert_eq!(
+            applied(&mut state, AdminCommand::DeleteContinuousQuery { id: 999 }),
+            Err(AdminError::UnknownContinuousQuery(999))
+        );
+        applied(
+            &mut state,
+            AdminCommand::DropDatabase {
+                name: "prod".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(state.continuous_queries().count(), 0);
+        assert_eq!(state.cq_history(id).count(), 0);
     }
 }

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 pub use admin::{
-    AdminCommand, AdminError, AdminState, DatabaseRecord, Permission, RetentionExecution,
-    RetentionPolicy, TokenRecord,
+    AdminCommand, AdminError, AdminState, CQ_COMPLETED, ContinuousQuery, CqExecution,
+    DatabaseRecord, Permission, RetentionExecution, RetentionPolicy, TokenRecord,
 };
 pub use state::{ApplyError, ColumnType, FileEntry, MeasurementMeta, MetaCommand, MetaState};
 

@@ -186,14 +186,36 @@ impl QueryEngine {
             .collect()
     }
 
-    /// Validates and plans one read-only statement and starts executing it.
+    /// Validates and plans one read-only statement and starts executing it. Unqualified names
+    /// are measurements of `header_database` (the `x-arc-database` header), which then rules
+    /// out `db.measurement` names, or else of the default database.
     pub async fn execute(
         &self,
         sql: &str,
         header_database: Option<&str>,
     ) -> Result<RunningQuery, QueryError> {
-        let statement = validate(sql)?;
         let database = header_database.unwrap_or(DEFAULT_DATABASE);
+        self.execute_in(sql, database, header_database.is_some())
+            .await
+    }
+
+    /// [`QueryEngine::execute`] with unqualified names in `database` and `db.measurement`
+    /// names allowed: how continuous queries run.
+    pub async fn execute_in_database(
+        &self,
+        sql: &str,
+        database: &str,
+    ) -> Result<RunningQuery, QueryError> {
+        self.execute_in(sql, database, false).await
+    }
+
+    async fn execute_in(
+        &self,
+        sql: &str,
+        database: &str,
+        only_this_database: bool,
+    ) -> Result<RunningQuery, QueryError> {
+        let statement = validate(sql)?;
         if !names::valid_database(database) {
             return Err(QueryError::Invalid(format!(
                 "invalid database name '{database}'"
@@ -217,7 +239,7 @@ impl QueryEngine {
         );
         let state = ctx.state();
         let references = state.resolve_table_references(&statement)?;
-        if header_database.is_some() && references.iter().any(|r| r.schema().is_some()) {
+        if only_this_database && references.iter().any(|r| r.schema().is_some()) {
             return Err(QueryError::Invalid(
                 "Cross-database queries (db.table syntax) not allowed when x-arc-database header is set"
                     .into(),
@@ -344,6 +366,12 @@ pub fn check_where(filter: &str) -> Result<(), String> {
         return Err("where has unbalanced quotes or parentheses".into());
     }
     Ok(())
+}
+
+/// Whether `sql` passes the checks every query does, without planning it (its tables may not
+/// exist yet).
+pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    validate(sql).map(|_| ())
 }
 
 /// Arc's checks: non-empty, at most 10,000 characters, one statement, and a query (no DDL, DML,

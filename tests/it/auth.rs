@@ -152,6 +152,38 @@ async fn every_route_enforces_its_permission() {
             "admin",
         ),
         (Method::GET, "/api/v1/delete/config", None, "admin"),
+        (Method::GET, "/api/v1/continuous_queries", None, "admin"),
+        (
+            Method::POST,
+            "/api/v1/continuous_queries",
+            Some(json!({"name": "perm"})),
+            "admin",
+        ),
+        (Method::GET, "/api/v1/continuous_queries/999", None, "admin"),
+        (
+            Method::PUT,
+            "/api/v1/continuous_queries/999",
+            Some(json!({})),
+            "admin",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/continuous_queries/999",
+            None,
+            "admin",
+        ),
+        (
+            Method::POST,
+            "/api/v1/continuous_queries/999/execute",
+            None,
+            "admin",
+        ),
+        (
+            Method::GET,
+            "/api/v1/continuous_queries/999/executions",
+            None,
+            "admin",
+        ),
         (
             Method::POST,
             "/api/v1/retention",

@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod compaction;
+mod continuous_queries;
 mod crash;
 mod databases;
 mod delete;
