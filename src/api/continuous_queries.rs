@@ -153,6 +153,12 @@ fn parse_query(
     let source_measurement = measurement(fields.source_measurement, "source_measurement")?;
     let destination_measurement =
         measurement(fields.destination_measurement, "destination_measurement")?;
+    if destination_measurement == source_measurement {
+        // Each run clears its window in the destination first: that would be the source data.
+        return Err(bad(
+            "destination_measurement must differ from source_measurement",
+        ));
+    }
     let query = required(fields.query, "query")?;
     if !query.contains("{start_time}") || !query.contains("{end_time}") {
         return Err(bad(

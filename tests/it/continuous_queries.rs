@@ -255,6 +255,7 @@ async fn bad_continuous_query_requests_are_refused_and_change_nothing() {
             with("destination_measurement", json!("bad name")),
             "invalid destination_measurement",
         ),
+        (with("destination_measurement", json!("cpu")), "must differ"),
         (with("query", Value::Null), "query is required"),
         (with("query", json!("SELECT * FROM cpu")), "placeholders"),
         (
