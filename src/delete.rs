@@ -415,14 +415,13 @@ impl Deleter {
         predicate: &Predicate,
         schema: &SchemaRef,
     ) -> Result<usize, DeleteError> {
-        let work_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DeleteError::WorkDir { path, source }
-        };
         self.remove_leftovers().await?;
         tokio::fs::create_dir_all(&self.work_dir)
             .await
-            .map_err(work_error(&self.work_dir))?;
+            .map_err(|source| DeleteError::WorkDir {
+                path: self.work_dir.clone(),
+                source,
+            })?;
         let result = self
             .rewrite_and_swap(key, affected, predicate, schema)
             .await;
