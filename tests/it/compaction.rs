@@ -215,6 +215,28 @@ async fn points_written_twice_appear_once_with_the_latest_values() {
 }
 
 #[tokio::test]
+async fn the_hourly_schedule_compacts_without_a_call() {
+    let mut env = ENV.to_vec();
+    env.push(("ARC_COMPACTION_HOURLY_SCHEDULE", "*/2 * * * * *"));
+    env.push(("ARC_COMPACTION_DAILY_ENABLED", "false"));
+    let server = Server::start(&env).await;
+    write_hour(&server, "scheduled", day_ns(1) + 5 * HOUR_NS, 3, 20, 0).await;
+    let sql = "SELECT COUNT(*), SUM(n) FROM scheduled.cpu";
+    let expected = query(&server, sql).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while file_count(&server, "scheduled").await != 1 {
+        assert!(Instant::now() < deadline, "the schedule never compacted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(query(&server, sql).await, expected);
+    let status = get_json(&server, "/api/v1/compaction/status").await;
+    assert!(
+        status["manager"]["total_completed"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+}
+
+#[tokio::test]
 async fn kill_at_every_step_of_a_job_loses_and_duplicates_nothing() {
     const ROUNDS: usize = 20;
     const STEPS: [&str; 5] = [
