@@ -2,6 +2,7 @@
 //! Errors become HTTP responses in one place ([`ApiError`]).
 
 mod auth;
+mod cluster;
 mod compaction;
 mod compression;
 mod databases;
@@ -24,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::auth::Authenticator;
+use crate::cluster::{Capability, Cluster};
 use crate::compact::Compactor;
 use crate::config::Config;
 use crate::flush::{FlushError, Flusher};
@@ -40,6 +42,8 @@ pub struct Services {
     pub query: Arc<QueryEngine>,
     /// Present on nodes whose role compacts, when compaction is enabled.
     pub compactor: Option<Arc<Compactor>>,
+    /// Present when `cluster.enabled`.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 const STARTING: u8 = 0;
@@ -110,6 +114,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     let read = guard(Some(Permission::Read));
     let write = guard(Some(Permission::Write));
     let admin = guard(Some(Permission::Admin));
+    let role = |capability: Capability| {
+        axum::middleware::from_fn_with_state(
+            (Arc::clone(&state), capability),
+            cluster::route_by_role,
+        )
+    };
     let tokens = "/api/v1/auth/tokens";
     Router::new()
         .route("/health", get(health::health))
@@ -122,6 +132,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .route("/api/v2/write", post(write::influx_v2))
                 .route("/api/v1/write/line-protocol", post(write::line_protocol))
                 .route("/api/v1/write/line-protocol/flush", post(write::flush))
+                .route_layer(role(Capability::Ingest))
                 .route_layer(write),
         )
         .merge(
@@ -135,6 +146,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                     "/api/v1/databases/{name}/measurements",
                     get(databases::measurements),
                 )
+                .route_layer(role(Capability::Query))
                 .route_layer(read),
         )
         .merge(
@@ -178,6 +190,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(
             Router::new()
                 .route("/api/v1/compaction/trigger", post(compaction::trigger))
+                .route_layer(role(Capability::Compact))
+                .route_layer(guard(Some(Permission::Admin))),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/cluster", get(cluster::overview))
+                .route("/api/v1/cluster/nodes", get(cluster::nodes))
+                .route(
+                    "/api/v1/cluster/nodes/{id}",
+                    get(cluster::node).delete(cluster::remove_node),
+                )
+                .route("/api/v1/cluster/local", get(cluster::local))
+                .route("/api/v1/cluster/health", get(cluster::health))
+                .route("/api/v1/cluster/status", get(cluster::status))
                 .route_layer(guard(Some(Permission::Admin))),
         )
         .fallback(not_found)
