@@ -275,11 +275,17 @@ impl Cluster {
             &name,
         ));
         let client = PeerClient::new(Arc::clone(&auth), specific_ip(&config.coordinator_addr));
+        // A follower that heard a leader waits openraft's leader lease (election_timeout_max)
+        // plus a random election timeout before it stands: with these bounds an election starts
+        // 1.25 to 1.5 raft_election_timeouts after the leader went quiet.
+        let election_timeout_min = (config.raft_election_timeout / 2).max(2);
         let raft_config = openraft::Config {
             cluster_name: config.cluster_name.clone(),
-            heartbeat_interval: (config.raft_heartbeat_timeout / 5).max(20),
-            election_timeout_min: config.raft_election_timeout,
-            election_timeout_max: config.raft_election_timeout * 2,
+            heartbeat_interval: (config.raft_heartbeat_timeout / 5)
+                .clamp(1, election_timeout_min - 1),
+            election_timeout_min,
+            election_timeout_max: (config.raft_election_timeout * 3 / 4)
+                .max(election_timeout_min + 1),
             install_snapshot_timeout: config.route_timeout.max(1_000),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft_snapshot_threshold.max(1)),
             max_in_snapshot_log_to_keep: 100,
