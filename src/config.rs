@@ -543,7 +543,8 @@ pub struct ClusterConfig {
     pub coordinator_addr: String,
     /// Coordinator address announced to peers; empty means `coordinator_addr`.
     pub advertise_addr: String,
-    /// Seconds between re-evaluations of peers' health from their heartbeats.
+    /// Seconds; Arc's health-check period. Read for compatibility: arcdb derives peers' health
+    /// from their heartbeats whenever it is asked.
     pub health_check_interval: u64,
     /// Seconds.
     pub health_check_timeout: u64,

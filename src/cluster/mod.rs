@@ -174,6 +174,8 @@ pub struct Cluster {
     health: Mutex<HealthBook>,
     thresholds: Thresholds,
     request_timeout: Duration,
+    /// Attempts for a metadata change while no leader takes it.
+    attempts: u32,
     runtime: tokio::runtime::Handle,
     next_target: AtomicUsize,
 }
@@ -288,7 +290,8 @@ impl Cluster {
                 .max(election_timeout_min + 1),
             install_snapshot_timeout: config.route_timeout.max(1_000),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft_snapshot_threshold.max(1)),
-            max_in_snapshot_log_to_keep: 100,
+            // Entries kept behind a snapshot let a briefly absent member catch up from the log.
+            max_in_snapshot_log_to_keep: config.raft_snapshot_threshold.min(1_000),
             ..Default::default()
         }
         .validate()
@@ -321,6 +324,7 @@ impl Cluster {
                 unhealthy_after: config.unhealthy_threshold,
             },
             request_timeout: Duration::from_millis(config.route_timeout),
+            attempts: config.route_retries.max(1),
             runtime: tokio::runtime::Handle::current(),
             next_target: AtomicUsize::new(0),
         });
@@ -346,6 +350,10 @@ impl Cluster {
         }
         tokio::spawn(Arc::clone(&cluster).join_until_member(stop.clone()));
         tokio::spawn(Arc::clone(&cluster).send_heartbeats(stop.clone()));
+        tokio::spawn(Arc::clone(&cluster).snapshot_periodically(
+            Duration::from_secs(config.raft_snapshot_interval.max(1)),
+            stop.clone(),
+        ));
         cluster.wait_until_caught_up(stop).await;
         Ok(cluster)
     }
@@ -433,6 +441,7 @@ impl Cluster {
             let mut targets: Vec<String> = self.seeds.clone();
             targets.extend(self.peers().into_iter().map(|p| p.coordinator_addr));
             targets.retain(|addr| *addr != self.local.coordinator_addr);
+            targets.sort();
             targets.dedup();
             for mut addr in targets {
                 // A non-leader names the leader; follow that hint once.
@@ -475,6 +484,28 @@ impl Cluster {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Takes a snapshot every `interval` when entries were applied since the last one, besides
+    /// the snapshots openraft takes every `raft_snapshot_threshold` entries.
+    async fn snapshot_periodically(
+        self: Arc<Self>,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let metrics = self.metrics();
+            let applied = metrics.last_applied.map(|id| id.index);
+            if applied > metrics.snapshot.map(|id| id.index)
+                && let Err(err) = self.raft.trigger().snapshot().await
+            {
+                tracing::warn!(error = %err, "could not start a Raft snapshot");
             }
         }
     }
@@ -566,23 +597,31 @@ impl Cluster {
         }
     }
 
+    /// Has the leader apply the command, asking again while no leader takes it (an election),
+    /// then waits until this node has applied it too.
     async fn submit(&self, command: MetaCommand) -> Result<(), MetaError> {
         let request = ForwardRequest { command };
-        let answer = self
-            .on_leader(FORWARD_PATH, &request, || {
-                self.write_as_leader(request.command.clone())
-            })
-            .await;
-        match answer {
-            LeaderAnswer::Done(Applied { index, outcome }) => {
-                self.wait_applied(index).await?;
-                outcome.map_err(MetaError::Rejected)
+        let mut attempt = 1;
+        loop {
+            let answer = self
+                .on_leader(FORWARD_PATH, &request, || {
+                    self.write_as_leader(request.command.clone())
+                })
+                .await;
+            let refused = match answer {
+                LeaderAnswer::Done(Applied { index, outcome }) => {
+                    self.wait_applied(index).await?;
+                    return outcome.map_err(MetaError::Rejected);
+                }
+                LeaderAnswer::Unconfirmed { reason } => return Err(MetaError::Unconfirmed(reason)),
+                LeaderAnswer::NotLeader { .. } => "leadership is changing".to_owned(),
+                LeaderAnswer::Unavailable { reason } => reason,
+            };
+            if attempt >= self.attempts {
+                return Err(MetaError::Unavailable(refused));
             }
-            LeaderAnswer::NotLeader { .. } => Err(MetaError::Unavailable(
-                "leadership is changing; retry".into(),
-            )),
-            LeaderAnswer::Unavailable { reason } => Err(MetaError::Unavailable(reason)),
-            LeaderAnswer::Unconfirmed { reason } => Err(MetaError::Unconfirmed(reason)),
+            attempt += 1;
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 

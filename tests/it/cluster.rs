@@ -382,3 +382,84 @@ async fn tokens_work_everywhere_and_wrong_secrets_or_cluster_names_cannot_join()
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }
+
+#[tokio::test]
+async fn a_stopped_node_is_shown_leaving_and_an_admin_can_remove_it() {
+    let mut cluster = writer_and_two_readers().await;
+    for node in &cluster.nodes {
+        all_healthy(&cluster, &node.name).await;
+    }
+    assert!(cluster.node_mut("reader-02").server.stop().await.success());
+    let observer = &cluster.node("reader-01").server;
+    eventually("reader-02 leaving", WAIT, || async {
+        let states = states_seen_by(observer).await;
+        (states.get("reader-02").map(String::as_str) == Some("leaving")).then_some(())
+    })
+    .await;
+
+    let delete = |path: &str| call(observer.client.delete(observer.url(path)));
+    let (status, body) = delete("/api/v1/cluster/nodes/reader-01").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = delete("/api/v1/cluster/nodes/nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = delete("/api/v1/cluster/nodes/reader-02").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    assert_eq!(body["node_id"], "reader-02");
+
+    for name in ["writer-01", "reader-01"] {
+        let server = &cluster.node(name).server;
+        eventually("two members left", WAIT, || async {
+            let states = states_seen_by(server).await;
+            (states.len() == 2 && states.values().all(|s| s == "healthy")).then_some(())
+        })
+        .await;
+        let (status, _) = get_json(server, "/api/v1/cluster/nodes/reader-02").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, _) = create_token(observer, "two-voters").await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_node_that_missed_more_than_the_kept_log_catches_up_from_a_snapshot() {
+    let small_log = || vec![("ARC_CLUSTER_RAFT_SNAPSHOT_THRESHOLD", "3".to_owned())];
+    let mut cluster = TestCluster::start(vec![
+        NodeSpec {
+            extra_env: small_log(),
+            ..spec("writer-01", "writer")
+        },
+        NodeSpec {
+            extra_env: small_log(),
+            ..spec("reader-01", "reader")
+        },
+        NodeSpec {
+            extra_env: small_log(),
+            ..spec("reader-02", "reader")
+        },
+    ])
+    .await;
+    for node in &cluster.nodes {
+        all_healthy(&cluster, &node.name).await;
+    }
+    cluster.node_mut("reader-02").server.kill9();
+    let mut secrets = Vec::new();
+    for i in 0..12 {
+        let (status, secret) =
+            create_token(&cluster.node("reader-01").server, &format!("t{i}")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        secrets.push(secret.unwrap());
+    }
+    cluster.node_mut("reader-02").server.restart().await;
+    for node in &cluster.nodes {
+        for secret in &secrets {
+            assert!(token_works(&node.server, secret).await, "{}", node.name);
+        }
+    }
+    // The writer restarts from its own snapshot and log.
+    cluster.node_mut("writer-01").server.kill9();
+    cluster.node_mut("writer-01").server.restart().await;
+    for secret in &secrets {
+        assert!(token_works(&cluster.node("writer-01").server, secret).await);
+    }
+}

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use crate::harness::{Server, free_port};
+use crate::harness::Server;
 
 pub const SHARED_SECRET: &str = "cluster-test-secret-0123456789abcdef";
 pub const CLUSTER_NAME: &str = "test-cluster";
@@ -156,7 +156,12 @@ impl TestCluster {
 
 async fn start_node(k: usize, spec: NodeSpec<'_>, seeds: &str, storage: &std::path::Path) -> Node {
     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + k as u8));
-    let coordinator_port = free_port();
+    // Picked on the node's own address: a port free on 127.0.0.1 may be taken on this one.
+    let coordinator_port = std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let proxy = Proxy::start(SocketAddr::new(ip, coordinator_port)).await;
     let mut env: Vec<(&str, String)> = vec![
         ("ARC_CLUSTER_ENABLED", "true".into()),
