@@ -1413,7 +1413,21 @@ impl Config {
                 err.reason,
             ));
         }
-        self.cluster.validate()
+        self.cluster.validate()?;
+        if self.cluster.shared_storage_mode {
+            // Several writers share files only through an object store (as Arc requires).
+            let reason = if !self.cluster.enabled {
+                Some("needs cluster.enabled = true")
+            } else if self.storage.backend == StorageBackend::Local {
+                Some("needs an object store (storage.backend s3, minio, azure or azblob)")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(invalid_value("cluster.shared_storage_mode", true, reason));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1566,7 +1580,6 @@ impl ClusterConfig {
             check_data_dir("cluster.raft_data_dir", &self.raft_data_dir)?;
         }
         require_positive("cluster.failover_timeout", self.failover_timeout)?;
-        require_positive("cluster.health_check_interval", self.health_check_interval)?;
         require_positive("cluster.heartbeat_interval", self.heartbeat_interval)?;
         require_positive(
             "cluster.unhealthy_threshold",
@@ -2109,9 +2122,6 @@ mod tests {
             ("cluster.heartbeat_interval", |c| {
                 c.cluster.heartbeat_interval = 0
             }),
-            ("cluster.health_check_interval", |c| {
-                c.cluster.health_check_interval = 0
-            }),
             ("cluster.unhealthy_threshold", |c| {
                 c.cluster.unhealthy_threshold = 0
             }),
@@ -2120,6 +2130,15 @@ mod tests {
             }),
             ("cluster.replication_ack", |c| {
                 c.cluster.replication_ack = ReplicationAck::One
+            }),
+            ("cluster.shared_storage_mode", |c| {
+                c.cluster.shared_storage_mode = true
+            }),
+            ("cluster.shared_storage_mode", |c| {
+                c.cluster.enabled = false;
+                c.cluster.shared_storage_mode = true;
+                c.storage.backend = StorageBackend::S3;
+                c.storage.s3_bucket = "arc".into();
             }),
         ];
         for (key, break_config) in cases {

@@ -111,7 +111,7 @@ pub async fn run(
     let cluster = services.cluster.clone();
     // Retention and object reclaim change shared files: in a cluster only nodes that ingest run
     // them.
-    let runs_file_upkeep = config.cluster.role.ingests();
+    let runs_file_upkeep = !config.cluster.enabled || config.cluster.role.ingests();
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
         tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped.clone()));

@@ -200,6 +200,23 @@ fn specific_ip(addr: &str) -> Option<IpAddr> {
     (!ip.is_unspecified()).then_some(ip)
 }
 
+/// The coordinator address peers dial: `advertise_addr`, else `coordinator_addr` when it names
+/// a host, else this machine's host name with the coordinator port (`:9000` in the seeds).
+fn advertised_coordinator(config: &ClusterConfig, host_name: &str) -> String {
+    if !config.advertise_addr.is_empty() {
+        return config.advertise_addr.clone();
+    }
+    let Some((host, port)) = config.coordinator_addr.rsplit_once(':') else {
+        return config.coordinator_addr.clone();
+    };
+    let ip = host.trim_matches(['[', ']']).parse::<IpAddr>().ok();
+    if host.is_empty() || ip.is_some_and(|ip| ip.is_unspecified()) {
+        format!("{host_name}:{port}")
+    } else {
+        config.coordinator_addr.clone()
+    }
+}
+
 /// The HTTP API address peers forward client requests to: the bound address when it names an
 /// interface, else the host this node advertises for its coordinator port.
 pub fn api_address(config: &ClusterConfig, bound: std::net::SocketAddr) -> String {
@@ -243,15 +260,10 @@ impl Cluster {
         } else {
             config.node_id.clone()
         };
-        let coordinator_addr = if config.advertise_addr.is_empty() {
-            config.coordinator_addr.clone()
-        } else {
-            config.advertise_addr.clone()
-        };
         let local = NodeInfo {
             name: name.clone(),
             role: config.role,
-            coordinator_addr,
+            coordinator_addr: advertised_coordinator(config, &host_name()),
             api_addr,
         };
         let listener = tokio::net::TcpListener::bind(listen_addr(&config.coordinator_addr))
@@ -869,5 +881,21 @@ mod tests {
         assert_eq!(specific_ip(":9000"), None);
         assert_eq!(specific_ip("0.0.0.0:9000"), None);
         assert_eq!(specific_ip("[::1]:9000"), Some("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn peers_are_told_a_dialable_coordinator_address() {
+        let config = |coordinator: &str, advertise: &str| ClusterConfig {
+            coordinator_addr: coordinator.into(),
+            advertise_addr: advertise.into(),
+            ..ClusterConfig::default()
+        };
+        let advertised = |c: ClusterConfig| advertised_coordinator(&c, "arc-writer");
+        assert_eq!(advertised(config(":9000", "")), "arc-writer:9000");
+        assert_eq!(advertised(config("0.0.0.0:9000", "")), "arc-writer:9000");
+        assert_eq!(advertised(config("[::]:9000", "")), "arc-writer:9000");
+        assert_eq!(advertised(config("10.0.1.10:9000", "")), "10.0.1.10:9000");
+        assert_eq!(advertised(config("node-1:9000", "")), "node-1:9000");
+        assert_eq!(advertised(config(":9000", "lb:19000")), "lb:19000");
     }
 }

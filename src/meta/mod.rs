@@ -202,6 +202,7 @@ impl Meta {
     /// [`Meta::commit`] for callers with no way to recover from a failed log write: after a
     /// failed sync the log's durable contents are unknown, and appending more could bury a torn
     /// record under valid ones. Restarting recovers a consistent state. Blocking.
+    ///
     /// A cluster that refuses the change (no quorum) is asked again until it takes it: the
     /// background tasks calling this pause until the quorum is back.
     pub fn commit_or_abort(&self, command: MetaCommand) -> Result<(), ApplyError> {
