@@ -72,6 +72,9 @@ pub fn node_state(
 
 #[derive(Debug, Clone)]
 struct PeerRecord {
+    /// When this node first knew the peer as a member: silence counts from here until the
+    /// first heartbeat.
+    known_since: Instant,
     last_heartbeat: Option<(Instant, DateTime<Utc>)>,
     leaving: bool,
 }
@@ -100,20 +103,34 @@ impl HealthBook {
         }
     }
 
+    /// Notes that `peer` is a member, so a member that joins later is not judged by silence from
+    /// before it existed.
+    pub fn note_member(&mut self, peer: &str, now: Instant) {
+        self.peers.entry(peer.to_owned()).or_insert(PeerRecord {
+            known_since: now,
+            last_heartbeat: None,
+            leaving: false,
+        });
+    }
+
     pub fn record_heartbeat(&mut self, peer: &str, leaving: bool, now: Instant) {
-        self.peers.insert(
-            peer.to_owned(),
-            PeerRecord {
-                last_heartbeat: Some((now, Utc::now())),
-                leaving,
-            },
-        );
+        let record = self.peers.entry(peer.to_owned()).or_insert(PeerRecord {
+            known_since: now,
+            last_heartbeat: None,
+            leaving,
+        });
+        record.last_heartbeat = Some((now, Utc::now()));
+        record.leaving = leaving;
     }
 
     pub fn peer(&self, peer: &str, now: Instant) -> PeerHealth {
         let record = self.peers.get(peer);
         let last = record.and_then(|r| r.last_heartbeat);
-        let since = last.map_or(self.watching_since, |(at, _)| at);
+        let since = match (record, last) {
+            (_, Some((at, _))) => at,
+            (Some(record), None) => record.known_since,
+            (None, None) => self.watching_since,
+        };
         PeerHealth {
             silent_for: now.saturating_duration_since(since),
             leaving: record.is_some_and(|r| r.leaving),
@@ -165,5 +182,17 @@ mod tests {
         assert!(peer.leaving && peer.last_heartbeat.is_some());
         book.record_heartbeat("a", false, later);
         assert!(!book.peer("a", later).leaving);
+
+        book.note_member("b", later);
+        let much_later = later + Duration::from_secs(2);
+        assert_eq!(
+            book.peer("b", much_later).silent_for,
+            Duration::from_secs(2)
+        );
+        book.note_member("b", much_later);
+        assert_eq!(
+            book.peer("b", much_later).silent_for,
+            Duration::from_secs(2)
+        );
     }
 }

@@ -218,20 +218,16 @@ fn advertised_coordinator(config: &ClusterConfig, host_name: &str) -> String {
 }
 
 /// The HTTP API address peers forward client requests to: the bound address when it names an
-/// interface, else the host this node advertises for its coordinator port.
+/// interface, else the host peers reach the coordinator port on, with the API port.
 pub fn api_address(config: &ClusterConfig, bound: std::net::SocketAddr) -> String {
     if !bound.ip().is_unspecified() {
         return bound.to_string();
     }
-    let advertised = if config.advertise_addr.is_empty() {
-        &config.coordinator_addr
-    } else {
-        &config.advertise_addr
-    };
-    match advertised.rsplit_once(':') {
-        Some((host, _)) if !host.is_empty() => format!("{host}:{}", bound.port()),
-        _ => format!("{}:{}", host_name(), bound.port()),
-    }
+    let coordinator = advertised_coordinator(config, &host_name());
+    let host = coordinator
+        .rsplit_once(':')
+        .map_or(coordinator.as_str(), |(host, _)| host);
+    format!("{host}:{}", bound.port())
 }
 
 fn host_name() -> String {
@@ -492,6 +488,12 @@ impl Cluster {
     async fn send_heartbeats(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let interval = self.thresholds.heartbeat_interval;
         loop {
+            {
+                let mut health = self.health.lock().unwrap();
+                for peer in self.peers() {
+                    health.note_member(&peer.name, Instant::now());
+                }
+            }
             self.beat(false, interval).await;
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -897,5 +899,14 @@ mod tests {
         assert_eq!(advertised(config("10.0.1.10:9000", "")), "10.0.1.10:9000");
         assert_eq!(advertised(config("node-1:9000", "")), "node-1:9000");
         assert_eq!(advertised(config(":9000", "lb:19000")), "lb:19000");
+        let bound = |addr: &str| addr.parse().unwrap();
+        assert_eq!(
+            api_address(&config("10.0.1.10:9000", ""), bound("0.0.0.0:8000")),
+            "10.0.1.10:8000"
+        );
+        assert_eq!(
+            api_address(&config(":9000", ""), bound("127.0.0.1:8001")),
+            "127.0.0.1:8001"
+        );
     }
 }

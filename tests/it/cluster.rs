@@ -173,6 +173,17 @@ async fn writes_through_any_node_are_queried_on_both_readers_from_shared_storage
         })
         .await;
     }
+    // A request already forwarded once is refused rather than forwarded again.
+    let reader = &cluster.node("reader-01").server;
+    let (status, body) = reader
+        .post(
+            "/write?db=metrics",
+            &[("x-arc-forwarded-by", "writer-01")],
+            "cpu,host=loop usage=1",
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("forwarded here by writer-01"), "{body}");
     // The writer does not serve queries; it forwards them to a reader.
     let (status, body) = count_rows(&cluster.node("writer-01").server).await;
     assert_eq!(status, StatusCode::OK, "{body}");
