@@ -474,3 +474,62 @@ async fn a_node_that_missed_more_than_the_kept_log_catches_up_from_a_snapshot() 
         assert!(token_works(&cluster.node("writer-01").server, secret).await);
     }
 }
+
+#[tokio::test]
+async fn an_isolated_leader_commits_nothing_and_follows_the_new_leader_after_healing() {
+    let fast_timeout = || vec![("ARC_CLUSTER_ROUTE_TIMEOUT", "2000".to_owned())];
+    let cluster = TestCluster::start(
+        [
+            ("writer-01", "writer"),
+            ("reader-01", "reader"),
+            ("reader-02", "reader"),
+        ]
+        .into_iter()
+        .map(|(name, role)| NodeSpec {
+            extra_env: fast_timeout(),
+            ..spec(name, role)
+        })
+        .collect(),
+    )
+    .await;
+    for node in &cluster.nodes {
+        all_healthy(&cluster, &node.name).await;
+    }
+    let old_leader = leader_seen_by(&cluster.nodes[0].server).await.unwrap();
+    let majority: Vec<&str> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .filter(|n| *n != old_leader)
+        .collect();
+    cluster.isolate(&old_leader);
+    let majority_server = &cluster.node(majority[0]).server;
+    let new_leader = eventually("a leader on the majority side", WAIT, || async {
+        leader_seen_by(majority_server)
+            .await
+            .filter(|l| *l != old_leader)
+    })
+    .await;
+
+    let (status, _) = create_token(&cluster.node(&old_leader).server, "isolated-side").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, secret) = create_token(majority_server, "majority-side").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let secret = secret.unwrap();
+
+    cluster.heal();
+    for node in &cluster.nodes {
+        let server = &node.server;
+        eventually("agreement after healing", WAIT, || async {
+            let agrees = leader_seen_by(server).await.as_deref() == Some(new_leader.as_str());
+            (agrees && token_works(server, &secret).await).then_some(())
+        })
+        .await;
+        let (_, body) = get_json(server, "/api/v1/auth/tokens").await;
+        assert!(
+            !body.to_string().contains("isolated-side"),
+            "{}: {body}",
+            node.name
+        );
+    }
+}
