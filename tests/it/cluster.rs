@@ -533,3 +533,14 @@ async fn an_isolated_leader_commits_nothing_and_follows_the_new_leader_after_hea
         );
     }
 }
+
+#[tokio::test]
+async fn a_standalone_node_reports_that_it_is_not_clustered() {
+    let server = Server::start(&[]).await;
+    let (status, body) = get_json(&server, "/api/v1/cluster").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["enabled"], false);
+    assert_eq!(body["data"]["mode"], "standalone");
+    let (status, body) = get_json(&server, "/api/v1/cluster/nodes").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
