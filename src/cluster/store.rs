@@ -211,13 +211,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .file
             .write_all(&data)
             .and_then(|_| files.file.sync_data());
-        if let Err(err) = &written {
-            let err = io::Error::new(err.kind(), err.to_string());
-            callback.log_io_completed(Err(err));
-            return Err(storage_error(
-                StorageIOError::write_logs,
-                written.as_ref().unwrap_err(),
-            ));
+        if let Err(err) = written {
+            callback.log_io_completed(Err(io::Error::new(err.kind(), err.to_string())));
+            return Err(storage_error(StorageIOError::write_logs, &err));
         }
         files.end_offset += data.len() as u64;
         for (entry, offset) in added {
