@@ -357,27 +357,54 @@ async fn tokens_work_everywhere_and_wrong_secrets_or_cluster_names_cannot_join()
         })
         .await;
     }
-    // A heartbeat signed with the wrong secret is refused too.
-    let wrong = arcdb::cluster::peer_auth::PeerAuth::new(
-        "wrong-shared-secret-0123456789abcdefgh",
-        CLUSTER_NAME,
-        "wrong-secret",
-    );
-    let body = br#"{"leaving":false}"#.to_vec();
-    let signed = wrong.sign("/internal/heartbeat", &body, chrono::Utc::now().timestamp());
-    let mut request = reqwest::Client::new()
-        .post(format!("http://{seed}/internal/heartbeat"))
-        .body(body);
-    for (name, value) in signed.pairs() {
-        request = request.header(name, value);
+    // Heartbeats signed with the wrong secret or for another cluster are refused too.
+    for (name, secret, cluster_name) in intruders {
+        let auth = arcdb::cluster::peer_auth::PeerAuth::new(secret, cluster_name, name);
+        let body = br#"{"leaving":false}"#.to_vec();
+        let signed = auth.sign("/internal/heartbeat", &body, chrono::Utc::now().timestamp());
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{seed}/internal/heartbeat"))
+            .body(body);
+        for (header, value) in signed.pairs() {
+            request = request.header(header, value);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{name}");
     }
-    assert_eq!(
-        request.send().await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
+    // With the right secret a heartbeat passes once; a replay or a stale one does not.
+    let probe = arcdb::cluster::peer_auth::PeerAuth::new(SHARED_SECRET, CLUSTER_NAME, "probe");
+    let now = chrono::Utc::now().timestamp();
+    let body = br#"{"leaving":false}"#.to_vec();
+    let fresh = probe.sign("/internal/heartbeat", &body, now);
+    let stale = probe.sign("/internal/heartbeat", &body, now - 600);
+    for (signed, expected) in [
+        (&fresh, StatusCode::OK),
+        (&fresh, StatusCode::UNAUTHORIZED),
+        (&stale, StatusCode::UNAUTHORIZED),
+    ] {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{seed}/internal/heartbeat"))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        for (header, value) in signed.pairs() {
+            request = request.header(header, value);
+        }
+        assert_eq!(request.send().await.unwrap().status(), expected);
+    }
+    let log = writer.log();
+    assert!(log.contains("nonce was already used"), "replay not logged");
+    assert!(
+        log.contains("away from this node's clock"),
+        "stale not logged"
     );
     for node in &cluster.nodes {
         let states = states_seen_by(&node.server).await;
         assert_eq!(states.len(), 3, "{states:?}");
+        assert!(
+            intruders
+                .iter()
+                .all(|(name, _, _)| !states.contains_key(*name))
+        );
         for line in node.server.log().lines() {
             let intruder = intruders.iter().any(|(name, _, _)| line.contains(name));
             assert!(
