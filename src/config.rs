@@ -577,13 +577,14 @@ pub struct ClusterConfig {
     pub coordinator_addr: String,
     /// Coordinator address announced to peers; empty means `coordinator_addr`.
     pub advertise_addr: String,
-    /// Seconds; also the heartbeat period.
+    /// Seconds; Arc's health-check period. Read for compatibility: arcdb derives peers' health
+    /// from their heartbeats whenever it is asked.
     pub health_check_interval: u64,
     /// Seconds.
     pub health_check_timeout: u64,
-    /// Failed checks before a peer is unhealthy (twice as many: dead).
+    /// Missed heartbeats before a peer is unhealthy (twice as many: dead).
     pub unhealthy_threshold: u32,
-    /// Seconds.
+    /// Seconds between heartbeats sent to every peer.
     pub heartbeat_interval: u64,
     /// Seconds.
     pub heartbeat_timeout: u64,
@@ -657,7 +658,7 @@ impl Default for ClusterConfig {
             role: NodeRole::Standalone,
             cluster_name: "arc-cluster".to_owned(),
             seeds: Vec::new(),
-            coordinator_addr: ":9100".to_owned(),
+            coordinator_addr: ":9000".to_owned(),
             advertise_addr: String::new(),
             health_check_interval: 5,
             health_check_timeout: 3,
@@ -786,6 +787,11 @@ impl NodeRole {
     /// Whether a node of this role runs compaction (in a cluster, only the compactor does).
     pub fn compacts(self) -> bool {
         matches!(self, NodeRole::Standalone | NodeRole::Compactor)
+    }
+
+    /// Whether a node of this role takes writes (in a cluster, only writers do).
+    pub fn ingests(self) -> bool {
+        matches!(self, NodeRole::Standalone | NodeRole::Writer)
     }
 }
 
@@ -1074,8 +1080,10 @@ fn resolve(
     take_failover_table(&mut file, &defaults, &mut overrides, &mut warnings);
     collect_file_overrides(file, &defaults, &[], &mut overrides, &mut warnings)?;
     collect_env_overrides(&defaults, env, &mut overrides)?;
-    let config = build_config(&defaults, &overrides, source)?;
+    let mut config = build_config(&defaults, &overrides, source)?;
     config.validate()?;
+    config.cluster.disable_unopenable_query_gate(&mut warnings);
+    config.cluster.default_raft_dir(&config.meta.directory);
     Ok((config, warnings))
 }
 
@@ -1440,7 +1448,21 @@ impl Config {
                 err.reason,
             ));
         }
-        self.cluster.validate()
+        self.cluster.validate()?;
+        if self.cluster.shared_storage_mode {
+            // Several writers share files only through an object store (as Arc requires).
+            let reason = if !self.cluster.enabled {
+                Some("needs cluster.enabled = true")
+            } else if self.storage.backend == StorageBackend::Local {
+                Some("needs an object store (storage.backend s3, minio, azure or azblob)")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(invalid_value("cluster.shared_storage_mode", true, reason));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1592,7 +1614,54 @@ impl ClusterConfig {
         if !self.raft_data_dir.is_empty() {
             check_data_dir("cluster.raft_data_dir", &self.raft_data_dir)?;
         }
-        require_positive("cluster.failover_timeout", self.failover_timeout)
+        require_positive("cluster.failover_timeout", self.failover_timeout)?;
+        require_positive("cluster.heartbeat_interval", self.heartbeat_interval)?;
+        require_positive(
+            "cluster.unhealthy_threshold",
+            self.unhealthy_threshold.into(),
+        )?;
+        require_positive(
+            "cluster.raft_heartbeat_timeout",
+            self.raft_heartbeat_timeout,
+        )?;
+        if self.raft_election_timeout <= self.raft_heartbeat_timeout {
+            return Err(invalid_value(
+                "cluster.raft_election_timeout",
+                self.raft_election_timeout,
+                "must be greater than cluster.raft_heartbeat_timeout",
+            ));
+        }
+        if self.replication_ack != ReplicationAck::None && !self.replication_enabled {
+            return Err(invalid_value(
+                "cluster.replication_ack",
+                quoted(self.replication_ack.as_str()),
+                "needs cluster.replication_enabled = true",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An empty `raft_data_dir` keeps Raft's files next to the other metadata.
+    fn default_raft_dir(&mut self, meta_dir: &str) {
+        if self.raft_data_dir.is_empty() {
+            self.raft_data_dir = Path::new(meta_dir)
+                .join("raft")
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+
+    /// The catch-up gate can only open once the startup download has run: with that download
+    /// switched off the gate is switched off too (as Arc does), with a warning.
+    fn disable_unopenable_query_gate(&mut self, warnings: &mut Vec<String>) {
+        if self.query_gate_on_catchup && !self.replication_catchup_enabled {
+            self.query_gate_on_catchup = false;
+            warnings.push(
+                "cluster.query_gate_on_catchup disabled: it needs \
+                 cluster.replication_catchup_enabled = true, or queries would never be served"
+                    .to_owned(),
+            );
+        }
     }
 }
 
@@ -1700,7 +1769,7 @@ mod tests {
         assert!(!config.cluster.enabled);
         assert_eq!(config.cluster.role, NodeRole::Standalone);
         assert_eq!(config.cluster.cluster_name, "arc-cluster");
-        assert_eq!(config.cluster.coordinator_addr, ":9100");
+        assert_eq!(config.cluster.coordinator_addr, ":9000");
         assert_eq!(config.cluster.raft_bind_addr, ":9200");
         assert_eq!(config.cluster.health_check_interval, 5);
         assert_eq!(config.cluster.failover_timeout, 30);
@@ -2085,12 +2154,72 @@ mod tests {
             ("cluster.failover_timeout", |c| {
                 c.cluster.failover_timeout = 0
             }),
+            ("cluster.heartbeat_interval", |c| {
+                c.cluster.heartbeat_interval = 0
+            }),
+            ("cluster.unhealthy_threshold", |c| {
+                c.cluster.unhealthy_threshold = 0
+            }),
+            ("cluster.raft_election_timeout", |c| {
+                c.cluster.raft_election_timeout = c.cluster.raft_heartbeat_timeout
+            }),
+            ("cluster.replication_ack", |c| {
+                c.cluster.replication_ack = ReplicationAck::One
+            }),
+            ("cluster.shared_storage_mode", |c| {
+                c.cluster.shared_storage_mode = true
+            }),
+            ("cluster.shared_storage_mode", |c| {
+                c.cluster.enabled = false;
+                c.cluster.shared_storage_mode = true;
+                c.storage.backend = StorageBackend::S3;
+                c.storage.s3_bucket = "arc".into();
+            }),
         ];
         for (key, break_config) in cases {
             let mut config = clustered();
             break_config(&mut config);
             assert_eq!(rejected_key(&config), key, "{config:?}");
         }
+    }
+
+    #[test]
+    fn an_empty_raft_data_dir_lives_next_to_the_metadata() {
+        let loaded = load_text("[cluster]\nraft_data_dir = \"\"\n", &[]).unwrap();
+        let expected = Path::new(&loaded.config.meta.directory).join("raft");
+        assert_eq!(Path::new(&loaded.config.cluster.raft_data_dir), expected);
+    }
+
+    #[test]
+    fn seeds_environment_starts_a_cluster_node_and_an_unopenable_gate_is_disabled() {
+        let loaded = load_env(&[
+            ("ARC_CLUSTER_ENABLED", "true"),
+            ("ARC_CLUSTER_NODE_ID", "reader-01"),
+            ("ARC_CLUSTER_ROLE", "reader"),
+            ("ARC_CLUSTER_CLUSTER_NAME", "production"),
+            ("ARC_CLUSTER_SEEDS", "10.0.1.10:9000,10.0.1.11:9000"),
+            ("ARC_CLUSTER_SHARED_SECRET", SECRET),
+            ("ARC_CLUSTER_FAILOVER_ENABLED", "true"),
+            ("ARC_CLUSTER_QUERY_GATE_ON_CATCHUP", "true"),
+            ("ARC_CLUSTER_REPLICATION_CATCHUP_ENABLED", "false"),
+        ])
+        .unwrap();
+        let cluster = &loaded.config.cluster;
+        assert_eq!(cluster.role, NodeRole::Reader);
+        assert_eq!(cluster.seeds, ["10.0.1.10:9000", "10.0.1.11:9000"]);
+        assert_eq!(cluster.coordinator_addr, ":9000");
+        assert!(cluster.failover_enabled);
+        assert!(!cluster.query_gate_on_catchup);
+        assert!(
+            loaded.warnings[0].contains("cluster.query_gate_on_catchup disabled"),
+            "{:?}",
+            loaded.warnings
+        );
+        let refused = load_env(&[("ARC_CLUSTER_ENABLED", "true")]).unwrap_err();
+        assert!(
+            refused.to_string().contains("cluster.shared_secret"),
+            "{refused}"
+        );
     }
 
     #[test]

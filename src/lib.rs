@@ -14,6 +14,7 @@
 pub mod api;
 pub mod auth;
 pub mod buffer;
+pub mod cluster;
 pub mod compact;
 pub mod config;
 pub mod continuous;

@@ -43,8 +43,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_env("ARC_LOG_FILTER")
-        .unwrap_or_else(|_| EnvFilter::new(level.to_ascii_lowercase()));
+    // openraft narrates every step at info; its warnings and errors are what operators need.
+    let filter = EnvFilter::try_from_env("ARC_LOG_FILTER").unwrap_or_else(|_| {
+        EnvFilter::new(format!("{},openraft=warn", level.to_ascii_lowercase()))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, AppState, Services};
 use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
+use crate::cluster::{self, Cluster, ClusterError};
 use crate::compact::Compactor;
 use crate::config::Config;
 use crate::continuous::{self, CqRunner};
@@ -50,6 +51,8 @@ pub enum NodeError {
     Serve(std::io::Error),
     #[error("pending-uploads journal: {0}")]
     PendingUploads(std::io::Error),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// Writes are refused above this much buffered data, so an unreachable storage backend makes
@@ -68,7 +71,8 @@ pub async fn run(
     };
     let addr = format!("{host}:{}", config.server.port);
     let listener = bind(&addr).await?;
-    tracing::info!(addr = %listener.local_addr().map_err(NodeError::Serve)?, "listening");
+    let local_addr = listener.local_addr().map_err(NodeError::Serve)?;
+    tracing::info!(addr = %local_addr, "listening");
 
     let state = Arc::new(AppState::new(&config));
     let (stop_http, http_stopped) = watch::channel(false);
@@ -90,8 +94,10 @@ pub async fn run(
         let _ = shutdown_tx.send(true);
     });
 
+    // The cluster outlives request draining: the final flush still commits through it.
+    let (stop_cluster, cluster_stopped) = watch::channel(false);
     let started = tokio::select! {
-        started = start_services(&config) => started?,
+        started = start_services(&config, local_addr, cluster_stopped) => started?,
         _ = shutdown_rx.wait_for(|s| *s) => {
             tracing::info!("shutdown requested during start-up");
             let _ = stop_http.send(true);
@@ -105,10 +111,14 @@ pub async fn run(
         meta,
         storage,
     } = started;
+    let cluster = services.cluster.clone();
+    // Retention, continuous queries and object reclaim change shared data: in a cluster only
+    // nodes that ingest run them.
+    let runs_file_upkeep = !config.cluster.enabled || config.cluster.role.ingests();
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
         tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped.clone()));
-    let retention_scheduler = config.retention.enabled.then(|| {
+    let retention_scheduler = (config.retention.enabled && runs_file_upkeep).then(|| {
         let schedule: CronSchedule = config
             .scheduler
             .retention_schedule
@@ -120,18 +130,20 @@ pub async fn run(
             flusher_stopped.clone(),
         ))
     });
-    let cq_scheduler = config.continuous_query.enabled.then(|| {
+    let cq_scheduler = (config.continuous_query.enabled && runs_file_upkeep).then(|| {
         tokio::spawn(continuous::run_scheduled(
             Arc::clone(&services.continuous_queries),
             flusher_stopped.clone(),
         ))
     });
-    let reclaimer = tokio::spawn(reclaim::run(
-        meta,
-        storage,
-        Duration::from_secs(config.query.timeout),
-        flusher_stopped.clone(),
-    ));
+    let reclaimer = runs_file_upkeep.then(|| {
+        tokio::spawn(reclaim::run(
+            meta,
+            storage,
+            Duration::from_secs(config.query.timeout),
+            flusher_stopped.clone(),
+        ))
+    });
     let schedules = services
         .compactor
         .clone()
@@ -153,7 +165,9 @@ pub async fn run(
     }
     let _ = stop_flusher.send(true);
     let _ = background.await;
-    let _ = reclaimer.await;
+    if let Some(reclaimer) = reclaimer {
+        let _ = reclaimer.await;
+    }
     if let Some(schedules) = schedules {
         let _ = schedules.await;
     }
@@ -169,6 +183,10 @@ pub async fn run(
     if let Some(wal) = wal {
         wal.close().await;
     }
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
+    let _ = stop_cluster.send(true);
     tracing::info!("stopped");
     Ok(())
 }
@@ -194,10 +212,29 @@ struct Started {
     storage: Storage,
 }
 
-async fn start_services(config: &Config) -> Result<Started, NodeError> {
-    let meta = Arc::new(Meta::open(Path::new(&config.meta.directory))?);
+async fn start_services(
+    config: &Config,
+    api_addr: SocketAddr,
+    cluster_stopped: watch::Receiver<bool>,
+) -> Result<Started, NodeError> {
+    let (meta, cluster) = if config.cluster.enabled {
+        let api_addr = cluster::api_address(&config.cluster, api_addr);
+        let cluster = Cluster::start(&config.cluster, api_addr, cluster_stopped).await?;
+        (Arc::new(cluster.meta()), Some(cluster))
+    } else {
+        (
+            Arc::new(Meta::open(Path::new(&config.meta.directory))?),
+            None,
+        )
+    };
     if config.auth.enabled {
-        announce(auth::bootstrap(&meta, &config.auth)?);
+        let (bootstrap_meta, auth_config) = (Arc::clone(&meta), config.auth.clone());
+        // In a cluster the commit waits for Raft, which needs a blocking thread.
+        let bootstrap =
+            tokio::task::spawn_blocking(move || auth::bootstrap(&bootstrap_meta, &auth_config))
+                .await
+                .expect("bootstrap task panicked")?;
+        announce(bootstrap);
     }
     let authenticator = Arc::new(Authenticator::new(Arc::clone(&meta), &config.auth));
     let storage = Storage::from_config(&config.storage)?;
@@ -308,6 +345,7 @@ async fn start_services(config: &Config) -> Result<Started, NodeError> {
             compactor,
             deleter,
             continuous_queries,
+            cluster,
         },
         wal,
         flush_requests: flush_rx,

@@ -304,6 +304,7 @@ pub async fn execute(
             CqError::Query(crate::query::QueryError::Invalid(message)) => {
                 bad(format!("Execution failed: {message}"))
             }
+            CqError::Record(err) => err.into(),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("Execution failed: {other}"),

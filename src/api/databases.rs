@@ -201,10 +201,5 @@ async fn commit(services: &Services, command: MetaCommand) -> Result<(), ApiErro
     tokio::task::spawn_blocking(move || meta.commit(command))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| match e {
-            crate::meta::MetaError::Rejected(rejected) => {
-                ApiError::new(StatusCode::CONFLICT, rejected.to_string())
-            }
-            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-        })
+        .map_err(ApiError::from)
 }

@@ -2,6 +2,7 @@
 //! Errors become HTTP responses in one place ([`ApiError`]).
 
 mod auth;
+mod cluster;
 mod compaction;
 mod compression;
 mod continuous_queries;
@@ -26,6 +27,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::auth::Authenticator;
+use crate::cluster::{Capability, Cluster};
 use crate::compact::Compactor;
 use crate::config::Config;
 use crate::continuous::CqRunner;
@@ -46,6 +48,8 @@ pub struct Services {
     pub compactor: Option<Arc<Compactor>>,
     pub deleter: Arc<Deleter>,
     pub continuous_queries: Arc<CqRunner>,
+    /// Present when `cluster.enabled`.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 const STARTING: u8 = 0;
@@ -118,6 +122,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     let read = guard(Some(Permission::Read));
     let write = guard(Some(Permission::Write));
     let admin = guard(Some(Permission::Admin));
+    let role = |capability: Capability| {
+        axum::middleware::from_fn_with_state(
+            (Arc::clone(&state), capability),
+            cluster::route_by_role,
+        )
+    };
     let tokens = "/api/v1/auth/tokens";
     Router::new()
         .route("/health", get(health::health))
@@ -130,6 +140,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .route("/api/v2/write", post(write::influx_v2))
                 .route("/api/v1/write/line-protocol", post(write::line_protocol))
                 .route("/api/v1/write/line-protocol/flush", post(write::flush))
+                .route_layer(role(Capability::Ingest))
                 .route_layer(write),
         )
         .merge(
@@ -143,6 +154,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                     "/api/v1/databases/{name}/measurements",
                     get(databases::measurements),
                 )
+                .route_layer(role(Capability::Query))
                 .route_layer(read),
         )
         .merge(
@@ -154,11 +166,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             Router::new()
                 .route("/api/v1/delete", post(delete::rows))
                 .route("/api/v1/delete/config", get(delete::config))
+                .route_layer(role(Capability::Ingest))
                 .route_layer(guard(Some(Permission::Admin))),
         )
         .merge(
             Router::new()
                 .route("/api/v1/databases/{name}", delete(databases::delete))
+                .route_layer(role(Capability::Ingest))
                 .route_layer(guard(Some(Permission::Delete))),
         )
         .merge(
@@ -193,6 +207,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(
             Router::new()
                 .route("/api/v1/compaction/trigger", post(compaction::trigger))
+                .route_layer(role(Capability::Compact))
+                .route_layer(guard(Some(Permission::Admin))),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/cluster", get(cluster::overview))
+                .route("/api/v1/cluster/nodes", get(cluster::nodes))
+                .route(
+                    "/api/v1/cluster/nodes/{id}",
+                    get(cluster::node).delete(cluster::remove_node),
+                )
+                .route("/api/v1/cluster/local", get(cluster::local))
+                .route("/api/v1/cluster/health", get(cluster::health))
+                .route("/api/v1/cluster/status", get(cluster::status))
                 .route_layer(guard(Some(Permission::Admin))),
         )
         .fallback(not_found)
@@ -255,7 +283,11 @@ fn continuous_query_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         )
         .route(
             &format!("{base}/{{id}}/execute"),
-            post(continuous_queries::execute),
+            // A run writes its results: in a cluster, on a node that ingests.
+            post(continuous_queries::execute).route_layer(axum::middleware::from_fn_with_state(
+                (Arc::clone(state), Capability::Ingest),
+                cluster::route_by_role,
+            )),
         )
         .route(
             &format!("{base}/{{id}}/executions"),
@@ -354,8 +386,8 @@ fn time(us: i64) -> serde_json::Value {
     })
 }
 
-/// Commits an admin command off the async workers (it syncs a file): a taken name is 409, an
-/// unknown record 404.
+/// Commits an admin command off the async workers (it syncs a file); a taken name is reported
+/// as a `kind` (say, "retention policy") that already exists.
 async fn commit_admin(meta: &Arc<Meta>, kind: &str, command: AdminCommand) -> Result<(), ApiError> {
     let meta = Arc::clone(meta);
     tokio::task::spawn_blocking(move || meta.commit(MetaCommand::Admin(command)))
@@ -366,11 +398,27 @@ async fn commit_admin(meta: &Arc<Meta>, kind: &str, command: AdminCommand) -> Re
                 StatusCode::CONFLICT,
                 format!("a {kind} named '{name}' already exists"),
             ),
-            MetaError::Rejected(ApplyError::Admin(err)) => {
-                ApiError::new(StatusCode::NOT_FOUND, err.to_string())
-            }
-            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+            other => other.into(),
         })
+}
+
+impl From<MetaError> for ApiError {
+    fn from(err: MetaError) -> ApiError {
+        let status = match &err {
+            MetaError::Rejected(ApplyError::Admin(
+                AdminError::UnknownToken(_)
+                | AdminError::UnknownDatabase(_)
+                | AdminError::UnknownPolicy(_)
+                | AdminError::UnknownContinuousQuery(_),
+            )) => StatusCode::NOT_FOUND,
+            MetaError::Rejected(_) => StatusCode::CONFLICT,
+            MetaError::Unavailable(_) | MetaError::Unconfirmed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            MetaError::Io { .. } | MetaError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.to_string())
+    }
 }
 
 impl From<IngestError> for ApiError {

@@ -333,6 +333,11 @@ impl Flusher {
                 tracing::error!(path = %path.display(), error = %source, "metadata log sync failed; aborting");
                 std::process::abort();
             }
+            Err(MetaError::Unconfirmed(reason)) => {
+                // Same for a cluster that may or may not have registered the files.
+                tracing::error!(%reason, "file registration unconfirmed by the cluster; aborting");
+                std::process::abort();
+            }
             Err(source) => {
                 self.remove_uploads(&files).await;
                 Err(FlushError::Meta {

@@ -183,7 +183,7 @@ pub enum AdminCommand {
     RecordCqExecution(CqExecution),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminError {
     #[error("name '{0}' is already in use")]
     NameTaken(String),

@@ -2,7 +2,9 @@
 //! durable command log.
 //!
 //! On a standalone node [`Meta::commit`] appends the command to a local log, syncs it, then
-//! applies it. The log is periodically folded into a snapshot so start-up stays fast.
+//! applies it. The log is periodically folded into a snapshot so start-up stays fast. In a
+//! cluster the command goes to a [`Replicator`] (Raft) instead, which applies it to the same
+//! shared state through the same `MetaState::apply`.
 
 mod admin;
 mod state;
@@ -10,7 +12,8 @@ mod state;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 pub use admin::{
     AdminCommand, AdminError, AdminState, CQ_COMPLETED, ContinuousQuery, CqExecution,
@@ -28,6 +31,18 @@ pub enum MetaError {
     Corrupt { path: PathBuf, message: String },
     #[error(transparent)]
     Rejected(#[from] ApplyError),
+    /// The cluster refused the change before ordering it: it was not applied anywhere.
+    #[error("metadata change not accepted by the cluster: {0}")]
+    Unavailable(String),
+    /// The change was handed to the cluster but its fate is unknown.
+    #[error("metadata change not confirmed by the cluster: {0}")]
+    Unconfirmed(String),
+}
+
+/// Orders metadata commands across a cluster and applies them to the shared state.
+pub trait Replicator: Send + Sync + std::fmt::Debug {
+    /// Returns once the command is applied on this node (or refused). Blocking.
+    fn replicate(&self, command: MetaCommand) -> Result<(), MetaError>;
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MetaError + '_ {
@@ -56,11 +71,18 @@ struct CommandLog {
     commands_since_snapshot: u64,
 }
 
+/// Where committed commands go.
+#[derive(Debug)]
+enum Commands {
+    Local(Mutex<CommandLog>),
+    Replicated(Arc<dyn Replicator>),
+}
+
 /// Metadata handle: readers see the applied state, writers go through the log.
 #[derive(Debug)]
 pub struct Meta {
-    state: RwLock<MetaState>,
-    log: Mutex<CommandLog>,
+    state: Arc<RwLock<MetaState>>,
+    commands: Commands,
 }
 
 impl Meta {
@@ -119,23 +141,39 @@ impl Meta {
         }
         sync_dir(dir)?;
         Ok(Meta {
-            state: RwLock::new(state),
-            log: Mutex::new(CommandLog {
+            state: Arc::new(RwLock::new(state)),
+            commands: Commands::Local(Mutex::new(CommandLog {
                 dir: dir.to_path_buf(),
                 file,
                 last_index,
                 commands_since_snapshot,
-            }),
+            })),
         })
+    }
+
+    /// Metadata kept by a cluster: `state` is what the replicator applies commands to.
+    pub fn replicated(state: Arc<RwLock<MetaState>>, replicator: Arc<dyn Replicator>) -> Meta {
+        Meta {
+            state,
+            commands: Commands::Replicated(replicator),
+        }
     }
 
     pub fn state(&self) -> RwLockReadGuard<'_, MetaState> {
         self.state.read().unwrap()
     }
 
-    /// Makes the command durable, then applies it. Blocking (it syncs a file).
+    /// Makes the command durable, then applies it. Blocking (it syncs a file, or waits for the
+    /// cluster).
     pub fn commit(&self, command: MetaCommand) -> Result<(), MetaError> {
-        let mut log = self.log.lock().unwrap();
+        let log = match &self.commands {
+            Commands::Local(log) => log,
+            Commands::Replicated(replicator) => {
+                self.state().check(&command)?;
+                return replicator.replicate(command);
+            }
+        };
+        let mut log = log.lock().unwrap();
         self.state().check(&command)?;
         let index = log.last_index + 1;
         let payload = serde_json::to_vec(&command).expect("meta commands serialize");
@@ -164,13 +202,22 @@ impl Meta {
     /// [`Meta::commit`] for callers with no way to recover from a failed log write: after a
     /// failed sync the log's durable contents are unknown, and appending more could bury a torn
     /// record under valid ones. Restarting recovers a consistent state. Blocking.
+    ///
+    /// A cluster that refuses the change (no quorum) is asked again until it takes it: the
+    /// background tasks calling this pause until the quorum is back.
     pub fn commit_or_abort(&self, command: MetaCommand) -> Result<(), ApplyError> {
-        match self.commit(command) {
-            Ok(()) => Ok(()),
-            Err(MetaError::Rejected(err)) => Err(err),
-            Err(err) => {
-                tracing::error!(error = %err, "metadata log write failed; aborting");
-                std::process::abort();
+        loop {
+            match self.commit(command.clone()) {
+                Ok(()) => return Ok(()),
+                Err(MetaError::Rejected(err)) => return Err(err),
+                Err(MetaError::Unavailable(reason)) => {
+                    tracing::warn!(%reason, "metadata change refused by the cluster; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "metadata log write failed; aborting");
+                    std::process::abort();
+                }
             }
         }
     }

@@ -79,7 +79,7 @@ pub enum MetaCommand {
     PurgeTombstones { paths: Vec<String> },
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyError {
     #[error("file {0} is already registered")]
     DuplicateFile(String),

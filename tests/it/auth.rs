@@ -227,6 +227,13 @@ async fn every_route_enforces_its_permission() {
         ),
         (Method::GET, "/api/v1/auth/cache/stats", None, "admin"),
         (Method::POST, "/api/v1/auth/cache/invalidate", None, "admin"),
+        (Method::GET, "/api/v1/cluster", None, "admin"),
+        (Method::GET, "/api/v1/cluster/nodes", None, "admin"),
+        (Method::GET, "/api/v1/cluster/nodes/n1", None, "admin"),
+        (Method::DELETE, "/api/v1/cluster/nodes/n1", None, "admin"),
+        (Method::GET, "/api/v1/cluster/local", None, "admin"),
+        (Method::GET, "/api/v1/cluster/health", None, "admin"),
+        (Method::GET, "/api/v1/cluster/status", None, "admin"),
     ];
     let holders = [
         ("read", reader.as_str()),

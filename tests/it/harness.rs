@@ -62,6 +62,13 @@ impl Server {
     /// Starts a server in a new temporary directory (its working directory, so every default
     /// path lands inside it) with `ARC_*` settings from `env`.
     pub async fn start(env: &[(&str, &str)]) -> Server {
+        let mut server = Server::start_unready(env);
+        server.wait_ready().await;
+        server
+    }
+
+    /// [`Server::start`] without waiting for `/ready`.
+    pub fn start_unready(env: &[(&str, &str)]) -> Server {
         let tempdir = tempfile::tempdir().unwrap();
         let mut server = Server {
             child: None,
@@ -75,7 +82,6 @@ impl Server {
             _tempdir: Some(tempdir),
         };
         server.spawn();
-        server.wait_ready().await;
         server
     }
 

@@ -2,6 +2,8 @@
 
 mod auth;
 mod bad_input;
+mod cluster;
+mod cluster_harness;
 mod compaction;
 mod continuous_queries;
 mod crash;

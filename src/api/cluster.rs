@@ -1,0 +1,287 @@
+//! `/api/v1/cluster`: membership, health and Raft status (admin only), and the routing of
+//! requests a node's role cannot serve to a node whose role can.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::cluster::{
+    Capability, Cluster, ClusterError, FORWARDED_HEADER, NodeState, NodeStatus, role_can,
+};
+use crate::config::NodeRole;
+
+fn cluster(state: &AppState) -> Result<&Arc<Cluster>, ApiError> {
+    state.services()?.cluster.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "cluster mode is not enabled (cluster.enabled is false)",
+        )
+    })
+}
+
+fn ok(data: Value) -> Json<Value> {
+    Json(json!({ "success": true, "data": data }))
+}
+
+fn capabilities(role: NodeRole) -> Value {
+    json!({
+        "can_ingest": role_can(role, Capability::Ingest),
+        "can_query": role_can(role, Capability::Query),
+        "can_compact": role_can(role, Capability::Compact),
+        "can_coordinate": role == NodeRole::Writer,
+    })
+}
+
+/// `GET /api/v1/cluster`.
+pub async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let services = state.services()?;
+    let Some(cluster) = &services.cluster else {
+        return Ok(ok(json!({
+            "enabled": false,
+            "mode": "standalone",
+            "reason": "cluster.enabled is false",
+        })));
+    };
+    let nodes = cluster.nodes();
+    let count = |role: NodeRole| nodes.iter().filter(|n| n.role == role).count();
+    let raft = cluster.raft_status();
+    Ok(ok(json!({
+        "enabled": true,
+        "mode": "cluster",
+        "cluster_name": cluster.cluster_name(),
+        "local_node_id": cluster.name(),
+        "local_role": cluster.role(),
+        "node_count": nodes.len(),
+        "healthy_nodes": nodes.iter().filter(|n| n.state == NodeState::Healthy).count(),
+        "roles": {
+            "writer": count(NodeRole::Writer),
+            "reader": count(NodeRole::Reader),
+            "compactor": count(NodeRole::Compactor),
+        },
+        "leader": raft.leader_id,
+        "raft": raft,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NodeFilter {
+    role: Option<String>,
+    state: Option<String>,
+}
+
+/// `GET /api/v1/cluster/nodes?role=&state=`.
+pub async fn nodes(
+    State(state): State<Arc<AppState>>,
+    Query(filter): Query<NodeFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let cluster = cluster(&state)?;
+    let role = match filter.role.as_deref() {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_value::<NodeRole>(Value::String(text.to_owned())).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid role '{text}': use writer, reader, compactor or standalone"),
+                )
+            })?,
+        ),
+    };
+    let wanted_state = match filter.state.as_deref() {
+        None => None,
+        Some(text) => Some(
+            NodeState::ALL
+                .into_iter()
+                .find(|s| s.as_str() == text)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "invalid state '{text}': use healthy, unhealthy, dead, joining or leaving"
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let nodes: Vec<NodeStatus> = cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| role.is_none_or(|r| n.role == r))
+        .filter(|n| wanted_state.is_none_or(|s| n.state == s))
+        .collect();
+    let total = nodes.len();
+    Ok(Json(
+        json!({ "success": true, "data": nodes, "total": total }),
+    ))
+}
+
+/// `GET /api/v1/cluster/nodes/{id}`.
+pub async fn node(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let cluster = cluster(&state)?;
+    let node = cluster
+        .nodes()
+        .into_iter()
+        .find(|n| n.id == id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Node not found"))?;
+    Ok(ok(json!(node)))
+}
+
+/// `GET /api/v1/cluster/local`.
+pub async fn local(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let cluster = cluster(&state)?;
+    let node = cluster
+        .nodes()
+        .into_iter()
+        .find(|n| n.is_local)
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not a member yet"))?;
+    let mut data = json!(node);
+    data["capabilities"] = capabilities(cluster.role());
+    Ok(ok(data))
+}
+
+/// `GET /api/v1/cluster/health`.
+pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let cluster = cluster(&state)?;
+    let nodes = cluster.nodes();
+    let healthy = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Healthy)
+        .count();
+    let status = if cluster.raft_status().leader_id.is_none() {
+        "unhealthy"
+    } else if healthy == nodes.len() {
+        "healthy"
+    } else {
+        "degraded"
+    };
+    Ok(ok(json!({
+        "status": status,
+        "node_id": cluster.name(),
+        "role": cluster.role(),
+        "cluster_name": cluster.cluster_name(),
+        "healthy": healthy,
+        "unhealthy": nodes.len() - healthy,
+        "total": nodes.len(),
+    })))
+}
+
+/// `GET /api/v1/cluster/status`: this node's Raft view.
+pub async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let cluster = cluster(&state)?;
+    Ok(ok(json!({
+        "node_id": cluster.name(),
+        "role": cluster.role(),
+        "cluster_name": cluster.cluster_name(),
+        "raft": cluster.raft_status(),
+    })))
+}
+
+/// `DELETE /api/v1/cluster/nodes/{id}`.
+pub async fn remove_node(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let cluster = cluster(&state)?;
+    cluster.remove_node(&id).await.map_err(|err| {
+        let status = match err {
+            ClusterError::UnknownNode(_) => StatusCode::NOT_FOUND,
+            ClusterError::RemoveSelf => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, err.to_string())
+    })?;
+    Ok(Json(json!({
+        "success": true,
+        "message": format!("node {id} removed from the cluster"),
+        "node_id": id,
+    })))
+}
+
+/// Serves the request here when this node's role can, else forwards it to a healthy node whose
+/// role can. A request that was already forwarded is never forwarded again.
+pub async fn route_by_role(
+    State((state, capability)): State<(Arc<AppState>, Capability)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(cluster) = state.services().ok().and_then(|s| s.cluster.clone()) else {
+        return next.run(request).await;
+    };
+    if role_can(cluster.role(), capability) {
+        return next.run(request).await;
+    }
+    if let Some(from) = request.headers().get(FORWARDED_HEADER) {
+        let from = String::from_utf8_lossy(from.as_bytes()).into_owned();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "node {} ({}) cannot serve this request, forwarded here by {from}",
+                cluster.name(),
+                cluster.role()
+            ),
+        )
+        .into_response();
+    }
+    let Some(target) = cluster.node_for(capability) else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no healthy node can serve this request (this node is a {})",
+                cluster.role()
+            ),
+        )
+        .into_response();
+    };
+    forward(&cluster, &target, request, state.max_payload_bytes)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn forward(
+    cluster: &Cluster,
+    target: &NodeStatus,
+    request: Request,
+    max_body: usize,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = to_bytes(body, max_body)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))?;
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = parts.headers;
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    let answer = cluster
+        .http_client()
+        .request(parts.method, format!("http://{}{path}", target.api_address))
+        .headers(headers)
+        .header(FORWARDED_HEADER, cluster.name())
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("forwarding to node {} failed: {err}", target.id),
+            )
+        })?;
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != header::TRANSFER_ENCODING && name != header::CONNECTION {
+            response = response.header(name, value);
+        }
+    }
+    Ok(response
+        .body(Body::from_stream(answer.bytes_stream()))
+        .expect("copied status and headers are valid"))
+}

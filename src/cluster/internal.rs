@@ -1,0 +1,171 @@
+//! The coordinator port: Raft RPCs, join, forwarded metadata changes, heartbeats and removal.
+//! Every request is authenticated before its handler runs; refusals are logged as refused.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::network::{RAFT_APPEND_PATH, RAFT_SNAPSHOT_PATH, RAFT_VOTE_PATH};
+use super::peer_auth::SignedHeaders;
+use super::types::{RaftId, TypeConfig};
+use super::{
+    Applied, BARRIER_PATH, Cluster, Empty, FORWARD_PATH, ForwardRequest, HEARTBEAT_PATH, Heartbeat,
+    JOIN_PATH, JoinAnswer, JoinRequest, LeaderAnswer, REMOVE_PATH, RemoveRequest,
+};
+
+/// Largest internal request body (snapshot chunks are far smaller).
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// The authenticated sender of an internal request.
+#[derive(Debug, Clone)]
+struct Peer(String);
+
+pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let router = Router::new()
+        .route(RAFT_APPEND_PATH, post(append))
+        .route(RAFT_VOTE_PATH, post(vote))
+        .route(RAFT_SNAPSHOT_PATH, post(snapshot))
+        .route(JOIN_PATH, post(join))
+        .route(FORWARD_PATH, post(forward))
+        .route(BARRIER_PATH, post(barrier))
+        .route(HEARTBEAT_PATH, post(heartbeat))
+        .route(REMOVE_PATH, post(remove))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&cluster),
+            authenticate,
+        ))
+        .with_state(cluster);
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(err) = served {
+        tracing::error!(error = %err, "coordinator port failed");
+    }
+}
+
+async fn authenticate(
+    State(cluster): State<Arc<Cluster>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = to_bytes(body, MAX_BODY_BYTES).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    };
+    let headers = SignedHeaders::from_headers(&parts.headers);
+    let path = parts.uri.path().to_owned();
+    let now = chrono::Utc::now().timestamp();
+    match cluster.auth.verify(headers.as_ref(), &path, &bytes, now) {
+        Ok(()) => {
+            let sender = headers.map(|h| h.node).unwrap_or_default();
+            let mut request = Request::from_parts(parts, Body::from(bytes));
+            request.extensions_mut().insert(Peer(sender));
+            next.run(request).await
+        }
+        Err(refusal) => {
+            let claimed = headers.map(|h| h.node).unwrap_or_default();
+            tracing::warn!(peer = %claimed, %path, reason = %refusal, "refused internal request");
+            let body = serde_json::json!({ "error": refusal.to_string() });
+            (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+        }
+    }
+}
+
+async fn append(
+    State(cluster): State<Arc<Cluster>>,
+    Json(request): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<RaftId>, RaftError<RaftId>>> {
+    Json(cluster.raft.append_entries(request).await)
+}
+
+async fn vote(
+    State(cluster): State<Arc<Cluster>>,
+    Json(request): Json<VoteRequest<RaftId>>,
+) -> Json<Result<VoteResponse<RaftId>, RaftError<RaftId>>> {
+    Json(cluster.raft.vote(request).await)
+}
+
+async fn snapshot(
+    State(cluster): State<Arc<Cluster>>,
+    Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<RaftId>, RaftError<RaftId, InstallSnapshotError>>> {
+    Json(cluster.raft.install_snapshot(request).await)
+}
+
+async fn join(
+    State(cluster): State<Arc<Cluster>>,
+    Extension(Peer(sender)): Extension<Peer>,
+    Json(request): Json<JoinRequest>,
+) -> Json<JoinAnswer> {
+    if request.node.name != sender {
+        return Json(JoinAnswer::Refused {
+            reason: format!(
+                "request signed by {sender} asks to join as {}",
+                request.node.name
+            ),
+        });
+    }
+    if !cluster.is_leader() {
+        return Json(JoinAnswer::NotLeader {
+            leader: cluster.leader(),
+        });
+    }
+    Json(cluster.admit(request.node).await)
+}
+
+async fn forward(
+    State(cluster): State<Arc<Cluster>>,
+    Json(request): Json<ForwardRequest>,
+) -> Json<LeaderAnswer<Applied>> {
+    if !cluster.is_leader() {
+        return Json(LeaderAnswer::NotLeader {
+            leader: cluster.leader(),
+        });
+    }
+    Json(cluster.write_as_leader(request.command).await)
+}
+
+async fn barrier(State(cluster): State<Arc<Cluster>>) -> Json<LeaderAnswer<u64>> {
+    if !cluster.is_leader() {
+        return Json(LeaderAnswer::NotLeader {
+            leader: cluster.leader(),
+        });
+    }
+    Json(cluster.read_index_as_leader().await)
+}
+
+async fn heartbeat(
+    State(cluster): State<Arc<Cluster>>,
+    Extension(Peer(sender)): Extension<Peer>,
+    Json(beat): Json<Heartbeat>,
+) -> Json<Empty> {
+    cluster.record_heartbeat(&sender, beat.leaving);
+    Json(Empty {})
+}
+
+async fn remove(
+    State(cluster): State<Arc<Cluster>>,
+    Json(request): Json<RemoveRequest>,
+) -> Json<LeaderAnswer<bool>> {
+    if !cluster.is_leader() {
+        return Json(LeaderAnswer::NotLeader {
+            leader: cluster.leader(),
+        });
+    }
+    Json(cluster.remove_as_leader(&request.name).await)
+}

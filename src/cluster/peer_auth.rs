@@ -1,0 +1,300 @@
+//! Authentication of node-to-node requests: every request carries the sender's node id, the
+//! cluster name, a random nonce, a timestamp and an HMAC-SHA256 (keyed by the shared secret) over
+//! those and the request's path and body. A receiver refuses another cluster's requests, stale
+//! timestamps, bad signatures and nonces it has already seen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{digest, hmac};
+
+pub const NODE_HEADER: &str = "x-arc-node";
+pub const CLUSTER_HEADER: &str = "x-arc-cluster";
+pub const NONCE_HEADER: &str = "x-arc-nonce";
+pub const TIMESTAMP_HEADER: &str = "x-arc-timestamp";
+pub const SIGNATURE_HEADER: &str = "x-arc-signature";
+
+/// Seconds a request's timestamp may differ from the receiver's clock.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+
+/// The authentication fields of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHeaders {
+    pub node: String,
+    pub cluster: String,
+    pub nonce: String,
+    pub timestamp: i64,
+    pub signature: String,
+}
+
+impl SignedHeaders {
+    pub fn pairs(&self) -> [(&'static str, String); 5] {
+        [
+            (NODE_HEADER, self.node.clone()),
+            (CLUSTER_HEADER, self.cluster.clone()),
+            (NONCE_HEADER, self.nonce.clone()),
+            (TIMESTAMP_HEADER, self.timestamp.to_string()),
+            (SIGNATURE_HEADER, self.signature.clone()),
+        ]
+    }
+
+    /// Reads the fields from request headers; `None` when one is missing or malformed.
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> Option<SignedHeaders> {
+        let text = |name: &str| headers.get(name)?.to_str().ok().map(str::to_owned);
+        Some(SignedHeaders {
+            node: text(NODE_HEADER)?,
+            cluster: text(CLUSTER_HEADER)?,
+            nonce: text(NONCE_HEADER)?,
+            timestamp: text(TIMESTAMP_HEADER)?.parse().ok()?,
+            signature: text(SIGNATURE_HEADER)?,
+        })
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("authentication headers missing or malformed")]
+    Missing,
+    #[error("cluster name '{0}' is not this cluster's")]
+    WrongCluster(String),
+    #[error("timestamp is {0} s away from this node's clock")]
+    Stale(i64),
+    #[error("signature does not match (wrong shared secret?)")]
+    BadSignature,
+    #[error("nonce was already used")]
+    Replayed,
+}
+
+/// Signs outgoing requests and verifies incoming ones for one node.
+pub struct PeerAuth {
+    key: hmac::Key,
+    cluster: String,
+    node: String,
+    random: SystemRandom,
+    /// Nonces accepted recently, with the timestamp they came with.
+    seen: Mutex<NonceCache>,
+}
+
+impl std::fmt::Debug for PeerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerAuth")
+            .field("cluster", &self.cluster)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerAuth {
+    pub fn new(shared_secret: &str, cluster: &str, node: &str) -> PeerAuth {
+        PeerAuth {
+            key: hmac::Key::new(hmac::HMAC_SHA256, shared_secret.as_bytes()),
+            cluster: cluster.to_owned(),
+            node: node.to_owned(),
+            random: SystemRandom::new(),
+            seen: Mutex::new(NonceCache::default()),
+        }
+    }
+
+    pub fn sign(&self, path: &str, body: &[u8], now: i64) -> SignedHeaders {
+        let mut nonce = [0u8; 16];
+        self.random
+            .fill(&mut nonce)
+            .expect("the system random source works");
+        let nonce = hex(&nonce);
+        let signature = hex(hmac::sign(
+            &self.key,
+            &signed_message(path, body, &self.node, &self.cluster, &nonce, now),
+        )
+        .as_ref());
+        SignedHeaders {
+            node: self.node.clone(),
+            cluster: self.cluster.clone(),
+            nonce,
+            timestamp: now,
+            signature,
+        }
+    }
+
+    /// Accepts a request once: the same nonce is refused for as long as its timestamp is fresh.
+    pub fn verify(
+        &self,
+        headers: Option<&SignedHeaders>,
+        path: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), Refusal> {
+        let headers = headers.ok_or(Refusal::Missing)?;
+        if headers.cluster != self.cluster {
+            return Err(Refusal::WrongCluster(headers.cluster.clone()));
+        }
+        let skew = now - headers.timestamp;
+        if skew.abs() > MAX_CLOCK_SKEW_SECS {
+            return Err(Refusal::Stale(skew));
+        }
+        let signature = unhex(&headers.signature).ok_or(Refusal::BadSignature)?;
+        let message = signed_message(
+            path,
+            body,
+            &headers.node,
+            &headers.cluster,
+            &headers.nonce,
+            headers.timestamp,
+        );
+        hmac::verify(&self.key, &message, &signature).map_err(|_| Refusal::BadSignature)?;
+        self.seen
+            .lock()
+            .unwrap()
+            .insert(&headers.nonce, headers.timestamp, now)
+    }
+}
+
+fn signed_message(
+    path: &str,
+    body: &[u8],
+    node: &str,
+    cluster: &str,
+    nonce: &str,
+    timestamp: i64,
+) -> Vec<u8> {
+    let body_hash = hex(digest::digest(&digest::SHA256, body).as_ref());
+    [
+        "arc-peer",
+        path,
+        nonce,
+        node,
+        cluster,
+        &timestamp.to_string(),
+        &body_hash,
+    ]
+    .join("\0")
+    .into_bytes()
+}
+
+/// Nonces seen within the freshness window; older ones are forgotten, since their timestamps
+/// are refused as stale anyway.
+#[derive(Default)]
+struct NonceCache {
+    by_nonce: HashMap<String, i64>,
+    by_time: BTreeMap<i64, Vec<String>>,
+}
+
+impl NonceCache {
+    fn insert(&mut self, nonce: &str, timestamp: i64, now: i64) -> Result<(), Refusal> {
+        let oldest_fresh = now - MAX_CLOCK_SKEW_SECS;
+        while let Some(entry) = self.by_time.first_entry() {
+            if *entry.key() >= oldest_fresh {
+                break;
+            }
+            for old in entry.remove() {
+                self.by_nonce.remove(&old);
+            }
+        }
+        if self.by_nonce.contains_key(nonce) {
+            return Err(Refusal::Replayed);
+        }
+        self.by_nonce.insert(nonce.to_owned(), timestamp);
+        self.by_time
+            .entry(timestamp)
+            .or_default()
+            .push(nonce.to_owned());
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_signed_request_is_accepted_once() {
+        let sender = PeerAuth::new(SECRET, "prod", "reader-01");
+        let receiver = PeerAuth::new(SECRET, "prod", "writer-01");
+        let signed = sender.sign("/internal/heartbeat", b"{}", 1_000);
+        assert_eq!(
+            receiver.verify(Some(&signed), "/internal/heartbeat", b"{}", 1_010),
+            Ok(())
+        );
+        assert_eq!(
+            receiver.verify(Some(&signed), "/internal/heartbeat", b"{}", 1_011),
+            Err(Refusal::Replayed)
+        );
+    }
+
+    #[test]
+    fn wrong_secret_cluster_body_path_and_stale_requests_are_refused() {
+        let receiver = PeerAuth::new(SECRET, "prod", "writer-01");
+        let wrong_secret = PeerAuth::new("another-secret-of-enough-length!!", "prod", "x");
+        let wrong_cluster = PeerAuth::new(SECRET, "staging", "x");
+        let sender = PeerAuth::new(SECRET, "prod", "x");
+        let now = 5_000;
+        let check = |signed: &SignedHeaders, path: &str, body: &[u8], at: i64| {
+            receiver.verify(Some(signed), path, body, at)
+        };
+        assert_eq!(
+            check(&wrong_secret.sign("/p", b"b", now), "/p", b"b", now),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(
+            check(&wrong_cluster.sign("/p", b"b", now), "/p", b"b", now),
+            Err(Refusal::WrongCluster("staging".into()))
+        );
+        assert_eq!(
+            check(&sender.sign("/p", b"b", now), "/p", b"other", now),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(
+            check(&sender.sign("/p", b"b", now), "/q", b"b", now),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(
+            check(&sender.sign("/p", b"b", now - 301), "/p", b"b", now),
+            Err(Refusal::Stale(301))
+        );
+        assert_eq!(
+            check(&sender.sign("/p", b"b", now + 400), "/p", b"b", now),
+            Err(Refusal::Stale(-400))
+        );
+        let mut forged = sender.sign("/p", b"b", now);
+        forged.node = "writer-01".into();
+        assert_eq!(check(&forged, "/p", b"b", now), Err(Refusal::BadSignature));
+        assert_eq!(
+            receiver.verify(None, "/p", b"b", now),
+            Err(Refusal::Missing)
+        );
+    }
+
+    #[test]
+    fn nonces_are_forgotten_once_their_timestamps_are_stale() {
+        let mut cache = NonceCache::default();
+        cache.insert("a", 100, 100).unwrap();
+        assert_eq!(cache.insert("a", 100, 200), Err(Refusal::Replayed));
+        cache.insert("b", 500, 500).unwrap();
+        assert!(!cache.by_nonce.contains_key("a"));
+        assert_eq!(cache.by_nonce.len(), 1);
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_garbage() {
+        assert_eq!(unhex(&hex(&[0, 15, 255])), Some(vec![0, 15, 255]));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}
