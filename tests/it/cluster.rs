@@ -211,6 +211,7 @@ async fn losing_the_leader_elects_another_within_three_seconds_and_it_catches_up
     })
     .await;
     let elapsed = killed_at.elapsed();
+    eprintln!("new leader {new_leader} {elapsed:?} after the kill");
     assert!(
         elapsed < Duration::from_secs(3),
         "new leader {new_leader} after {elapsed:?}"
