@@ -124,6 +124,20 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// Runs file work on the blocking pool: it syncs files, which must not stall the async
+    /// workers. Awaiting it keeps the log's writes in the order openraft issues them.
+    async fn with_files<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut LogFiles) -> T + Send + 'static,
+    ) -> T {
+        let files = Arc::clone(&self.files);
+        tokio::task::spawn_blocking(move || work(&mut files.lock().unwrap()))
+            .await
+            .expect("Raft log task panicked")
+    }
+}
+
 impl LogFiles {
     fn save_meta(&self) -> io::Result<()> {
         let bytes = serde_json::to_vec(&self.meta).expect("log meta serializes");
@@ -182,11 +196,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<RaftId>) -> StoreResult<()> {
-        let mut files = self.files.lock().unwrap();
-        files.meta.vote = Some(*vote);
-        files
-            .save_meta()
-            .map_err(|e| storage_error(StorageIOError::write_vote, &e))
+        let vote = *vote;
+        self.with_files(move |files| {
+            files.meta.vote = Some(vote);
+            files
+                .save_meta()
+                .map_err(|e| storage_error(StorageIOError::write_vote, &e))
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<RaftId>>> {
@@ -198,61 +215,64 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut files = self.files.lock().unwrap();
-        let mut data = Vec::new();
-        let mut added = Vec::new();
-        for entry in entries {
-            let offset = files.end_offset + data.len() as u64;
-            let payload = serde_json::to_vec(&entry).expect("log entries serialize");
-            encode_record(&mut data, entry.log_id.index, &[&payload]);
-            added.push((entry, offset));
-        }
-        let written = files
-            .file
-            .write_all(&data)
-            .and_then(|_| files.file.sync_data());
-        if let Err(err) = written {
-            callback.log_io_completed(Err(io::Error::new(err.kind(), err.to_string())));
-            return Err(storage_error(StorageIOError::write_logs, &err));
-        }
-        files.end_offset += data.len() as u64;
-        for (entry, offset) in added {
-            files.entries.insert(entry.log_id.index, (entry, offset));
-        }
-        callback.log_io_completed(Ok(()));
-        Ok(())
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        self.with_files(move |files| {
+            let mut data = Vec::new();
+            let mut added = Vec::new();
+            for entry in entries {
+                let offset = files.end_offset + data.len() as u64;
+                let payload = serde_json::to_vec(&entry).expect("log entries serialize");
+                encode_record(&mut data, entry.log_id.index, &[&payload]);
+                added.push((entry, offset));
+            }
+            let written = files
+                .file
+                .write_all(&data)
+                .and_then(|_| files.file.sync_data());
+            if let Err(err) = written {
+                callback.log_io_completed(Err(io::Error::new(err.kind(), err.to_string())));
+                return Err(storage_error(StorageIOError::write_logs, &err));
+            }
+            files.end_offset += data.len() as u64;
+            for (entry, offset) in added {
+                files.entries.insert(entry.log_id.index, (entry, offset));
+            }
+            callback.log_io_completed(Ok(()));
+            Ok(())
+        })
+        .await
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftId>) -> StoreResult<()> {
-        let mut files = self.files.lock().unwrap();
-        let Some((_, offset)) = files
-            .entries
-            .get(&log_id.index)
-            .map(|(e, o)| (e.log_id, *o))
-        else {
-            return Ok(());
-        };
-        files.entries.split_off(&log_id.index);
-        let result = files
-            .file
-            .set_len(offset)
-            .and_then(|_| files.file.sync_all());
-        result.map_err(|e| storage_error(StorageIOError::write_logs, &e))?;
-        files.end_offset = offset;
-        Ok(())
+        self.with_files(move |files| {
+            let Some(offset) = files.entries.get(&log_id.index).map(|(_, o)| *o) else {
+                return Ok(());
+            };
+            files.entries.split_off(&log_id.index);
+            files
+                .file
+                .set_len(offset)
+                .and_then(|_| files.file.sync_all())
+                .map_err(|e| storage_error(StorageIOError::write_logs, &e))?;
+            files.end_offset = offset;
+            Ok(())
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<RaftId>) -> StoreResult<()> {
-        let mut files = self.files.lock().unwrap();
-        // The purge point is recorded first: a crash before the rewrite leaves entries that
-        // opening skips.
-        files.meta.last_purged = Some(log_id);
-        let kept = files.entries.split_off(&(log_id.index + 1));
-        files.entries = kept;
-        files
-            .save_meta()
-            .and_then(|_| files.rewrite())
-            .map_err(|e| storage_error(StorageIOError::write_logs, &e))
+        self.with_files(move |files| {
+            // The purge point is recorded first: a crash before the rewrite leaves entries that
+            // opening skips.
+            files.meta.last_purged = Some(log_id);
+            let kept = files.entries.split_off(&(log_id.index + 1));
+            files.entries = kept;
+            files
+                .save_meta()
+                .and_then(|_| files.rewrite())
+                .map_err(|e| storage_error(StorageIOError::write_logs, &e))
+        })
+        .await
     }
 }
 
