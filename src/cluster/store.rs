@@ -199,11 +199,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let vote = *vote;
         self.with_files(move |files| {
             files.meta.vote = Some(vote);
-            files
-                .save_meta()
-                .map_err(|e| storage_error(StorageIOError::write_vote, &e))
+            files.save_meta()
         })
         .await
+        .map_err(|e| storage_error(StorageIOError::write_vote, &e))
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<RaftId>>> {
@@ -231,7 +230,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .and_then(|_| files.file.sync_data());
             if let Err(err) = written {
                 callback.log_io_completed(Err(io::Error::new(err.kind(), err.to_string())));
-                return Err(storage_error(StorageIOError::write_logs, &err));
+                return Err(err);
             }
             files.end_offset += data.len() as u64;
             for (entry, offset) in added {
@@ -241,6 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .await
+        .map_err(|e| storage_error(StorageIOError::write_logs, &e))
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftId>) -> StoreResult<()> {
@@ -252,12 +252,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             files
                 .file
                 .set_len(offset)
-                .and_then(|_| files.file.sync_all())
-                .map_err(|e| storage_error(StorageIOError::write_logs, &e))?;
+                .and_then(|_| files.file.sync_all())?;
             files.end_offset = offset;
             Ok(())
         })
         .await
+        .map_err(|e| storage_error(StorageIOError::write_logs, &e))
     }
 
     async fn purge(&mut self, log_id: LogId<RaftId>) -> StoreResult<()> {
@@ -267,12 +267,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             files.meta.last_purged = Some(log_id);
             let kept = files.entries.split_off(&(log_id.index + 1));
             files.entries = kept;
-            files
-                .save_meta()
-                .and_then(|_| files.rewrite())
-                .map_err(|e| storage_error(StorageIOError::write_logs, &e))
+            files.save_meta().and_then(|_| files.rewrite())
         })
         .await
+        .map_err(|e| storage_error(StorageIOError::write_logs, &e))
     }
 }
 
