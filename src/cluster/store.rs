@@ -375,6 +375,17 @@ impl MachineState {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        // Serializing the whole state and syncing it to disk is blocking work.
+        let builder = self.clone();
+        tokio::task::spawn_blocking(move || builder.build_snapshot_blocking())
+            .await
+            .expect("snapshot task panicked")
+            .map_err(|e| storage_error(|s| StorageIOError::write_snapshot(None, s), &e))
+    }
+}
+
+impl StateMachine {
+    fn build_snapshot_blocking(&self) -> io::Result<Snapshot<TypeConfig>> {
         let mut machine = self.machine.lock().unwrap();
         let data = serde_json::to_vec(&*self.applied.state.read().unwrap())
             .expect("meta state serializes");
@@ -392,9 +403,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: data.clone(),
         };
-        machine
-            .keep_snapshot(snapshot)
-            .map_err(|e| storage_error(|s| StorageIOError::write_snapshot(None, s), &e))?;
+        machine.keep_snapshot(snapshot)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
