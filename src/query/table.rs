@@ -272,14 +272,11 @@ impl TableProvider for MeasurementTable {
                 let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
                 source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
             }
-            let partitions = state.config().target_partitions().max(1);
-            let mut groups: Vec<Vec<PartitionedFile>> =
-                vec![Vec::new(); partitions.min(files.len())];
-            let group_count = groups.len();
-            for (i, file) in files.iter().enumerate() {
-                groups[i % group_count]
-                    .push(PartitionedFile::new(file.path.clone(), file.size_bytes));
-            }
+            let sizes: Vec<(String, u64)> = files
+                .iter()
+                .map(|f| (f.path.clone(), f.size_bytes))
+                .collect();
+            let groups = file_groups(&sizes, state.config().target_partitions());
             let config =
                 FileScanConfigBuilder::new(ObjectStoreUrl::parse(STORAGE_URL)?, Arc::new(source))
                     .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
@@ -305,6 +302,42 @@ impl TableProvider for MeasurementTable {
         }
         UnionExec::try_new(inputs)
     }
+}
+
+/// Smallest byte range a file is cut into for a scan partition: finer cuts cost more footer
+/// reads than they gain.
+const MIN_SPLIT_BYTES: u64 = 8 << 20;
+
+/// Pure: spreads files over at most `partitions` groups of about equal bytes. A file larger than
+/// a group's share is cut into byte ranges (a Parquet reader takes the row groups whose middle
+/// falls in its range), so a few large compacted files still keep every core busy.
+fn file_groups(files: &[(String, u64)], partitions: usize) -> Vec<Vec<PartitionedFile>> {
+    let partitions = partitions.max(1);
+    let total: u64 = files.iter().map(|(_, size)| size).sum();
+    let share = total.div_ceil(partitions as u64).max(MIN_SPLIT_BYTES);
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); partitions];
+    for (path, size) in files {
+        let pieces = size.div_ceil(share).max(1);
+        for piece in 0..pieces {
+            let (start, end) = (size * piece / pieces, size * (piece + 1) / pieces);
+            let file = PartitionedFile::new(path.clone(), *size);
+            let file = match pieces {
+                1 => file,
+                _ => file.with_range(start as i64, end as i64),
+            };
+            let lightest = groups
+                .iter_mut()
+                .min_by_key(|(bytes, _)| *bytes)
+                .expect("at least one group");
+            lightest.0 += end - start;
+            lightest.1.push(file);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, files)| files)
+        .filter(|files| !files.is_empty())
+        .collect()
 }
 
 /// Inclusive bounds on `time` implied by a scan's filters, in µs.
@@ -403,6 +436,65 @@ fn micros(expr: &Expr) -> Option<(i64, bool)> {
 mod tests {
     use super::*;
     use datafusion::logical_expr::{col, lit};
+
+    fn pieces(groups: &[Vec<PartitionedFile>]) -> Vec<Vec<(String, Option<(i64, i64)>)>> {
+        groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|f| {
+                        let range = f.range.as_ref().map(|r| (r.start, r.end));
+                        (f.object_meta.location.to_string(), range)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn large_files_are_cut_into_ranges_and_groups_balance_bytes() {
+        const MB: u64 = 1 << 20;
+        let one_large = file_groups(&[("day.parquet".into(), 100 * MB)], 2);
+        assert_eq!(
+            pieces(&one_large),
+            vec![
+                vec![("day.parquet".into(), Some((0, 50 * MB as i64)))],
+                vec![(
+                    "day.parquet".into(),
+                    Some((50 * MB as i64, 100 * MB as i64))
+                )],
+            ]
+        );
+        let small: Vec<(String, u64)> = (0..5).map(|i| (format!("{i}.parquet"), MB)).collect();
+        let groups = pieces(&file_groups(&small, 2));
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![3, 2],
+            "small files are spread whole"
+        );
+        assert!(groups.iter().flatten().all(|(_, range)| range.is_none()));
+        assert_eq!(file_groups(&small[..1], 4).len(), 1);
+        let mixed = [
+            ("a".to_string(), 60 * MB),
+            ("b".to_string(), 20 * MB),
+            ("c".to_string(), 20 * MB),
+        ];
+        let groups = file_groups(&mixed, 2);
+        let bytes: Vec<u64> = groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|f| {
+                        f.range
+                            .as_ref()
+                            .map_or(f.object_meta.size, |r| (r.end - r.start) as u64)
+                    })
+                    .sum()
+            })
+            .collect();
+        assert_eq!(bytes, vec![50 * MB, 50 * MB]);
+        assert!(file_groups(&[], 4).is_empty());
+    }
 
     fn ts(us: i64) -> Expr {
         lit(ScalarValue::TimestampMicrosecond(
