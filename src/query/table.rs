@@ -437,7 +437,10 @@ mod tests {
     use super::*;
     use datafusion::logical_expr::{col, lit};
 
-    fn pieces(groups: &[Vec<PartitionedFile>]) -> Vec<Vec<(String, Option<(i64, i64)>)>> {
+    /// A file of a group, and its byte range if it was cut.
+    type Piece = (String, Option<(i64, i64)>);
+
+    fn pieces(groups: &[Vec<PartitionedFile>]) -> Vec<Vec<Piece>> {
         groups
             .iter()
             .map(|g| {
