@@ -58,9 +58,13 @@ pub fn manual_window(
     now_us: i64,
 ) -> Result<(i64, i64), CqError> {
     let end = end_us.unwrap_or(now_us);
+    if end > now_us {
+        // Its rows may not have arrived yet, and the scheduler would wait for it.
+        return Err(CqError::Invalid("end_time may not be in the future".into()));
+    }
     let start = start_us
         .or(query.last_processed_us)
-        .unwrap_or(end - DEFAULT_LOOKBACK_US);
+        .unwrap_or(end.saturating_sub(DEFAULT_LOOKBACK_US));
     if start >= end {
         return Err(CqError::Invalid(
             "start_time must be before end_time".into(),
@@ -250,10 +254,8 @@ pub async fn run_scheduled(runner: Arc<CqRunner>, mut stop: watch::Receiver<bool
                     );
                 }
                 Err(err) => {
-                    retry_at.insert(
-                        query.id,
-                        now + query.interval_us.max(MIN_SCHEDULED_INTERVAL_US),
-                    );
+                    let delay = query.interval_us.max(MIN_SCHEDULED_INTERVAL_US);
+                    retry_at.insert(query.id, now.saturating_add(delay));
                     tracing::warn!(query = %query.name, error = %err, "continuous query failed");
                 }
             }
@@ -333,6 +335,10 @@ mod tests {
         );
         assert!(matches!(
             manual_window(&every_minute(None), Some(2 * MINUTE), Some(2 * MINUTE), now),
+            Err(CqError::Invalid(_))
+        ));
+        assert!(matches!(
+            manual_window(&every_minute(None), None, Some(now + 1), now),
             Err(CqError::Invalid(_))
         ));
     }

@@ -476,7 +476,7 @@ impl Deleter {
             self.crash_hook.crash_if(Step::AfterJournal);
             for (entry, local) in &added {
                 if let Err(err) = self.storage.put_file(&entry.path, local).await {
-                    self.remove_uploads(&added).await;
+                    self.abandon(&added).await;
                     return Err(err.into());
                 }
             }
@@ -495,12 +495,14 @@ impl Deleter {
             .await
             .expect("meta commit task panicked");
         if let Err(err) = swapped {
-            self.remove_uploads(&added).await;
+            if !added.is_empty() {
+                self.abandon(&added).await;
+            }
             return Err(DeleteError::Conflict(err));
         }
         self.crash_hook.crash_if(Step::AfterSwap);
         if !added.is_empty() {
-            pending.registered();
+            pending.settled();
         }
         Ok(added.len())
     }
@@ -595,12 +597,12 @@ impl Deleter {
         ParquetMetaDataReader::decode_metadata(&bytes).map_err(corrupt)
     }
 
-    async fn remove_uploads(&self, added: &[(FileEntry, PathBuf)]) {
-        for (entry, _) in added {
-            if let Err(err) = self.storage.delete(&entry.path).await {
-                tracing::warn!(key = %entry.path, error = %err, "could not remove an unregistered delete output; start-up will");
-            }
-        }
+    async fn abandon(&self, added: &[(FileEntry, PathBuf)]) {
+        let keys: Vec<String> = added.iter().map(|(e, _)| e.path.clone()).collect();
+        self.flusher
+            .pending_uploads()
+            .abandon(&self.storage, &keys)
+            .await;
     }
 }
 
@@ -643,8 +645,10 @@ mod tests {
         assert!(invalid("host = 'a").contains("unbalanced"));
         assert!(invalid("host = 'a' OR").contains("invalid where"));
         assert!(invalid("host = 'a' host").contains("after the expression"));
-        // Keywords are whole words: a column named `offset` or `dataset` is fine.
+        // Keywords are whole words outside string literals.
         assert!(check_predicate("offset > 3 AND dataset = 'x'").is_ok());
+        assert!(check_predicate("host = 'set-1' OR note = 'drop; -- it'").is_ok());
+        assert!(invalid("host = 'a' OR 1 = 1; SELECT 1").contains("';'"));
     }
 
     #[test]

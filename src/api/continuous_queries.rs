@@ -227,7 +227,7 @@ pub async fn create(
         .continuous_queries()
         .find(|q| q.name == name)
         .cloned()
-        .expect("just created");
+        .ok_or_else(super::deleted_meanwhile)?;
     Ok((StatusCode::CREATED, Json(query_json(&meta, &created))).into_response())
 }
 
@@ -297,9 +297,15 @@ pub async fn execute(
     let end = parse_time(fields.end_time.as_deref(), "end_time")?;
     let window =
         continuous::manual_window(&query, start, end, now_us()).map_err(|e| bad(e.to_string()))?;
-    let run = runner
-        .execute(&query, window, fields.dry_run)
+    // Spawned, so a client that goes away does not cancel the run between clearing the window
+    // and writing its results.
+    let run = {
+        let (query, dry_run) = (query.clone(), fields.dry_run);
+        tokio::spawn(async move { runner.execute(&query, window, dry_run).await })
+    };
+    let run = run
         .await
+        .expect("continuous query task panicked")
         .map_err(|e| match e {
             CqError::Query(crate::query::QueryError::Invalid(message)) => {
                 bad(format!("Execution failed: {message}"))

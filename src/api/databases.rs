@@ -132,7 +132,7 @@ pub async fn create(
         MetaCommand::Admin(AdminCommand::CreateDatabase(record)),
     )
     .await?;
-    let created = info(services, &name).expect("just created");
+    let created = info(services, &name).ok_or_else(super::deleted_meanwhile)?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 

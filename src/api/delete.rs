@@ -83,7 +83,11 @@ pub async fn rows(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         dry_run: body.dry_run,
         confirm: body.confirm,
     };
-    match deleter.run(&request).await {
+    let dry_run = request.dry_run;
+    // Spawned, so a client that goes away does not cancel the delete halfway.
+    let deleter = Arc::clone(deleter);
+    let run = tokio::spawn(async move { deleter.run(&request).await });
+    match run.await.expect("delete task panicked") {
         Ok(outcome) => {
             let names: Vec<&str> = outcome
                 .affected_files
@@ -101,7 +105,7 @@ pub async fn rows(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
                 "affected_files": outcome.affected_files.len(),
                 "rewritten_files": outcome.rewritten_files,
                 "execution_time_ms": outcome.elapsed_ms,
-                "dry_run": request.dry_run,
+                "dry_run": dry_run,
                 "files_processed": names,
             }))
             .into_response()

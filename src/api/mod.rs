@@ -375,6 +375,14 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A record created a moment ago is gone: a concurrent request deleted it.
+fn deleted_meanwhile() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "deleted by another request while being created",
+    )
+}
+
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }

@@ -189,7 +189,7 @@ pub async fn create(
         .admin()
         .retention_policy_named(&name)
         .cloned()
-        .expect("just created");
+        .ok_or_else(super::deleted_meanwhile)?;
     Ok((StatusCode::CREATED, Json(policy_json(&meta, &created))).into_response())
 }
 

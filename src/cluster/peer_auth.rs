@@ -129,8 +129,9 @@ impl PeerAuth {
         if headers.cluster != self.cluster {
             return Err(Refusal::WrongCluster(headers.cluster.clone()));
         }
-        let skew = now - headers.timestamp;
-        if skew.abs() > MAX_CLOCK_SKEW_SECS {
+        // Saturating: a hostile timestamp must not overflow.
+        let skew = now.saturating_sub(headers.timestamp);
+        if skew.unsigned_abs() > MAX_CLOCK_SKEW_SECS.unsigned_abs() {
             return Err(Refusal::Stale(skew));
         }
         let signature = unhex(&headers.signature).ok_or(Refusal::BadSignature)?;
@@ -271,6 +272,12 @@ mod tests {
         assert_eq!(
             check(&sender.sign("/p", b"b", now + 400), "/p", b"b", now),
             Err(Refusal::Stale(-400))
+        );
+        let mut ancient = sender.sign("/p", b"b", now);
+        ancient.timestamp = i64::MIN;
+        assert_eq!(
+            check(&ancient, "/p", b"b", now),
+            Err(Refusal::Stale(i64::MAX))
         );
         let mut forged = sender.sign("/p", b"b", now);
         forged.node = "writer-01".into();

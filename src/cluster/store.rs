@@ -386,29 +386,47 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
 impl StateMachine {
     fn build_snapshot_blocking(&self) -> io::Result<Snapshot<TypeConfig>> {
+        // A consistent copy is taken under the locks; serializing it happens outside them, so
+        // `apply` is held up for a clone, not for the encoding.
+        let (state, meta) = {
+            let mut machine = self.machine.lock().unwrap();
+            let state = self.applied.state.read().unwrap().clone();
+            machine.snapshots_built += 1;
+            let snapshot_id = match machine.last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, machine.snapshots_built),
+                None => format!("empty-{}", machine.snapshots_built),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: machine.last_applied,
+                last_membership: machine.membership.clone(),
+                snapshot_id,
+            };
+            (state, meta)
+        };
+        let data = serde_json::to_vec(&state).expect("meta state serializes");
         let mut machine = self.machine.lock().unwrap();
-        let data = serde_json::to_vec(&*self.applied.state.read().unwrap())
-            .expect("meta state serializes");
-        machine.snapshots_built += 1;
-        let snapshot_id = match machine.last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, machine.snapshots_built),
-            None => format!("empty-{}", machine.snapshots_built),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: machine.last_applied,
-            last_membership: machine.membership.clone(),
-            snapshot_id,
-        };
-        let snapshot = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        };
-        machine.keep_snapshot(snapshot)?;
+        // A snapshot installed meanwhile is newer than this one and stays.
+        let newer_kept = machine
+            .snapshot
+            .as_ref()
+            .is_some_and(|kept| kept.meta.last_log_id > meta.last_log_id);
+        if !newer_kept {
+            machine.keep_snapshot(StoredSnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            })?;
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
     }
+}
+
+/// Why a received snapshot could not be installed.
+enum InstallFailure {
+    Decode(serde_json::Error),
+    Write(io::Error),
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -461,24 +479,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<RaftId, NodeInfo>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StoreResult<()> {
-        let data = snapshot.into_inner();
-        let state: MetaState = serde_json::from_slice(&data).map_err(|e| StorageError::IO {
-            source: StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)),
-        })?;
-        let mut machine = self.machine.lock().unwrap();
-        machine
-            .keep_snapshot(StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            })
-            .map_err(|e| storage_error(|s| StorageIOError::write_snapshot(None, s), &e))?;
-        *self.applied.state.write().unwrap() = state;
-        machine.last_applied = meta.last_log_id;
-        machine.membership = meta.last_membership.clone();
-        self.applied
-            .applied_index
-            .send_replace(meta.last_log_id.map_or(0, |id| id.index));
-        Ok(())
+        // Decoding and syncing the snapshot is blocking work.
+        let (machine, applied, installing) =
+            (self.clone(), Arc::clone(&self.applied), meta.clone());
+        let installed = tokio::task::spawn_blocking(move || {
+            let data = snapshot.into_inner();
+            let state: MetaState = serde_json::from_slice(&data).map_err(InstallFailure::Decode)?;
+            let mut machine = machine.machine.lock().unwrap();
+            machine
+                .keep_snapshot(StoredSnapshot {
+                    meta: installing.clone(),
+                    data,
+                })
+                .map_err(InstallFailure::Write)?;
+            *applied.state.write().unwrap() = state;
+            machine.last_applied = installing.last_log_id;
+            machine.membership = installing.last_membership.clone();
+            applied
+                .applied_index
+                .send_replace(installing.last_log_id.map_or(0, |id| id.index));
+            Ok(())
+        });
+        match installed.await.expect("snapshot install task panicked") {
+            Ok(()) => Ok(()),
+            Err(InstallFailure::Decode(e)) => Err(StorageError::IO {
+                source: StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)),
+            }),
+            Err(InstallFailure::Write(e)) => Err(storage_error(
+                |s| StorageIOError::write_snapshot(None, s),
+                &e,
+            )),
+        }
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {

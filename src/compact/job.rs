@@ -135,7 +135,7 @@ pub async fn run(
             .map_err(JobError::Journal)?;
         context.crash_hook.crash_if(Step::AfterJournal);
         if let Err(err) = context.storage.put_file(&entry.path, &output_path).await {
-            remove_output(context, &entry.path).await;
+            abandon(context, entry).await;
             return Err(err.into());
         }
         context.crash_hook.crash_if(Step::AfterUpload);
@@ -155,13 +155,13 @@ pub async fn run(
     if let Err(err) = swapped {
         // An input went away meanwhile (retention, a delete): the output must not appear.
         if let Some(entry) = &output {
-            remove_output(context, &entry.path).await;
+            abandon(context, entry).await;
         }
         return Err(err.into());
     }
     context.crash_hook.crash_if(Step::AfterSwap);
     if output.is_some() {
-        context.pending_uploads.registered();
+        context.pending_uploads.settled();
     }
     Ok(JobResult {
         output,
@@ -170,10 +170,12 @@ pub async fn run(
     })
 }
 
-async fn remove_output(context: &JobContext, key: &str) {
-    if let Err(err) = context.storage.delete(key).await {
-        tracing::warn!(key, error = %err, "could not remove an unregistered compaction output; start-up will");
-    }
+async fn abandon(context: &JobContext, output: &FileEntry) {
+    let keys = [output.path.clone()];
+    context
+        .pending_uploads
+        .abandon(&context.storage, &keys)
+        .await;
 }
 
 fn output_entry(

@@ -88,9 +88,9 @@ impl PendingUploads {
         Ok(())
     }
 
-    /// A recorded upload (a flush's or a compaction's) registered its files: its keys are no
-    /// longer pending.
-    pub fn registered(&self) {
+    /// A recorded upload (a flush's, a compaction's or a delete's) registered its files, or
+    /// removed them after failing: its keys are no longer pending.
+    pub fn settled(&self) {
         let mut journal = self.journal.lock().unwrap();
         journal.in_flight -= 1;
         if journal.in_flight == 0 && journal.bytes > JOURNAL_RESET_BYTES {
@@ -101,6 +101,21 @@ impl PendingUploads {
                     tracing::warn!(error = %err, "could not reset the pending-uploads journal")
                 }
             }
+        }
+    }
+
+    /// A recorded upload failed or lost its swap: removes its objects. Once all are gone its
+    /// keys are settled; any left stay journaled for start-up to remove.
+    pub async fn abandon(&self, storage: &Storage, keys: &[String]) {
+        let mut removed = true;
+        for key in keys {
+            if let Err(err) = storage.delete(key).await {
+                removed = false;
+                tracing::warn!(key, error = %err, "could not remove an unregistered upload; start-up will");
+            }
+        }
+        if removed {
+            self.settled();
         }
     }
 
@@ -297,7 +312,8 @@ impl Flusher {
 
         let journal = Arc::clone(&self.pending_uploads);
         let keys: Vec<String> = files.iter().map(|f| f.entry.path.clone()).collect();
-        tokio::task::spawn_blocking(move || journal.record(&keys))
+        let recorded = keys.clone();
+        tokio::task::spawn_blocking(move || journal.record(&recorded))
             .await
             .expect("journal task panicked")?;
         let uploads = join_all(
@@ -307,7 +323,7 @@ impl Flusher {
         )
         .await;
         if let Some(err) = uploads.into_iter().find_map(Result::err) {
-            self.remove_uploads(&files).await;
+            self.pending_uploads.abandon(&self.storage, &keys).await;
             return Err(err.into());
         }
 
@@ -324,7 +340,7 @@ impl Flusher {
             .expect("meta commit task panicked");
         match committed {
             Ok(()) => {
-                self.pending_uploads.registered();
+                self.pending_uploads.settled();
                 Ok(count)
             }
             Err(MetaError::Io { path, source }) => {
@@ -339,19 +355,11 @@ impl Flusher {
                 std::process::abort();
             }
             Err(source) => {
-                self.remove_uploads(&files).await;
+                self.pending_uploads.abandon(&self.storage, &keys).await;
                 Err(FlushError::Meta {
                     key: key.to_string(),
                     source,
                 })
-            }
-        }
-    }
-
-    async fn remove_uploads(&self, files: &[parquet::EncodedFile]) {
-        for file in files {
-            if let Err(err) = self.storage.delete(&file.entry.path).await {
-                tracing::warn!(error = %err, "could not remove unregistered upload; start-up reconciliation will");
             }
         }
     }

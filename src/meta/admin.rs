@@ -376,7 +376,12 @@ impl AdminState {
                         .continuous_queries
                         .get_mut(&execution.query_id)
                         .expect("checked");
-                    query.last_processed_us = Some(execution.end_us);
+                    // A manual run of an older window does not send the scheduler back.
+                    query.last_processed_us = Some(
+                        query
+                            .last_processed_us
+                            .map_or(execution.end_us, |done| done.max(execution.end_us)),
+                    );
                 }
                 let history = self.cq_history.entry(execution.query_id).or_default();
                 push_history(history, execution);
@@ -618,7 +623,17 @@ mod tests {
             state.continuous_query(id).unwrap().last_processed_us,
             Some(60_000_000)
         );
-        assert_eq!(state.cq_history(id).count(), 2);
+        applied(
+            &mut state,
+            AdminCommand::RecordCqExecution(execution(CQ_COMPLETED, 30_000_000)),
+        )
+        .unwrap();
+        assert_eq!(
+            state.continuous_query(id).unwrap().last_processed_us,
+            Some(60_000_000),
+            "an older window does not move it back"
+        );
+        assert_eq!(state.cq_history(id).count(), 3);
         assert_eq!(
             applied(&mut state, AdminCommand::DeleteContinuousQuery { id: 999 }),
             Err(AdminError::UnknownContinuousQuery(999))

@@ -339,7 +339,22 @@ pub fn check_where(filter: &str) -> Result<(), String> {
             "where must be at most {MAX_WHERE_CHARS} characters"
         ));
     }
-    let lower = filter.to_ascii_lowercase();
+    // String literals are data, not SQL: `host = 'set-1'` is fine.
+    let mut in_literal = false;
+    let outside_literals: String = filter
+        .chars()
+        .map(|c| {
+            if c == '\'' {
+                in_literal = !in_literal;
+                c
+            } else if in_literal {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    let lower = outside_literals.to_ascii_lowercase();
     for token in [";", "--", "/*", "*/", "xp_", "sp_"] {
         if lower.contains(token) {
             return Err(format!("where may not contain '{token}'"));
