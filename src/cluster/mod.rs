@@ -685,6 +685,10 @@ impl Cluster {
                 reason: format!("node id collides with member {}", existing.name),
             };
         }
+        if let Some(reason) = writer_conflict(membership.nodes().map(|(_, n)| n), &node) {
+            tracing::warn!(node = %node, %reason, "join refused");
+            return JoinAnswer::Refused { reason };
+        }
         let is_voter = membership.voter_ids().any(|v| v == id);
         if is_voter {
             return JoinAnswer::Joined;
@@ -856,9 +860,47 @@ impl Replicator for Cluster {
     }
 }
 
+/// Pure: why `joining` may not join members that already include another writer. Each writer
+/// numbers its own WAL while the manifest keeps one flushed-through LSN per measurement, so a
+/// second writer's rows could be taken as already flushed and dropped.
+fn writer_conflict<'a>(
+    members: impl IntoIterator<Item = &'a NodeInfo>,
+    joining: &NodeInfo,
+) -> Option<String> {
+    if joining.role != NodeRole::Writer {
+        return None;
+    }
+    members
+        .into_iter()
+        .find(|m| m.role == NodeRole::Writer && m.name != joining.name)
+        .map(|writer| {
+            format!(
+                "the cluster already has a writer ({}); one writer per cluster is supported",
+                writer.name
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_writer_is_refused_but_a_returning_one_is_not() {
+        let node = |name: &str, role| NodeInfo {
+            name: name.into(),
+            role,
+            ..NodeInfo::default()
+        };
+        let members = [
+            node("writer-01", NodeRole::Writer),
+            node("reader-01", NodeRole::Reader),
+        ];
+        assert!(writer_conflict(&members, &node("writer-01", NodeRole::Writer)).is_none());
+        assert!(writer_conflict(&members, &node("reader-02", NodeRole::Reader)).is_none());
+        let refused = writer_conflict(&members, &node("writer-02", NodeRole::Writer)).unwrap();
+        assert!(refused.contains("writer-01"), "{refused}");
+    }
 
     #[test]
     fn roles_serve_what_the_role_table_says() {

@@ -420,6 +420,32 @@ async fn tokens_work_everywhere_and_wrong_secrets_or_cluster_names_cannot_join()
         let (status, _) = intruder.get("/ready").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
+
+    // A second writer with the right credentials is refused too: one writer per cluster.
+    let coordinator = format!("127.0.0.1:{}", free_port());
+    let mut second_writer = Server::start_unready(&[
+        ("ARC_CLUSTER_ENABLED", "true"),
+        ("ARC_CLUSTER_NODE_ID", "writer-02"),
+        ("ARC_CLUSTER_ROLE", "writer"),
+        ("ARC_CLUSTER_CLUSTER_NAME", CLUSTER_NAME),
+        ("ARC_CLUSTER_SHARED_SECRET", SHARED_SECRET),
+        ("ARC_CLUSTER_COORDINATOR_ADDR", coordinator.as_str()),
+        ("ARC_CLUSTER_SEEDS", seed.as_str()),
+    ]);
+    eventually("second writer refused", WAIT, || async {
+        second_writer
+            .log()
+            .contains("one writer per cluster is supported")
+            .then_some(())
+    })
+    .await;
+    assert!(second_writer.is_running());
+    assert_eq!(
+        second_writer.get("/ready").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let states = states_seen_by(&cluster.nodes[0].server).await;
+    assert!(!states.contains_key("writer-02"), "{states:?}");
 }
 
 #[tokio::test]
