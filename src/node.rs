@@ -53,6 +53,12 @@ pub enum NodeError {
     PendingUploads(std::io::Error),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error(
+        "{} holds a standalone node's metadata, which a cluster node would not see (its files \
+         and tokens would seem gone); start cluster nodes with an empty meta.directory",
+        .0.display()
+    )]
+    StandaloneMetadata(std::path::PathBuf),
 }
 
 /// Writes are refused above this much buffered data, so an unreachable storage backend makes
@@ -218,6 +224,10 @@ async fn start_services(
     cluster_stopped: watch::Receiver<bool>,
 ) -> Result<Started, NodeError> {
     let (meta, cluster) = if config.cluster.enabled {
+        let dir = Path::new(&config.meta.directory);
+        if Meta::has_standalone_state(dir) {
+            return Err(NodeError::StandaloneMetadata(dir.to_path_buf()));
+        }
         let api_addr = cluster::api_address(&config.cluster, api_addr);
         let cluster = Cluster::start(&config.cluster, api_addr, cluster_stopped).await?;
         (Arc::new(cluster.meta()), Some(cluster))

@@ -151,6 +151,12 @@ impl Meta {
         })
     }
 
+    /// Whether `dir` holds a standalone node's metadata (its snapshot or a non-empty log).
+    pub fn has_standalone_state(dir: &Path) -> bool {
+        dir.join(SNAPSHOT_FILE).exists()
+            || fs::metadata(dir.join(LOG_FILE)).is_ok_and(|m| m.len() > 0)
+    }
+
     /// Metadata kept by a cluster: `state` is what the replicator applies commands to.
     pub fn replicated(state: Arc<RwLock<MetaState>>, replicator: Arc<dyn Replicator>) -> Meta {
         Meta {
@@ -320,6 +326,19 @@ mod tests {
         drop(meta);
         let meta = Meta::open(dir.path()).unwrap();
         assert!(meta.state().file("after.parquet").is_some());
+    }
+
+    #[test]
+    fn standalone_state_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!Meta::has_standalone_state(dir.path()));
+        let meta = Meta::open(dir.path()).unwrap();
+        assert!(
+            !Meta::has_standalone_state(dir.path()),
+            "an empty log is no state"
+        );
+        meta.commit(add("a.parquet", 1)).unwrap();
+        assert!(Meta::has_standalone_state(dir.path()));
     }
 
     #[test]

@@ -590,11 +590,35 @@ async fn an_isolated_leader_commits_nothing_and_follows_the_new_leader_after_hea
 
 #[tokio::test]
 async fn a_standalone_node_reports_that_it_is_not_clustered() {
-    let server = Server::start(&[]).await;
+    let mut server = Server::start(&[]).await;
     let (status, body) = get_json(&server, "/api/v1/cluster").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"]["enabled"], false);
     assert_eq!(body["data"]["mode"], "standalone");
     let (status, body) = get_json(&server, "/api/v1/cluster/nodes").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Its metadata would be invisible to a cluster node, so clustering it is refused.
+    server.stop().await;
+    let coordinator = format!("127.0.0.1:{}", free_port());
+    server.respawn_with(&[
+        ("ARC_CLUSTER_ENABLED", "true"),
+        ("ARC_CLUSTER_NODE_ID", "writer-01"),
+        ("ARC_CLUSTER_ROLE", "writer"),
+        ("ARC_CLUSTER_SHARED_SECRET", SHARED_SECRET),
+        ("ARC_CLUSTER_COORDINATOR_ADDR", coordinator.as_str()),
+    ]);
+    let deadline = Instant::now() + WAIT;
+    while server.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "a clustered start over standalone metadata ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        server.log().contains("holds a standalone node's metadata"),
+        "{}",
+        server.log()
+    );
 }

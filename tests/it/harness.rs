@@ -168,11 +168,18 @@ impl Server {
 
     /// Restarts with changed settings.
     pub async fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.respawn_with(env);
+        self.wait_ready().await;
+    }
+
+    /// Starts the stopped server again with changed settings, without waiting for it.
+    pub fn respawn_with(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "stop or kill the server first");
         for (key, value) in env {
             self.env.retain(|(k, _)| k != key);
             self.env.push((key.to_string(), value.to_string()));
         }
-        self.restart().await;
+        self.spawn();
     }
 
     pub fn is_running(&mut self) -> bool {
