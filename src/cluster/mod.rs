@@ -572,6 +572,11 @@ impl Cluster {
                     leader: hint.leader_node,
                 }
             }
+            // Raft on this node has stopped: asking again cannot help, and callers that cannot
+            // give up must restart, as after a failed log sync.
+            Ok(Err(RaftError::Fatal(fatal))) => LeaderAnswer::Unconfirmed {
+                reason: format!("Raft has stopped on this node: {fatal}"),
+            },
             Ok(Err(err)) => LeaderAnswer::Unavailable {
                 reason: err.to_string(),
             },
