@@ -495,9 +495,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             *applied.state.write().unwrap() = state;
             machine.last_applied = installing.last_log_id;
             machine.membership = installing.last_membership.clone();
-            applied
-                .applied_index
-                .send_replace(installing.last_log_id.map_or(0, |id| id.index));
+            let index = installing.last_log_id.map_or(0, |id| id.index);
+            applied.applied_index.send_replace(index);
+            tracing::info!(index, "installed a snapshot from the leader");
             Ok(())
         });
         match installed.await.expect("snapshot install task panicked") {

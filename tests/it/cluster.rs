@@ -521,6 +521,14 @@ async fn a_node_that_missed_more_than_the_kept_log_catches_up_from_a_snapshot() 
             assert!(token_works(&node.server, secret).await, "{}", node.name);
         }
     }
+    assert!(
+        cluster
+            .node("reader-02")
+            .server
+            .log()
+            .contains("installed a snapshot from the leader"),
+        "reader-02 caught up from the log, not from a snapshot"
+    );
     // The writer restarts from its own snapshot and log.
     cluster.node_mut("writer-01").server.kill9();
     cluster.node_mut("writer-01").server.restart().await;
