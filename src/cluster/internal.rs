@@ -64,14 +64,21 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = to_bytes(body, MAX_BODY_BYTES).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
-    };
     let headers = SignedHeaders::from_headers(&parts.headers);
     let path = parts.uri.path().to_owned();
     let now = chrono::Utc::now().timestamp();
-    match cluster.auth.verify(headers.as_ref(), &path, &bytes, now) {
-        Ok(()) => {
+    let checked = match cluster.auth.check_envelope(headers.as_ref(), now) {
+        Ok(_) => match to_bytes(body, MAX_BODY_BYTES).await {
+            Ok(bytes) => cluster
+                .auth
+                .verify(headers.as_ref(), &path, &bytes, now)
+                .map(|()| bytes),
+            Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response(),
+        },
+        Err(refusal) => Err(refusal),
+    };
+    match checked {
+        Ok(bytes) => {
             let sender = headers.map(|h| h.node).unwrap_or_default();
             let mut request = Request::from_parts(parts, Body::from(bytes));
             request.extensions_mut().insert(Peer(sender));

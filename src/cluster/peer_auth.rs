@@ -117,14 +117,13 @@ impl PeerAuth {
         }
     }
 
-    /// Accepts a request once: the same nonce is refused for as long as its timestamp is fresh.
-    pub fn verify(
+    /// The checks that need no body: signed headers present, this cluster, a fresh timestamp.
+    /// Done before a request body is read, so strangers cannot make a node buffer large bodies.
+    pub fn check_envelope<'h>(
         &self,
-        headers: Option<&SignedHeaders>,
-        path: &str,
-        body: &[u8],
+        headers: Option<&'h SignedHeaders>,
         now: i64,
-    ) -> Result<(), Refusal> {
+    ) -> Result<&'h SignedHeaders, Refusal> {
         let headers = headers.ok_or(Refusal::Missing)?;
         if headers.cluster != self.cluster {
             return Err(Refusal::WrongCluster(headers.cluster.clone()));
@@ -134,6 +133,18 @@ impl PeerAuth {
         if skew.unsigned_abs() > MAX_CLOCK_SKEW_SECS.unsigned_abs() {
             return Err(Refusal::Stale(skew));
         }
+        Ok(headers)
+    }
+
+    /// Accepts a request once: the same nonce is refused for as long as its timestamp is fresh.
+    pub fn verify(
+        &self,
+        headers: Option<&SignedHeaders>,
+        path: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), Refusal> {
+        let headers = self.check_envelope(headers, now)?;
         let signature = unhex(&headers.signature).ok_or(Refusal::BadSignature)?;
         let message = signed_message(
             path,
