@@ -307,17 +307,22 @@ impl TableProvider for MeasurementTable {
 /// Smallest byte range a file is cut into for a scan partition: finer cuts cost more footer
 /// reads than they gain.
 const MIN_SPLIT_BYTES: u64 = 8 << 20;
+/// Pieces per partition's share that a large file is cut into. A time-window query reads a
+/// contiguous run of a time-sorted file; small pieces dealt out in turn spread that run over
+/// every partition instead of leaving it all in one half.
+const PIECES_PER_SHARE: u64 = 4;
 
 /// Pure: spreads files over at most `partitions` groups of about equal bytes. A file larger than
-/// a group's share is cut into byte ranges (a Parquet reader takes the row groups whose middle
-/// falls in its range), so a few large compacted files still keep every core busy.
+/// a quarter of a group's share is cut into byte ranges (a Parquet reader takes the row groups
+/// whose middle falls in its range), dealt out in turn, so a few large compacted files still keep
+/// every core busy.
 fn file_groups(files: &[(String, u64)], partitions: usize) -> Vec<Vec<PartitionedFile>> {
     let partitions = partitions.max(1);
     let total: u64 = files.iter().map(|(_, size)| size).sum();
-    let share = total.div_ceil(partitions as u64).max(MIN_SPLIT_BYTES);
+    let piece_size = (total.div_ceil(partitions as u64) / PIECES_PER_SHARE).max(MIN_SPLIT_BYTES);
     let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); partitions];
     for (path, size) in files {
-        let pieces = size.div_ceil(share).max(1);
+        let pieces = size.div_ceil(piece_size).max(1);
         for piece in 0..pieces {
             let (start, end) = (size * piece / pieces, size * (piece + 1) / pieces);
             let file = PartitionedFile::new(path.clone(), *size);
@@ -458,15 +463,24 @@ mod tests {
     fn large_files_are_cut_into_ranges_and_groups_balance_bytes() {
         const MB: u64 = 1 << 20;
         let one_large = file_groups(&[("day.parquet".into(), 100 * MB)], 2);
+        let ranges = |group: &Vec<Piece>| -> Vec<(i64, i64)> {
+            group.iter().map(|(_, range)| range.unwrap()).collect()
+        };
+        let groups = pieces(&one_large);
+        let eighth = |i: i64| i * 100 * MB as i64 / 8;
         assert_eq!(
-            pieces(&one_large),
+            groups.iter().map(ranges).collect::<Vec<_>>(),
             vec![
-                vec![("day.parquet".into(), Some((0, 50 * MB as i64)))],
-                vec![(
-                    "day.parquet".into(),
-                    Some((50 * MB as i64, 100 * MB as i64))
-                )],
-            ]
+                (0..8)
+                    .step_by(2)
+                    .map(|i| (eighth(i), eighth(i + 1)))
+                    .collect::<Vec<_>>(),
+                (1..8)
+                    .step_by(2)
+                    .map(|i| (eighth(i), eighth(i + 1)))
+                    .collect::<Vec<_>>(),
+            ],
+            "eight pieces dealt out in turn"
         );
         let small: Vec<(String, u64)> = (0..5).map(|i| (format!("{i}.parquet"), MB)).collect();
         let groups = pieces(&file_groups(&small, 2));
@@ -495,7 +509,11 @@ mod tests {
                     .sum()
             })
             .collect();
-        assert_eq!(bytes, vec![50 * MB, 50 * MB]);
+        assert_eq!(bytes.iter().sum::<u64>(), 100 * MB);
+        assert!(
+            bytes[0].abs_diff(bytes[1]) <= 100 * MB / 2 / PIECES_PER_SHARE,
+            "balanced to within a piece: {bytes:?}"
+        );
         assert!(file_groups(&[], 4).is_empty());
     }
 
