@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::{Extension, Json, Router};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -48,7 +49,7 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
             authenticate,
         ))
         .with_state(cluster);
-    let served = axum::serve(listener, router)
+    let served = axum::serve(listener.tap_io(crate::node::no_delay), router)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
