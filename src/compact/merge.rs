@@ -25,8 +25,8 @@ use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use sha2::{Digest, Sha256};
 
-use crate::buffer::{column_type, data_type};
-use crate::flush::parquet::{TAGS_METADATA_KEY, hex, sort_rows, sorting_columns};
+use crate::buffer::data_type;
+use crate::flush::parquet::{TAGS_METADATA_KEY, file_columns, hex, sort_rows, sorting_columns};
 use crate::meta::ColumnType;
 
 /// Arc's marker on continuous-query outputs: deduplicate on time (and tags) when compacting.
@@ -737,12 +737,7 @@ fn merge_once(spec: &MergeSpec<'_>) -> Result<MergeOutcome, MergeError> {
         write(&mut merger, &mut pending)?;
     }
     let written = output.finish()?;
-    let columns = schema
-        .fields()
-        .iter()
-        .skip(1)
-        .filter_map(|f| Some((f.name().clone(), column_type(f.data_type())?)))
-        .collect();
+    let columns = file_columns(&schema);
     Ok(MergeOutcome {
         rows_in,
         rows_out: written.rows,

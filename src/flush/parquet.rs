@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::buffer::{Chunk, column_type};
 use crate::config::{DataPageVersion, IngestConfig, ParquetCompression};
-use crate::meta::FileEntry;
+use crate::meta::{ColumnType, FileEntry};
 use crate::storage::paths::{flush_file_key, hour_start};
 
 /// Key-value metadata naming the tag columns (line protocol and row-form MessagePack).
@@ -244,12 +244,7 @@ fn write_file(
         .values()
         .iter()
         .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
-    let columns = schema
-        .fields()
-        .iter()
-        .skip(1)
-        .filter_map(|f| Some((f.name().clone(), column_type(f.data_type())?)))
-        .collect();
+    let columns = file_columns(&schema);
     let entry = FileEntry {
         path: flush_file_key(
             &target.database,
@@ -275,6 +270,16 @@ fn write_file(
         bytes: buffer.into(),
         entry,
     })
+}
+
+/// The columns a file's manifest entry records: every column after `time`, by type.
+pub(crate) fn file_columns(schema: &Schema) -> BTreeMap<String, ColumnType> {
+    schema
+        .fields()
+        .iter()
+        .skip(1)
+        .filter_map(|f| Some((f.name().clone(), column_type(f.data_type())?)))
+        .collect()
 }
 
 /// The Parquet `sorting_columns` for rows sorted by these keys (ones the file lacks are skipped).
