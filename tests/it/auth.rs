@@ -25,13 +25,7 @@ async fn call(
     } else {
         request = request.body("cpu v=1");
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    crate::harness::call(request).await
 }
 
 async fn create_token(server: &Server, body: Value) -> String {

@@ -7,10 +7,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::cluster_harness::{
-    CLUSTER_NAME, NodeSpec, SHARED_SECRET, TestCluster, call, create_token, eventually, get_json,
+    CLUSTER_NAME, NodeSpec, SHARED_SECRET, TestCluster, create_token, eventually, get_json,
     leader_seen_by, states_seen_by, token_works,
 };
-use crate::harness::{Server, free_port};
+use crate::harness::{Server, call, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use crate::harness::Server;
+use crate::harness::{Server, call};
 
 pub const SHARED_SECRET: &str = "cluster-test-secret-0123456789abcdef";
 pub const CLUSTER_NAME: &str = "test-cluster";
@@ -200,13 +200,6 @@ async fn start_node(k: usize, spec: NodeSpec<'_>, seeds: &str, storage: &std::pa
 }
 
 /// Sends a request and decodes the JSON answer (Null when the body is not JSON).
-pub async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 pub async fn get_json(server: &Server, path: &str) -> (StatusCode, Value) {
     call(server.client.get(server.url(path))).await
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, get_json, query, write_lines};
+use crate::harness::{Server, call, get_json, query, write_lines};
 
 const SECOND_NS: i64 = 1_000_000_000;
 const MINUTE_NS: i64 = 60 * SECOND_NS;
@@ -32,13 +32,7 @@ async fn send(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}")),
-    )
+    call(request).await
 }
 
 async fn post_ok(server: &Server, path: &str, body: Value) -> Value {

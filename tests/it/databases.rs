@@ -5,20 +5,14 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::Server;
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
-}
+use crate::harness::{Server, call};
 
 async fn count(server: &Server, table: &str) -> (StatusCode, Value) {
     let request = server
         .client
         .post(server.url("/api/v1/query"))
         .json(&json!({ "sql": format!("SELECT count(*) FROM {table}") }));
-    send(request).await
+    call(request).await
 }
 
 fn parquet_files(dir: &std::path::Path) -> usize {
@@ -40,7 +34,7 @@ async fn assert_doomed_gone(server: &Server) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(count(server, "kept.cpu").await.1["data"], json!([[1]]));
     let request = server.client.get(server.url("/api/v1/databases/doomed"));
-    assert_eq!(send(request).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call(request).await.0, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -52,7 +46,7 @@ async fn databases_are_created_listed_and_deleted_with_their_data() {
             .post(server.url("/api/v1/databases"))
             .json(&body)
     };
-    let (status, created) = send(create(json!({"name": "fresh"}))).await;
+    let (status, created) = call(create(json!({"name": "fresh"}))).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["name"], "fresh");
     assert_eq!(created["measurement_count"], 0);
@@ -64,14 +58,14 @@ async fn databases_are_created_listed_and_deleted_with_their_data() {
         (json!({"name": "system"}), StatusCode::BAD_REQUEST),
         (json!({"nom": "x"}), StatusCode::BAD_REQUEST),
     ] {
-        let (status, answer) = send(create(body.clone())).await;
+        let (status, answer) = call(create(body.clone())).await;
         assert_eq!(status, expected, "{body}: {answer}");
         assert!(answer["error"].is_string());
     }
-    let (status, list) = send(server.client.get(server.url("/api/v1/databases"))).await;
+    let (status, list) = call(server.client.get(server.url("/api/v1/databases"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["databases"][0]["name"], "fresh");
-    let (status, _) = send(server.client.get(server.url("/api/v1/databases/nope"))).await;
+    let (status, _) = call(server.client.get(server.url("/api/v1/databases/nope"))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Data in two databases, some flushed, some still buffered.
@@ -93,7 +87,7 @@ async fn databases_are_created_listed_and_deleted_with_their_data() {
     assert_eq!(count(&server, "doomed.cpu").await.1["data"], json!([[2]]));
 
     let delete = |path: &str| server.client.delete(server.url(path));
-    let (status, answer) = send(delete("/api/v1/databases/doomed?confirm=true")).await;
+    let (status, answer) = call(delete("/api/v1/databases/doomed?confirm=true")).await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
@@ -103,11 +97,11 @@ async fn databases_are_created_listed_and_deleted_with_their_data() {
     server.stop().await;
     server.restart_with(&[("ARC_DELETE_ENABLED", "true")]).await;
     let delete = |path: &str| server.client.delete(server.url(path));
-    let (status, _) = send(delete("/api/v1/databases/doomed")).await;
+    let (status, _) = call(delete("/api/v1/databases/doomed")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "confirm is required");
-    let (status, _) = send(delete("/api/v1/databases/nope?confirm=true")).await;
+    let (status, _) = call(delete("/api/v1/databases/nope?confirm=true")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, answer) = send(delete("/api/v1/databases/doomed?confirm=true")).await;
+    let (status, answer) = call(delete("/api/v1/databases/doomed?confirm=true")).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["files_deleted"], 3, "{answer}");
 

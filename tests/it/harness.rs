@@ -434,3 +434,12 @@ pub fn assert_no_orphans(server: &Server, stored: &[String]) {
     let meta = arcdb::meta::Meta::open(&server.meta_dir()).unwrap();
     assert_eq!(meta.state().tombstones().count(), 0);
 }
+
+/// Sends a request: its status and JSON body (a body that is not JSON comes back as a string).
+pub async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}

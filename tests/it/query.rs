@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::Server;
+use crate::harness::{Server, query as rows, write_lines};
 
 /// 2026-01-15T10:00:00Z in ns.
 const T0_NS: i64 = 1_768_471_200_000_000_000;
@@ -22,19 +22,6 @@ async fn query(server: &Server, sql: &str, headers: &[(&str, &str)]) -> (StatusC
     let text = response.text().await.unwrap();
     let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     (status, body)
-}
-
-async fn rows(server: &Server, sql: &str) -> Vec<Value> {
-    let (status, body) = query(server, sql, &[]).await;
-    assert_eq!(status, StatusCode::OK, "{sql}: {body}");
-    body["data"].as_array().unwrap().clone()
-}
-
-async fn write_lines(server: &Server, db: &str, lines: &str) {
-    let (status, body) = server
-        .post(&format!("/write?db={db}"), &[], lines.to_string())
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::Server;
+use crate::harness::{Server, call};
 
 const HOUR_NS: i64 = 3_600_000_000_000;
 const DAY_NS: i64 = 24 * HOUR_NS;
@@ -17,22 +17,12 @@ fn now_ns() -> i64 {
         .as_nanos() as i64
 }
 
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 async fn rows(server: &Server, table: &str) -> i64 {
     let request = server
         .client
         .post(server.url("/api/v1/query"))
         .json(&json!({ "sql": format!("SELECT count(*) FROM {table}") }));
-    let (status, body) = send(request).await;
+    let (status, body) = call(request).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["data"][0][0].as_i64().unwrap()
 }
@@ -63,7 +53,7 @@ async fn policies_remove_exactly_the_expired_files_on_call_and_on_schedule() {
     write_old_and_new(&server, "ret").await;
     assert_eq!(rows(&server, "ret.cpu").await, 10);
     let url = |path: &str| server.url(&format!("/api/v1/retention{path}"));
-    let (status, policy) = send(server.client.post(url("")).json(&json!({
+    let (status, policy) = call(server.client.post(url("")).json(&json!({
         "name": "month", "database": "ret", "measurement": "cpu",
         "retention_days": 30, "buffer_days": 0
     })))
@@ -78,7 +68,7 @@ async fn policies_remove_exactly_the_expired_files_on_call_and_on_schedule() {
             .json(&body)
     };
 
-    let (status, dry) = send(execute(json!({"dry_run": true}))).await;
+    let (status, dry) = call(execute(json!({"dry_run": true}))).await;
     assert_eq!(status, StatusCode::OK, "{dry}");
     assert_eq!(dry["files_deleted"], 3);
     assert_eq!(dry["deleted_count"], 6);
@@ -88,25 +78,25 @@ async fn policies_remove_exactly_the_expired_files_on_call_and_on_schedule() {
         10,
         "a dry run changes nothing"
     );
-    let (status, _) = send(execute(json!({}))).await;
+    let (status, _) = call(execute(json!({}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "needs confirm");
     assert_eq!(rows(&server, "ret.cpu").await, 10);
 
-    let (status, done) = send(execute(json!({"confirm": true}))).await;
+    let (status, done) = call(execute(json!({"confirm": true}))).await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["files_deleted"], dry["files_deleted"]);
     assert_eq!(done["deleted_count"], dry["deleted_count"]);
     assert_eq!(rows(&server, "ret.cpu").await, 4);
-    let (_, history) = send(server.client.get(url(&format!("/{id}/executions")))).await;
+    let (_, history) = call(server.client.get(url(&format!("/{id}/executions")))).await;
     assert_eq!(history["count"], 1, "{history}");
     assert_eq!(history["executions"][0]["status"], "completed");
     assert_eq!(history["executions"][0]["files_deleted"], 3);
-    let (_, policy) = send(server.client.get(url(&format!("/{id}")))).await;
+    let (_, policy) = call(server.client.get(url(&format!("/{id}")))).await;
     assert_eq!(policy["last_deleted_count"], 6);
 
     // The scheduler runs every active policy without a call.
     write_old_and_new(&server, "sched").await;
-    let (status, _) = send(server.client.post(url("")).json(&json!({
+    let (status, _) = call(server.client.post(url("")).json(&json!({
         "name": "sched", "database": "sched", "retention_days": 30, "buffer_days": 0
     })))
     .await;
@@ -131,14 +121,14 @@ async fn policies_remove_exactly_the_expired_files_on_call_and_on_schedule() {
 async fn bad_policy_requests_get_a_json_error_and_change_nothing() {
     let mut server = Server::start(&[]).await;
     let url = |path: &str| server.url(&format!("/api/v1/retention{path}"));
-    let (status, created) = send(server.client.post(url("")).json(&json!({
+    let (status, created) = call(server.client.post(url("")).json(&json!({
         "name": "p", "database": "db", "retention_days": 30
     })))
     .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["buffer_days"], 7);
     let execute = url(&format!("/{}/execute", created["id"]));
-    let (_, before) = send(server.client.get(url(""))).await;
+    let (_, before) = call(server.client.get(url(""))).await;
     let cases = [
         (
             server
@@ -214,11 +204,11 @@ async fn bad_policy_requests_get_a_json_error_and_change_nothing() {
         ),
     ];
     for (request, expected) in cases {
-        let (status, body) = send(request).await;
+        let (status, body) = call(request).await;
         assert_eq!(status, expected, "{body}");
         assert!(body["error"].is_string(), "{body}");
     }
-    let (_, after) = send(server.client.get(url(""))).await;
+    let (_, after) = call(server.client.get(url(""))).await;
     assert_eq!(before, after);
     assert!(server.stop().await.success());
 }
