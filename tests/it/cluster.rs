@@ -235,10 +235,9 @@ async fn losing_the_leader_elects_another_within_three_seconds_and_it_catches_up
 async fn a_paused_node_turns_unhealthy_then_dead_and_healthy_after_it_resumes() {
     let cluster = writer_and_two_readers().await;
     all_healthy(&cluster, "writer-01").await;
-    let paused = cluster.node("reader-02").server.pid() as i32;
+    let paused = &cluster.node("reader-02").server;
     let observer = &cluster.node("writer-01").server;
-    // SAFETY: signals to our own child process.
-    unsafe { libc::kill(paused, libc::SIGSTOP) };
+    paused.pause();
     for wanted in ["unhealthy", "dead"] {
         eventually(wanted, WAIT, || async {
             let states = states_seen_by(observer).await;
@@ -246,7 +245,7 @@ async fn a_paused_node_turns_unhealthy_then_dead_and_healthy_after_it_resumes() 
         })
         .await;
     }
-    unsafe { libc::kill(paused, libc::SIGCONT) };
+    paused.resume();
     all_healthy(&cluster, "writer-01").await;
 }
 

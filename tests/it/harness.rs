@@ -148,6 +148,22 @@ impl Server {
         }
     }
 
+    /// SIGSTOP: the process stays alive, holds its sockets open and answers nothing.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: sending a signal to our own child.
+        let sent = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} to arcdb");
+    }
+
     /// SIGTERM, then waits for the exit.
     pub async fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server running");
