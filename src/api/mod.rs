@@ -3,6 +3,7 @@
 
 mod auth;
 mod cluster;
+mod cluster_files;
 mod compaction;
 mod compression;
 mod continuous_queries;
@@ -221,6 +222,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .route("/api/v1/cluster/local", get(cluster::local))
                 .route("/api/v1/cluster/health", get(cluster::health))
                 .route("/api/v1/cluster/status", get(cluster::status))
+                .route("/api/v1/cluster/files", get(cluster_files::list))
                 .route_layer(guard(Some(Permission::Admin))),
         )
         .fallback(not_found)

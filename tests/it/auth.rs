@@ -228,6 +228,7 @@ async fn every_route_enforces_its_permission() {
         (Method::GET, "/api/v1/cluster/local", None, "admin"),
         (Method::GET, "/api/v1/cluster/health", None, "admin"),
         (Method::GET, "/api/v1/cluster/status", None, "admin"),
+        (Method::GET, "/api/v1/cluster/files", None, "admin"),
     ];
     let holders = [
         ("read", reader.as_str()),

@@ -1,30 +1,95 @@
-//! Multi-node clusters of real `arcdb` processes on loopback, with a TCP proxy in front of each
-//! node's coordinator port so a test can cut traffic between chosen nodes.
+//! Multi-node clusters of real `arcdb` processes on loopback, and the nemeses a fault test
+//! applies to them: kill -9 and restart, SIGSTOP/SIGCONT, partitions that refuse or black-hole
+//! traffic, and slow links.
 //!
 //! Node `k` listens for peers on `127.0.0.<k+2>` (still loopback) and dials peers from that
-//! address; its proxy listens on 127.0.0.1 and is what the node advertises. A proxy told to block
-//! a node refuses connections coming from that node's address and cuts the open ones, so blocking
-//! both directions between two nodes partitions them.
+//! address. Two proxies on 127.0.0.1 stand in front of each node, one for its coordinator port and
+//! one for its API port, and the node advertises both, so everything one node sends another —
+//! Raft, heartbeats, joins and client requests it forwards — passes a proxy that knows the
+//! sender by its source address. Cutting both directions between two nodes partitions them.
+//! Test clients talk to a node's API port directly: a partition is between nodes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use crate::harness::{Server, call};
+use crate::garage::{garage_server, s3_env};
+use crate::harness::{Server, call, free_port};
 
 pub const SHARED_SECRET: &str = "cluster-test-secret-0123456789abcdef";
 pub const CLUSTER_NAME: &str = "test-cluster";
 
-/// Forwards TCP connections to one node's coordinator port unless their source is blocked.
+/// What a proxy does with traffic from one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Open,
+    /// Connections are refused and open ones cut: the sender learns at once.
+    Refused,
+    /// Connections are accepted and bytes are held, never answered: the sender learns nothing
+    /// until its own deadline. Held bytes flow again once the link opens, as TCP retransmits
+    /// would deliver them after a partition heals.
+    BlackHoled,
+    /// Every chunk is delayed this long, in each direction.
+    Slow(Duration),
+}
+
+type Links = Arc<Mutex<HashMap<IpAddr, Link>>>;
+
+fn link_from(links: &Links, source: IpAddr) -> Link {
+    links
+        .lock()
+        .unwrap()
+        .get(&source)
+        .copied()
+        .unwrap_or(Link::Open)
+}
+
+/// Waits while `source` is black-holed; false once it is refused.
+async fn wait_while_black_holed(links: &Links, source: IpAddr) -> Option<Duration> {
+    loop {
+        match link_from(links, source) {
+            Link::Open => return Some(Duration::ZERO),
+            Link::Slow(delay) => return Some(delay),
+            Link::Refused => return None,
+            Link::BlackHoled => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Copies one direction of a relayed connection, chunk by chunk, as the link allows.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, source: IpAddr, links: Links) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        let Some(delay) = wait_while_black_holed(&links, source).await else {
+            return;
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if to.write_all(&chunk[..read]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Forwards TCP connections to one port of a node, as the link from each source allows.
 pub struct Proxy {
     pub port: u16,
-    blocked: Arc<Mutex<HashSet<IpAddr>>>,
+    links: Links,
     connections: Arc<Mutex<Vec<(IpAddr, AbortHandle)>>>,
     accept: AbortHandle,
 }
@@ -33,48 +98,63 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let blocked: Arc<Mutex<HashSet<IpAddr>>> = Arc::default();
+        let links: Links = Arc::default();
         let connections: Arc<Mutex<Vec<(IpAddr, AbortHandle)>>> = Arc::default();
-        let (accept_blocked, accept_connections) = (Arc::clone(&blocked), Arc::clone(&connections));
+        let (accept_links, accept_connections) = (Arc::clone(&links), Arc::clone(&connections));
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, peer)) = listener.accept().await else {
+                let Ok((inbound, peer)) = listener.accept().await else {
                     continue;
                 };
-                if accept_blocked.lock().unwrap().contains(&peer.ip()) {
+                let source = peer.ip();
+                if link_from(&accept_links, source) == Link::Refused {
                     continue;
                 }
+                let links = Arc::clone(&accept_links);
                 let relay = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if wait_while_black_holed(&links, source).await.is_none() {
+                        return;
                     }
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    tokio::join!(
+                        pump(in_read, out_write, source, Arc::clone(&links)),
+                        pump(out_read, in_write, source, links),
+                    );
                 });
                 let mut open = accept_connections.lock().unwrap();
                 open.retain(|(_, handle)| !handle.is_finished());
-                open.push((peer.ip(), relay.abort_handle()));
+                open.push((source, relay.abort_handle()));
             }
         })
         .abort_handle();
         Proxy {
             port,
-            blocked,
+            links,
             connections,
             accept,
         }
     }
 
-    /// Refuses traffic from `source` from now on, cutting its open connections.
-    pub fn block(&self, source: IpAddr) {
-        self.blocked.lock().unwrap().insert(source);
-        for (ip, handle) in self.connections.lock().unwrap().iter() {
-            if *ip == source {
-                handle.abort();
+    /// Sets how traffic from `source` is treated from now on; refusing cuts its open
+    /// connections.
+    pub fn set_link(&self, source: IpAddr, link: Link) {
+        self.links.lock().unwrap().insert(source, link);
+        if link == Link::Refused {
+            for (ip, handle) in self.connections.lock().unwrap().iter() {
+                if *ip == source {
+                    handle.abort();
+                }
             }
         }
     }
 
     pub fn unblock_all(&self) {
-        self.blocked.lock().unwrap().clear();
+        self.links.lock().unwrap().clear();
     }
 }
 
@@ -89,14 +169,22 @@ impl Drop for Proxy {
 
 pub struct Node {
     pub name: String,
+    pub role: String,
     pub server: Server,
     pub ip: IpAddr,
+    /// In front of the coordinator port.
     pub proxy: Proxy,
+    /// In front of the API port, for requests other nodes forward.
+    pub api_proxy: Proxy,
 }
 
 impl Node {
     pub fn advertised(&self) -> String {
         format!("127.0.0.1:{}", self.proxy.port)
+    }
+
+    fn proxies(&self) -> [&Proxy; 2] {
+        [&self.proxy, &self.api_proxy]
     }
 }
 
@@ -107,54 +195,233 @@ pub struct NodeSpec<'a> {
     pub extra_env: Vec<(&'a str, String)>,
 }
 
+impl<'a> NodeSpec<'a> {
+    pub fn new(name: &'a str, role: &'a str) -> NodeSpec<'a> {
+        NodeSpec {
+            name,
+            role,
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+/// Where the nodes keep their Parquet files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageMode {
+    /// One directory every node shares (Pattern A on a filesystem).
+    SharedDirectory,
+    /// One bucket on the test Garage every node shares (Pattern A on S3).
+    Garage,
+    /// Each node its own directory (Pattern B).
+    OwnDirectories,
+}
+
 pub struct TestCluster {
     pub nodes: Vec<Node>,
-    /// The storage directory every node shares (Pattern A on one filesystem), removed on drop.
-    _storage: tempfile::TempDir,
+    pub mode: StorageMode,
+    /// Settings every node gets for its storage.
+    storage_env: Vec<(String, String)>,
+    /// The shared storage directory, removed on drop.
+    _storage: Option<tempfile::TempDir>,
 }
 
 impl TestCluster {
-    /// Starts the nodes one after another; the first has no seeds and starts the cluster, the
-    /// others use it as their seed, as the seeds' example deployment does.
+    /// Starts the nodes one after another on one shared storage directory; the first has no
+    /// seeds and starts the cluster, the others use it as their seed, as the seeds' example
+    /// deployment does.
     pub async fn start(specs: Vec<NodeSpec<'_>>) -> TestCluster {
-        let storage = tempfile::tempdir().unwrap();
-        let mut nodes: Vec<Node> = Vec::new();
-        for (k, spec) in specs.into_iter().enumerate() {
-            let seeds = nodes.first().map(Node::advertised).unwrap_or_default();
-            let node = start_node(k, spec, &seeds, storage.path()).await;
-            nodes.push(node);
-        }
-        TestCluster {
-            nodes,
+        TestCluster::start_with(StorageMode::SharedDirectory, specs).await
+    }
+
+    pub async fn start_with(mode: StorageMode, specs: Vec<NodeSpec<'_>>) -> TestCluster {
+        let (storage, storage_env) = match mode {
+            StorageMode::SharedDirectory => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().to_string_lossy().into_owned();
+                (Some(dir), vec![("ARC_STORAGE_LOCAL_PATH".to_owned(), path)])
+            }
+            StorageMode::Garage => {
+                // Each cluster its own prefix of the shared test bucket.
+                let prefix = format!("cluster-{}", free_port());
+                (None, s3_env(&garage_server().s3_endpoint, &prefix))
+            }
+            StorageMode::OwnDirectories => (None, Vec::new()),
+        };
+        let mut cluster = TestCluster {
+            nodes: Vec::new(),
+            mode,
+            storage_env,
             _storage: storage,
+        };
+        for spec in specs {
+            cluster.add(spec).await;
         }
+        cluster
+    }
+
+    /// Starts one more node, with the first node as its seed.
+    pub async fn add(&mut self, spec: NodeSpec<'_>) {
+        let seeds = self.nodes.first().map(Node::advertised).unwrap_or_default();
+        let node = start_node(self.nodes.len(), spec, &seeds, &self.storage_env).await;
+        self.nodes.push(node);
     }
 
     pub fn node(&self, name: &str) -> &Node {
-        self.nodes.iter().find(|n| n.name == name).unwrap()
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
     }
 
     pub fn node_mut(&mut self, name: &str) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Nodes whose role serves queries.
+    pub fn query_nodes(&self) -> Vec<&Node> {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.role.as_str(), "reader" | "standalone"))
+            .collect()
+    }
+
+    /// Fails, with the end of its log, if any node has exited on its own.
+    pub fn assert_running(&mut self) {
+        for node in self.nodes.iter_mut() {
+            if !node.server.is_running() {
+                let log = node.server.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("{} exited:\n{}", node.name, tail.join("\n"));
+            }
+        }
+    }
+
+    pub fn kill9(&mut self, name: &str) {
+        self.node_mut(name).server.kill9();
+    }
+
+    /// Starts a killed or stopped node again and waits until it is ready.
+    pub async fn restart(&mut self, name: &str) {
+        self.node_mut(name).server.restart().await;
+    }
+
+    pub fn pause(&self, name: &str) {
+        self.node(name).server.pause();
+    }
+
+    pub fn resume(&self, name: &str) {
+        self.node(name).server.resume();
+    }
+
+    /// Sets the link between every node in `side` and every node outside it, both ways.
+    pub fn partition(&self, side: &[&str], link: Link) {
+        let inside = |n: &Node| side.contains(&n.name.as_str());
+        for a in self.nodes.iter().filter(|n| inside(n)) {
+            for b in self.nodes.iter().filter(|n| !inside(n)) {
+                for proxy in a.proxies() {
+                    proxy.set_link(b.ip, link);
+                }
+                for proxy in b.proxies() {
+                    proxy.set_link(a.ip, link);
+                }
+            }
+        }
     }
 
     /// Cuts all traffic between `name` and every other node, both ways.
     pub fn isolate(&self, name: &str) {
-        let isolated = self.node(name);
-        for other in self.nodes.iter().filter(|n| n.name != name) {
-            isolated.proxy.block(other.ip);
-            other.proxy.block(isolated.ip);
+        self.partition(&[name], Link::Refused);
+    }
+
+    /// Slows everything `name` sends or receives by `delay` per chunk.
+    pub fn slow(&self, name: &str, delay: Duration) {
+        self.partition(&[name], Link::Slow(delay));
+    }
+
+    /// Opens every link again.
+    pub fn heal(&self) {
+        for node in &self.nodes {
+            for proxy in node.proxies() {
+                proxy.unblock_all();
+            }
         }
     }
 
-    pub fn heal(&self) {
-        for node in &self.nodes {
-            node.proxy.unblock_all();
+    /// The Raft leader that a majority of the running nodes name, if they agree on one.
+    pub async fn leader(&mut self) -> Option<String> {
+        let mut votes: HashMap<String, usize> = HashMap::new();
+        let mut running = 0;
+        for node in self.nodes.iter_mut() {
+            if !node.server.is_running() {
+                continue;
+            }
+            running += 1;
+            if let Some(leader) = leader_seen_by(&node.server).await {
+                *votes.entry(leader).or_default() += 1;
+            }
+        }
+        votes
+            .into_iter()
+            .find(|(_, count)| *count * 2 > running)
+            .map(|(leader, _)| leader)
+    }
+
+    /// Waits until a majority agrees on a leader, and returns it.
+    pub async fn wait_for_leader(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(leader) = self.leader().await {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no leader after 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The manifest's file paths as `name` has applied them, from its cluster API.
+    pub async fn manifest(&self, name: &str) -> Vec<String> {
+        let server = &self.node(name).server;
+        let mut paths = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let path = format!("/api/v1/cluster/files?limit=10000&cursor={cursor}");
+            let (status, body) = get_json(server, &path).await;
+            assert_eq!(status, StatusCode::OK, "{path} on {name}: {body}");
+            let files = body["files"].as_array().expect("files listed");
+            paths.extend(files.iter().map(|f| f["path"].as_str().unwrap().to_owned()));
+            match body["next_cursor"].as_str() {
+                Some(next) if !next.is_empty() => cursor = next.to_owned(),
+                _ => break,
+            }
+        }
+        paths.sort();
+        paths
+    }
+
+    /// Where `name` keeps its Parquet files on disk (none on Garage).
+    pub fn data_dir(&self, name: &str) -> Option<PathBuf> {
+        match self.mode {
+            StorageMode::Garage => None,
+            StorageMode::SharedDirectory => self._storage.as_ref().map(|d| d.path().to_owned()),
+            StorageMode::OwnDirectories => Some(self.node(name).server.dir.join("data/arc")),
         }
     }
 }
 
-async fn start_node(k: usize, spec: NodeSpec<'_>, seeds: &str, storage: &std::path::Path) -> Node {
+async fn start_node(
+    k: usize,
+    spec: NodeSpec<'_>,
+    seeds: &str,
+    storage_env: &[(String, String)],
+) -> Node {
     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + k as u8));
     // Picked on the node's own address: a port free on 127.0.0.1 may be taken on this one.
     let coordinator_port = std::net::TcpListener::bind((ip, 0))
@@ -163,7 +430,10 @@ async fn start_node(k: usize, spec: NodeSpec<'_>, seeds: &str, storage: &std::pa
         .unwrap()
         .port();
     let proxy = Proxy::start(SocketAddr::new(ip, coordinator_port)).await;
-    let mut env: Vec<(&str, String)> = vec![
+    let api_port = free_port();
+    let api_proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], api_port))).await;
+    let mut env: Vec<(String, String)> = [
+        ("ARC_SERVER_PORT", api_port.to_string()),
         ("ARC_CLUSTER_ENABLED", "true".into()),
         ("ARC_CLUSTER_NODE_ID", spec.name.into()),
         ("ARC_CLUSTER_ROLE", spec.role.into()),
@@ -177,25 +447,31 @@ async fn start_node(k: usize, spec: NodeSpec<'_>, seeds: &str, storage: &std::pa
             "ARC_CLUSTER_ADVERTISE_ADDR",
             format!("127.0.0.1:{}", proxy.port),
         ),
+        (
+            "ARC_CLUSTER_API_ADVERTISE_ADDR",
+            format!("127.0.0.1:{}", api_proxy.port),
+        ),
         ("ARC_CLUSTER_SEEDS", seeds.into()),
         ("ARC_CLUSTER_HEARTBEAT_INTERVAL", "1".into()),
-        (
-            "ARC_STORAGE_LOCAL_PATH",
-            storage.to_string_lossy().into_owned(),
-        ),
         ("ARC_LOG_LEVEL", "info".into()),
-    ];
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .chain(storage_env.iter().cloned())
+    .collect();
     for (key, value) in spec.extra_env {
-        env.retain(|(k, _)| *k != key);
-        env.push((key, value));
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value));
     }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let server = Server::start(&env).await;
     Node {
         name: spec.name.to_owned(),
+        role: spec.role.to_owned(),
         server,
         ip,
         proxy,
+        api_proxy,
     }
 }
 

@@ -1,24 +1,18 @@
-//! Durability under kill -9: concurrent writers, the server killed at random moments (during
-//! writes, around flush boundaries and inside flushes) and restarted, many times. Every
-//! acknowledged row must end up stored exactly once; no row may be stored twice.
+//! Durability under kill -9: concurrent writers in every format, the server killed at random
+//! moments (during writes, around flush boundaries and inside flushes) and restarted, many
+//! times. Every acknowledged row must end up stored exactly once; no row may be stored twice.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use rand::Rng;
-use reqwest::StatusCode;
-use rmpv::Value;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
-use crate::harness::{Compression, Server, manifest_paths, map, msgpack, stored_files};
-
-const WRITERS: usize = 4;
-/// 2026-01-15T10:00:00Z; rows spread over several hours so flushes write several files.
-const BASE_US: i64 = 1_768_471_200_000_000;
-const ROW_SPACING_US: i64 = 1_000_000;
+use crate::harness::{Server, manifest_paths, stored_files};
+use crate::workload::{
+    History, Ledger, Stored, Table, Workload, WorkloadOptions, check, seed, soak,
+};
 
 /// Settings that make flushes frequent, so kills land in and around them.
 pub const CRASH_ENV: [(&str, &str); 2] = [
@@ -26,108 +20,12 @@ pub const CRASH_ENV: [(&str, &str); 2] = [
     ("ARC_INGEST_MAX_BUFFER_AGE_MS", "150"),
 ];
 
-struct Ledger {
-    next_id: AtomicI64,
-    acknowledged: Mutex<BTreeSet<i64>>,
+/// Kill rounds: the soak profile runs five times the CI profile's.
+pub fn kill_rounds() -> usize {
+    if soak() { 100 } else { 20 }
 }
 
-/// One request of consecutive ids, alternating formats, measurements and compressions.
-fn request_body(
-    ids: &[i64],
-    writer: usize,
-    attempt: usize,
-) -> (String, Vec<(&'static str, String)>, Vec<u8>) {
-    let measurement = if attempt.is_multiple_of(2) {
-        "crash_a"
-    } else {
-        "crash_b"
-    };
-    let compression = Compression::ALL[attempt % 3];
-    if attempt % 4 < 2 {
-        let payload = map(vec![
-            ("m", Value::from(measurement)),
-            (
-                "columns",
-                map(vec![
-                    (
-                        "time",
-                        Value::Array(
-                            ids.iter()
-                                .map(|id| Value::from(BASE_US + id * ROW_SPACING_US))
-                                .collect(),
-                        ),
-                    ),
-                    (
-                        "id",
-                        Value::Array(ids.iter().map(|id| Value::from(*id)).collect()),
-                    ),
-                    (
-                        "writer",
-                        Value::Array(
-                            ids.iter()
-                                .map(|_| Value::from(format!("w{writer}")))
-                                .collect(),
-                        ),
-                    ),
-                ]),
-            ),
-        ]);
-        (
-            "/api/v1/write/msgpack".into(),
-            vec![("x-arc-database", "crash".into())],
-            compression.apply(&msgpack(&payload)),
-        )
-    } else {
-        let body: String = ids
-            .iter()
-            .map(|id| {
-                format!(
-                    "{measurement},writer=w{writer} id={id}i {}\n",
-                    (BASE_US + id * ROW_SPACING_US) * 1000
-                )
-            })
-            .collect();
-        (
-            "/write?db=crash".into(),
-            vec![],
-            compression.apply(body.as_bytes()),
-        )
-    }
-}
-
-/// Writes until a request fails (the server died); returns how many requests were acknowledged.
-async fn write_until_failure(server_url: String, ledger: Arc<Ledger>, writer: usize) -> usize {
-    let client = crate::harness::admin_client();
-    let mut acknowledged = 0;
-    for attempt in 0.. {
-        let count = rand::rng().random_range(20..200);
-        let first = ledger.next_id.fetch_add(count, Ordering::SeqCst);
-        let ids: Vec<i64> = (first..first + count).collect();
-        let (path, headers, body) = request_body(&ids, writer, attempt + writer);
-        let mut request = client.post(format!("{server_url}{path}")).body(body);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        match request.send().await {
-            Ok(response) if response.status() == StatusCode::NO_CONTENT => {
-                ledger.acknowledged.lock().unwrap().extend(ids);
-                acknowledged += 1;
-            }
-            Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                return acknowledged;
-            }
-            Ok(response) => panic!(
-                "unexpected {}: {}",
-                response.status(),
-                response.text().await.unwrap_or_default()
-            ),
-            Err(_) => return acknowledged,
-        }
-    }
-    unreachable!()
-}
-
-/// Runs `rounds` kill/restart cycles against `server`, then checks storage.
+/// Runs kill/restart cycles against `server` while clients write, then checks storage.
 pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize) {
     // A file this node never wrote (say, from an Arc installation sharing the bucket) must
     // survive every recovery.
@@ -137,31 +35,28 @@ pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize)
         .put(foreign, bytes::Bytes::from_static(b"PAR1 not ours"))
         .await
         .unwrap();
-    let ledger = Arc::new(Ledger {
-        next_id: AtomicI64::new(0),
-        acknowledged: Mutex::default(),
-    });
+    let history = History::new(seed(0x6b696c6c));
+    let mut rng = StdRng::seed_from_u64(seed(0x6b696c6c));
+    let table = Table::new("crash", "rows");
     // The first request after a start pays for the slow token hash; do it before the clock runs.
     let (status, _) = server.get("/api/v1/auth/verify").await;
     assert_eq!(status, reqwest::StatusCode::OK);
+    let ledger = Ledger::new();
     for round in 0..rounds {
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|w| tokio::spawn(write_until_failure(server.url(""), Arc::clone(&ledger), w)))
-            .collect();
-        let delay = rand::rng().random_range(50..700);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        server.kill9();
-        let mut requests = 0;
-        for writer in writers {
-            requests += writer.await.unwrap();
-        }
-        assert!(
-            requests > 0 || round > 0,
-            "no write was acknowledged before the first kill"
+        let workload = Workload::start(
+            &ledger,
+            vec![server.url("")],
+            table.clone(),
+            WorkloadOptions::default(),
         );
+        let delay = Duration::from_millis(rng.random_range(50..700));
+        tokio::time::sleep(delay).await;
+        history.fault(format!("round {round}: kill -9 after {delay:?}"));
+        server.kill9();
+        workload.stop().await;
         server.restart().await;
     }
-    // Settle: flush everything and stop cleanly, then compare storage with the ledger.
+    // Settle: flush everything and stop cleanly, then compare storage with the ledgers.
     assert!(server.stop().await.success());
 
     let storage = server.storage();
@@ -170,38 +65,22 @@ pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize)
         "a foreign file was removed"
     );
     let files = stored_files(&storage, "crash/").await;
-    let mut stored: HashMap<i64, usize> = HashMap::new();
-    for file in &files {
-        for batch in &file.batches {
-            let ids = batch
-                .column_by_name("id")
-                .expect("id column")
-                .as_primitive::<Int64Type>();
-            for id in ids.values() {
-                *stored.entry(*id).or_default() += 1;
-            }
+    let mut stored = Stored::new();
+    for batch in files.iter().flat_map(|f| &f.batches) {
+        let ids = batch
+            .column_by_name("id")
+            .expect("id column")
+            .as_primitive::<Int64Type>();
+        for id in ids.values() {
+            *stored.entry(*id).or_default() += 1;
         }
     }
-    let duplicates: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    let verdict = check(&ledger, &stored).unwrap_or_else(|problems| {
+        panic!("checker failed: {problems}\n{}", history.dump());
+    });
     assert!(
-        duplicates.is_empty(),
-        "rows stored more than once: {duplicates:?}"
-    );
-    let acknowledged = ledger.acknowledged.lock().unwrap();
-    let missing: Vec<_> = acknowledged
-        .iter()
-        .filter(|id| !stored.contains_key(id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged rows missing (of {}), e.g. {:?}",
-        missing.len(),
-        acknowledged.len(),
-        &missing[..missing.len().min(10)]
-    );
-    assert!(
-        acknowledged.len() > 1000,
-        "too few rows acknowledged to mean anything"
+        verdict.acknowledged > 1000,
+        "too few rows acknowledged to mean anything: {verdict:?}"
     );
 
     // Storage and manifest agree: every listed file exists and nothing unlisted remains.
@@ -210,11 +89,10 @@ pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize)
     assert_eq!(keys, manifest_paths(&server.meta_dir()));
     let log = server.log();
     eprintln!(
-        "crash test: {rounds} rounds, {} acknowledged rows, {} stored rows, {} files; \
+        "crash test: {rounds} kill rounds, {verdict}, {} files; requests (ok/failed/unknown) {}; \
          recoveries saw {} torn WAL tails and removed {} unregistered uploads",
-        acknowledged.len(),
-        stored.len(),
         files.len(),
+        ledger.requests(),
         log.matches("torn or stale record").count(),
         log.matches("removing unregistered data file").count(),
     );
@@ -223,5 +101,5 @@ pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize)
 #[tokio::test]
 async fn acknowledged_rows_survive_kill9_on_local_disk() {
     let mut server = Server::start(&CRASH_ENV).await;
-    acknowledged_rows_survive_kill9(&mut server, 20).await;
+    acknowledged_rows_survive_kill9(&mut server, kill_rounds()).await;
 }

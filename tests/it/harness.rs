@@ -67,12 +67,19 @@ impl Server {
         server
     }
 
-    /// [`Server::start`] without waiting for `/ready`.
+    /// [`Server::start`] without waiting for `/ready`. The API port is `ARC_SERVER_PORT` when
+    /// `env` sets it, else a free one.
     pub fn start_unready(env: &[(&str, &str)]) -> Server {
         let tempdir = tempfile::tempdir().unwrap();
+        let port = env
+            .iter()
+            .find(|(k, _)| *k == "ARC_SERVER_PORT")
+            .map_or_else(free_port, |(_, v)| {
+                v.parse().expect("ARC_SERVER_PORT is a port")
+            });
         let mut server = Server {
             child: None,
-            port: free_port(),
+            port,
             dir: tempdir.path().to_path_buf(),
             env: env
                 .iter()

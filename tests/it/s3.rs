@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::crash::{CRASH_ENV, acknowledged_rows_survive_kill9};
+use crate::crash::{CRASH_ENV, acknowledged_rows_survive_kill9, kill_rounds};
 use crate::garage::{garage_server, s3_env};
 use crate::harness::{Server, free_port, stored_files};
 use crate::write::every_endpoint_stores_what_was_sent;
@@ -28,7 +28,7 @@ async fn acknowledged_rows_survive_kill9_on_s3() {
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
     let mut server = Server::start(&env_refs(&env)).await;
-    acknowledged_rows_survive_kill9(&mut server, 20).await;
+    acknowledged_rows_survive_kill9(&mut server, kill_rounds()).await;
 }
 
 #[tokio::test]
