@@ -3,7 +3,6 @@
 //! is stored with what was acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -89,11 +88,11 @@ impl Ledger {
     /// Requests per format: acknowledged, failed, indeterminate.
     pub fn requests(&self) -> String {
         let requests = self.requests.lock().unwrap();
-        let mut out = String::new();
-        for (format, [ok, failed, unknown]) in requests.iter() {
-            let _ = write!(out, "{format} {ok}/{failed}/{unknown}; ");
-        }
-        out
+        let counts: Vec<String> = requests
+            .iter()
+            .map(|(format, [ok, failed, unknown])| format!("{format} {ok}/{failed}/{unknown}"))
+            .collect();
+        counts.join(", ")
     }
 }
 
