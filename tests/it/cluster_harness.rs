@@ -545,3 +545,78 @@ pub async fn token_works(server: &Server, secret: &str) -> bool {
         .unwrap();
     response.status() == StatusCode::OK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server behind a proxy, and a client connection from `source`.
+    async fn echo_behind_proxy() -> Proxy {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        Proxy::start(target).await
+    }
+
+    async fn round_trip(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        stream.write_all(b"ping").await.ok()?;
+        let mut answer = [0u8; 4];
+        match tokio::time::timeout(limit, stream.read_exact(&mut answer)).await {
+            Ok(Ok(_)) if &answer == b"ping" => Some(started.elapsed()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn links_pass_refuse_hold_and_slow_traffic_as_set() {
+        let proxy = echo_behind_proxy().await;
+        let source: IpAddr = [127, 0, 0, 9].into();
+        let connect = || async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(source, 0)).unwrap();
+            socket
+                .connect(SocketAddr::from(([127, 0, 0, 1], proxy.port)))
+                .await
+                .unwrap()
+        };
+        let limit = Duration::from_millis(500);
+        let mut open = connect().await;
+        assert!(round_trip(&mut open, limit).await.is_some(), "open link");
+
+        proxy.set_link(source, Link::BlackHoled);
+        assert!(round_trip(&mut open, limit).await.is_none(), "held bytes");
+        proxy.set_link(source, Link::Open);
+        let mut echoed = [0u8; 4];
+        open.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping", "held bytes flow on after healing");
+
+        proxy.set_link(source, Link::Slow(Duration::from_millis(100)));
+        let slow = round_trip(&mut open, Duration::from_secs(5)).await.unwrap();
+        eprintln!("slow link round trip: {slow:?}");
+        assert!(
+            slow >= Duration::from_millis(200),
+            "two delayed chunks: {slow:?}"
+        );
+
+        proxy.set_link(source, Link::Refused);
+        let mut cut = [0u8; 1];
+        assert_eq!(
+            open.read(&mut cut).await.unwrap_or(0),
+            0,
+            "open connection cut"
+        );
+        let mut refused = connect().await;
+        assert!(
+            round_trip(&mut refused, limit).await.is_none(),
+            "new connection refused"
+        );
+    }
+}
