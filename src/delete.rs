@@ -34,7 +34,7 @@ use crate::config::DeleteConfig;
 use crate::crash_hook::{CrashHook, Step};
 use crate::flush::{FlushError, Flusher};
 use crate::ingest::names;
-use crate::meta::{ApplyError, FileEntry, Meta, MetaCommand};
+use crate::meta::{ApplyError, FileEntry, Meta, MetaCommand, SettleError};
 use crate::query::{QueryEngine, check_where};
 use crate::storage::paths::rewritten_key;
 use crate::storage::{Storage, StorageError};
@@ -65,6 +65,9 @@ pub enum DeleteError {
     },
     #[error("the measurement's files changed during the delete (compaction or retention): {0}")]
     Conflict(ApplyError),
+    /// Shutdown came before the cluster settled the swap; the rewritten files stay journaled.
+    #[error("the delete's file swap is unsettled: {0}")]
+    Unsettled(String),
     #[error("flushing buffered rows: {0}")]
     Flush(#[from] FlushError),
     #[error("reading rows: {0}")]
@@ -491,14 +494,18 @@ impl Deleter {
             at_us: Utc::now().timestamp_micros(),
         };
         let meta = Arc::clone(&self.meta);
-        let swapped = tokio::task::spawn_blocking(move || meta.commit_or_abort(command))
+        let swapped = tokio::task::spawn_blocking(move || meta.commit_until_settled(command))
             .await
             .expect("meta commit task panicked");
-        if let Err(err) = swapped {
-            if !added.is_empty() {
-                self.abandon(&added).await;
+        match swapped {
+            Ok(()) => {}
+            Err(SettleError::Rejected(err)) => {
+                if !added.is_empty() {
+                    self.abandon(&added).await;
+                }
+                return Err(DeleteError::Conflict(err));
             }
-            return Err(DeleteError::Conflict(err));
+            Err(SettleError::Unsettled(reason)) => return Err(DeleteError::Unsettled(reason)),
         }
         self.crash_hook.crash_if(Step::AfterSwap);
         if !added.is_empty() {

@@ -156,11 +156,15 @@ pub async fn run(
         .clone()
         .map(|compactor| tokio::spawn(compactor.run_schedules(flusher_stopped)));
     let flusher = Arc::clone(&services.flusher);
+    let meta = Arc::clone(&services.meta);
     state.set_ready(services);
     tracing::info!("ready");
 
     let _ = shutdown_rx.wait_for(|s| *s).await;
     tracing::info!("shutting down: draining requests");
+    // Work waiting for the cluster to settle a change gives up after its next attempt; what it
+    // leaves is reconciled at the next start.
+    meta.stop_retrying();
     state.set_draining();
     let _ = stop_http.send(true);
     let grace = Duration::from_secs(config.server.shutdown_timeout);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::meta::{ApplyError, Meta, MetaCommand};
+use crate::meta::{Meta, MetaCommand, SettleError};
 use crate::storage::{Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,7 @@ pub enum ReclaimError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("forgetting deleted files failed: {0}")]
-    Meta(#[from] ApplyError),
+    Meta(#[from] SettleError),
 }
 
 /// Pure: the tombstoned paths whose grace period is over at `now_us`.
@@ -53,7 +53,7 @@ pub async fn reclaim_due(
     let count = paths.len();
     let meta = Arc::clone(meta);
     tokio::task::spawn_blocking(move || {
-        meta.commit_or_abort(MetaCommand::PurgeTombstones { paths })
+        meta.commit_until_settled(MetaCommand::PurgeTombstones { paths })
     })
     .await
     .expect("meta commit task panicked")?;

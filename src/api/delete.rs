@@ -46,6 +46,8 @@ fn status_of(err: &DeleteError) -> StatusCode {
         | DeleteError::NeedsConfirmation { .. } => StatusCode::BAD_REQUEST,
         DeleteError::NotFound { .. } => StatusCode::NOT_FOUND,
         DeleteError::Conflict(_) => StatusCode::CONFLICT,
+        // The outcome is unknown: the swap may have applied.
+        DeleteError::Unsettled(_) => StatusCode::GATEWAY_TIMEOUT,
         DeleteError::Flush(_)
         | DeleteError::Read(_)
         | DeleteError::Write(_)

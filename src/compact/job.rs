@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::crash_hook::{CrashHook, Step};
 use crate::flush::PendingUploads;
-use crate::meta::{ApplyError, FileEntry, Meta, MetaCommand};
+use crate::meta::{ApplyError, FileEntry, Meta, MetaCommand, SettleError};
 use crate::storage::paths::{daily_compacted_key, hourly_compacted_key};
 use crate::storage::{Storage, StorageError};
 
@@ -31,6 +31,9 @@ pub enum JobError {
     Merge(#[from] MergeError),
     #[error("swapping files in the manifest: {0}")]
     Swap(#[from] ApplyError),
+    /// Shutdown came before the cluster settled the swap; the output stays journaled.
+    #[error("swapping files in the manifest: {0}")]
+    Unsettled(String),
     #[error("compaction temporary files in {path}: {source}")]
     Temp {
         path: PathBuf,
@@ -149,15 +152,20 @@ pub async fn run(
         at_us: Utc::now().timestamp_micros(),
     };
     let meta = Arc::clone(&context.meta);
-    let swapped = tokio::task::spawn_blocking(move || meta.commit_or_abort(command))
+    let swapped = tokio::task::spawn_blocking(move || meta.commit_until_settled(command))
         .await
         .expect("meta commit task panicked");
-    if let Err(err) = swapped {
-        // An input went away meanwhile (retention, a delete): the output must not appear.
-        if let Some(entry) = &output {
-            abandon(context, entry).await;
+    match swapped {
+        Ok(()) => {}
+        Err(SettleError::Rejected(err)) => {
+            // An input went away meanwhile (retention, a delete): the output must not appear.
+            if let Some(entry) = &output {
+                abandon(context, entry).await;
+            }
+            return Err(err.into());
         }
-        return Err(err.into());
+        // The swap may have applied: start-up removes the output only if it did not.
+        Err(SettleError::Unsettled(reason)) => return Err(JobError::Unsettled(reason)),
     }
     context.crash_hook.crash_if(Step::AfterSwap);
     if output.is_some() {

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::buffer::{Buffers, FlushPolicy, MeasurementKey};
 use crate::config::IngestConfig;
-use crate::meta::{Meta, MetaCommand, MetaError};
+use crate::meta::{Meta, MetaCommand, SettleError};
 use crate::storage::{Storage, StorageError};
 use crate::wal::Wal;
 
@@ -35,7 +35,7 @@ pub enum FlushError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("registering files of {key} failed: {source}")]
-    Meta { key: String, source: MetaError },
+    Meta { key: String, source: SettleError },
     #[error("pending-uploads journal: {0}")]
     Journal(#[from] io::Error),
 }
@@ -335,7 +335,9 @@ impl Flusher {
             flushed_through_lsn: chunk.max_lsn,
         };
         let meta = Arc::clone(&self.meta);
-        let committed = tokio::task::spawn_blocking(move || meta.commit(command))
+        // Rides out a stalled or leaderless cluster: the rows stay in the WAL and the buffer
+        // (which bounds what is acknowledged meanwhile) until the files are registered.
+        let committed = tokio::task::spawn_blocking(move || meta.commit_until_settled(command))
             .await
             .expect("meta commit task panicked");
         match committed {
@@ -343,24 +345,19 @@ impl Flusher {
                 self.pending_uploads.settled();
                 Ok(count)
             }
-            Err(MetaError::Io { path, source }) => {
-                // After a failed sync the log's durable contents are unknown; continuing could
-                // register these rows twice. Restarting recovers a consistent state.
-                tracing::error!(path = %path.display(), error = %source, "metadata log sync failed; aborting");
-                std::process::abort();
-            }
-            Err(MetaError::Unconfirmed(reason)) => {
-                // Same for a cluster that may or may not have registered the files.
-                tracing::error!(%reason, "file registration unconfirmed by the cluster; aborting");
-                std::process::abort();
-            }
-            Err(source) => {
+            Err(source @ SettleError::Rejected(_)) => {
                 self.pending_uploads.abandon(&self.storage, &keys).await;
                 Err(FlushError::Meta {
                     key: key.to_string(),
                     source,
                 })
             }
+            // The files may be registered: they stay journaled, and start-up removes them
+            // only if they are not.
+            Err(source @ SettleError::Unsettled(_)) => Err(FlushError::Meta {
+                key: key.to_string(),
+                source,
+            }),
         }
     }
 

@@ -12,6 +12,7 @@ mod state;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -83,6 +84,7 @@ enum Commands {
 pub struct Meta {
     state: Arc<RwLock<MetaState>>,
     commands: Commands,
+    retries_stopped: AtomicBool,
 }
 
 impl Meta {
@@ -148,6 +150,7 @@ impl Meta {
                 last_index,
                 commands_since_snapshot,
             })),
+            retries_stopped: AtomicBool::new(false),
         })
     }
 
@@ -162,6 +165,7 @@ impl Meta {
         Meta {
             state,
             commands: Commands::Replicated(replicator),
+            retries_stopped: AtomicBool::new(false),
         }
     }
 
@@ -204,28 +208,63 @@ impl Meta {
     }
 }
 
+/// Why [`Meta::commit_until_settled`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+    /// The node is shutting down before the cluster said whether the change applied. It may
+    /// have: whatever depends on it (uploaded objects, WAL entries) must be kept for start-up to
+    /// reconcile.
+    #[error("metadata change unsettled at shutdown: {0}")]
+    Unsettled(String),
+}
+
+/// Longest pause between attempts of an unsettled change.
+const MAX_SETTLE_PAUSE: Duration = Duration::from_secs(2);
+
 impl Meta {
-    /// [`Meta::commit`] for callers with no way to recover from a failed log write: after a
-    /// failed sync the log's durable contents are unknown, and appending more could bury a torn
-    /// record under valid ones. Restarting recovers a consistent state. Blocking.
+    /// Commits a change that background work (flushes, compaction, deletes, reclaim) cannot do
+    /// without. Blocking.
     ///
-    /// A cluster that refuses the change (no quorum) is asked again until it takes it: the
-    /// background tasks calling this pause until the quorum is back.
-    pub fn commit_or_abort(&self, command: MetaCommand) -> Result<(), ApplyError> {
+    /// A cluster that refuses the change or cannot confirm it (no quorum, an election, a stalled
+    /// leader) is asked again, with back-off, for as long as that lasts: an unconfirmed change
+    /// whose effect shows up in the applied state was applied, and one rejected because its
+    /// earlier attempt applied is done too. Only [`Meta::stop_retrying`] (shutdown) ends the
+    /// wait early. After a failed local log write the log's durable contents are unknown, and
+    /// appending more could bury a torn record under valid ones, so that aborts the process:
+    /// restarting recovers a consistent state.
+    pub fn commit_until_settled(&self, command: MetaCommand) -> Result<(), SettleError> {
+        let mut pause = Duration::from_millis(100);
         loop {
-            match self.commit(command.clone()) {
+            let reason = match self.commit(command.clone()) {
                 Ok(()) => return Ok(()),
-                Err(MetaError::Rejected(err)) => return Err(err),
-                Err(MetaError::Unavailable(reason)) => {
-                    tracing::warn!(%reason, "metadata change refused by the cluster; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
+                Err(MetaError::Rejected(err)) if !self.state().reflects(&command) => {
+                    return Err(err.into());
                 }
-                Err(err) => {
+                Err(MetaError::Rejected(_)) => return Ok(()),
+                Err(MetaError::Unavailable(reason) | MetaError::Unconfirmed(reason)) => reason,
+                Err(err @ (MetaError::Io { .. } | MetaError::Corrupt { .. })) => {
                     tracing::error!(error = %err, "metadata log write failed; aborting");
                     std::process::abort();
                 }
+            };
+            if self.state().reflects(&command) {
+                return Ok(());
             }
+            if self.retries_stopped.load(Ordering::SeqCst) {
+                return Err(SettleError::Unsettled(reason));
+            }
+            tracing::warn!(%reason, retry_in = ?pause, "metadata change not settled by the cluster; asking again");
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_SETTLE_PAUSE);
         }
+    }
+
+    /// From now on [`Meta::commit_until_settled`] makes one more attempt, not more: the node is
+    /// shutting down.
+    pub fn stop_retrying(&self) {
+        self.retries_stopped.store(true, Ordering::SeqCst);
     }
 }
 

@@ -254,6 +254,31 @@ impl MetaState {
         meta
     }
 
+    /// Whether `command`'s effect is already in this state, i.e. an earlier attempt whose answer
+    /// was lost (the cluster did not confirm it in time) was applied after all. Commands that
+    /// register files can tell, since every file path is unique; admin commands answer false.
+    pub fn reflects(&self, command: &MetaCommand) -> bool {
+        let registered = |entry: &FileEntry| self.files.get(&entry.path) == Some(entry);
+        match command {
+            MetaCommand::AddFiles {
+                database,
+                measurement,
+                files,
+                flushed_through_lsn,
+            } => {
+                self.flushed_through(database, measurement) >= *flushed_through_lsn
+                    && files.iter().all(registered)
+            }
+            MetaCommand::ReplaceFiles { removed, added, .. } => {
+                added.iter().all(registered) && removed.iter().all(|p| !self.files.contains_key(p))
+            }
+            MetaCommand::PurgeTombstones { paths } => {
+                paths.iter().all(|p| !self.tombstones.contains_key(p))
+            }
+            MetaCommand::Admin(_) => false,
+        }
+    }
+
     pub fn admin(&self) -> &AdminState {
         &self.admin
     }
@@ -387,6 +412,39 @@ mod tests {
             ));
         }
         assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_command_is_reflected_once_applied_and_a_conflicting_one_is_not() {
+        let mut state = MetaState::default();
+        let first = add("a.parquet", 5);
+        assert!(!state.reflects(&first));
+        state.apply(&first).unwrap();
+        assert!(state.reflects(&first), "the retry of an applied flush");
+        let mut other = file("a.parquet", 5);
+        other.sha256 = "ff".into();
+        let conflicting = MetaCommand::AddFiles {
+            database: "db".into(),
+            measurement: "cpu".into(),
+            files: vec![other],
+            flushed_through_lsn: 5,
+        };
+        assert!(!state.reflects(&conflicting), "same path, other file");
+        assert!(!state.reflects(&add("b.parquet", 9)));
+
+        let swap = replace(&["a.parquet"], vec![file("c.parquet", 5)], 100);
+        assert!(!state.reflects(&swap));
+        state.apply(&swap).unwrap();
+        assert!(state.reflects(&swap));
+        let purge = MetaCommand::PurgeTombstones {
+            paths: vec!["a.parquet".into()],
+        };
+        assert!(!state.reflects(&purge));
+        state.apply(&purge).unwrap();
+        assert!(state.reflects(&purge));
+        let admin =
+            MetaCommand::Admin(crate::meta::AdminCommand::DropDatabase { name: "x".into() });
+        assert!(!state.reflects(&admin));
     }
 
     fn replace(removed: &[&str], added: Vec<FileEntry>, at_us: i64) -> MetaCommand {
