@@ -50,8 +50,11 @@ impl From<MetaError> for AuthFailure {
             MetaError::Rejected(ApplyError::Admin(AdminError::UnknownToken(_))) => {
                 AuthFailure::new(StatusCode::NOT_FOUND, "Token not found")
             }
-            MetaError::Unavailable(_) | MetaError::Unconfirmed(_) => {
+            MetaError::Unavailable(_) => {
                 AuthFailure::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+            }
+            MetaError::Unconfirmed(_) => {
+                AuthFailure::new(StatusCode::GATEWAY_TIMEOUT, err.to_string())
             }
             other => AuthFailure::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }

@@ -422,9 +422,9 @@ impl From<MetaError> for ApiError {
                 | AdminError::UnknownContinuousQuery(_),
             )) => StatusCode::NOT_FOUND,
             MetaError::Rejected(_) => StatusCode::CONFLICT,
-            MetaError::Unavailable(_) | MetaError::Unconfirmed(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            MetaError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Not a refusal: the change may yet apply, so the client must not take it as one.
+            MetaError::Unconfirmed(_) => StatusCode::GATEWAY_TIMEOUT,
             MetaError::Io { .. } | MetaError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, err.to_string())

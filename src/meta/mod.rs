@@ -36,7 +36,7 @@ pub enum MetaError {
     #[error("metadata change not accepted by the cluster: {0}")]
     Unavailable(String),
     /// The change was handed to the cluster but its fate is unknown.
-    #[error("metadata change not confirmed by the cluster: {0}")]
+    #[error("metadata change not confirmed by the cluster (it may still apply): {0}")]
     Unconfirmed(String),
 }
 

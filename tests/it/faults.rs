@@ -82,7 +82,7 @@ async fn writes_and_metadata_through_any_node_survive_kills_pauses_and_partition
     let (rounds, soak_for) = if soak() {
         (10_000, Duration::from_secs(30 * 60))
     } else {
-        (8, Duration::MAX)
+        (10, Duration::MAX)
     };
     let seed = seed(11);
     let history = History::new(seed);
@@ -192,6 +192,7 @@ async fn writes_and_metadata_through_any_node_survive_kills_pauses_and_partition
         started.elapsed(),
         ledger.requests(),
     );
+    eprintln!("fault history, {}", history.dump());
 }
 
 /// In every storage mode the harness offers, each node serves the same manifest, and the files

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use rmpv::Value;
@@ -497,7 +498,8 @@ const METADATA_PREFIX: &str = "fault-";
 /// Every metadata change requested, with what its answer said.
 #[derive(Default)]
 pub struct MetadataLedger {
-    records: Mutex<BTreeMap<(Record, String), Outcome>>,
+    /// Each request's outcome, and the answer's status or the client's error.
+    records: Mutex<BTreeMap<(Record, String), (Outcome, String)>>,
 }
 
 impl MetadataLedger {
@@ -506,13 +508,15 @@ impl MetadataLedger {
         let records = self.records.lock().unwrap();
         let mut problems = Vec::new();
         let mut counts = [0; 3];
-        for (record, outcome) in records.iter() {
+        for (record, (outcome, answer)) in records.iter() {
             counts[*outcome as usize] += 1;
             let present = listed.contains(record);
             match outcome {
-                Outcome::Acknowledged if !present => problems.push(format!("{record:?} lost")),
+                Outcome::Acknowledged if !present => {
+                    problems.push(format!("{record:?} lost ({answer})"))
+                }
                 Outcome::Failed if present => {
-                    problems.push(format!("{record:?} refused but present"))
+                    problems.push(format!("{record:?} refused but present ({answer})"))
                 }
                 _ => {}
             }
@@ -557,11 +561,14 @@ impl MetadataWorkload {
                             .send()
                             .await;
                         let outcome = Outcome::of(&response);
-                        ledger
-                            .records
-                            .lock()
-                            .unwrap()
-                            .insert((record, name), outcome);
+                        let answer = match response {
+                            Ok(r) => {
+                                format!("{} {}", r.status(), r.text().await.unwrap_or_default())
+                            }
+                            Err(e) => e.to_string(),
+                        };
+                        let entry = (outcome, answer);
+                        ledger.records.lock().unwrap().insert((record, name), entry);
                         if outcome != Outcome::Acknowledged {
                             target = (target + 1) % targets.len();
                         }
@@ -619,13 +626,21 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// `rounds` steps drawn from `faults`, about half of them aimed at the leader, the rest at
-    /// one of `members` nodes; each fault held 0.5–4 s after a quiet gap of 0.2–1.5 s.
+    /// `rounds` steps that go through `faults` in a shuffled order each cycle (so every kind
+    /// occurs once `rounds` reaches their number), about half of them aimed at the leader, the
+    /// rest at one of `members` nodes; each fault held 0.5–4 s after a quiet gap of 0.2–1.5 s.
     pub fn generate(seed: u64, rounds: usize, faults: &[Fault], members: usize) -> Schedule {
         let mut rng = StdRng::seed_from_u64(seed);
+        let mut cycle: Vec<Fault> = Vec::new();
         let steps = (0..rounds)
             .map(|_| Step {
-                fault: faults[rng.random_range(0..faults.len())],
+                fault: {
+                    if cycle.is_empty() {
+                        cycle = faults.to_vec();
+                        cycle.shuffle(&mut rng);
+                    }
+                    cycle.pop().expect("refilled when empty")
+                },
                 target: if rng.random_bool(0.5) {
                     Target::Leader
                 } else {
@@ -706,6 +721,10 @@ mod tests {
         let shape = |s: &Schedule| format!("{:?}", s.steps);
         assert_eq!(shape(&a), shape(&b));
         assert_ne!(shape(&a), shape(&c));
+        let first_cycle: Vec<Fault> = a.steps[..3].iter().map(|s| s.fault).collect();
+        for fault in faults {
+            assert!(first_cycle.contains(&fault), "{fault:?} in {first_cycle:?}");
+        }
     }
 
     #[test]
