@@ -49,6 +49,12 @@ pub fn admin_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The `arcdb` to run: `ARCDB_BIN` when set (a soak run keeps its own copy while the tree is
+/// rebuilt), else the one this build made.
+fn arcdb_binary() -> PathBuf {
+    std::env::var_os("ARCDB_BIN").map_or_else(|| env!("CARGO_BIN_EXE_arcdb").into(), PathBuf::from)
+}
+
 pub struct Server {
     child: Option<Child>,
     pub port: u16,
@@ -98,7 +104,7 @@ impl Server {
             .append(true)
             .open(self.dir.join("server.log"))
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_arcdb"));
+        let mut command = Command::new(arcdb_binary());
         command
             .current_dir(&self.dir)
             .env_clear()
