@@ -428,18 +428,19 @@ impl Flusher {
 }
 
 /// Removes what interrupted flushes uploaded but never registered: journaled keys the manifest
-/// does not list, and the local backend's staging files. Must run before any flush starts.
-/// Returns how many objects were removed.
+/// does not list, and the local backend's staging files of journaled keys — never anything this
+/// node did not journal, which on shared storage may be another node's. Must run before any
+/// flush starts. Returns how many objects were removed.
 async fn remove_unregistered_uploads(
     storage: &Storage,
     meta: &Meta,
     journal: &Arc<PendingUploads>,
 ) -> Result<usize, FlushError> {
-    let mut removed = storage.remove_local_staging_files().await?;
     let reader = Arc::clone(journal);
     let keys = tokio::task::spawn_blocking(move || reader.keys())
         .await
         .expect("journal task panicked")?;
+    let mut removed = storage.remove_local_staging_files(keys.clone()).await?;
     let unregistered: Vec<String> = {
         let state = meta.state();
         keys.into_iter()

@@ -337,15 +337,26 @@ impl Storage {
             })
     }
 
-    /// Removes staging files a crashed local put of a Parquet file left behind
-    /// (`object_store` names them `<key>#<n>` and does not list them).
-    pub async fn remove_local_staging_files(&self) -> Result<usize, StorageError> {
+    /// Removes the staging files (`<key>#<suffix>`: `object_store`'s put and
+    /// [`Storage::put_file`] write them and rename them into place) that a crash left behind
+    /// for `keys`. Only those: on storage several nodes share, another node's staging file may
+    /// be an upload in progress. Returns how many were removed.
+    pub async fn remove_local_staging_files(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<usize, StorageError> {
         let Some(root) = self.local_root.clone() else {
             return Ok(0);
         };
-        tokio::task::spawn_blocking(move || remove_staging_files(&root))
-            .await
-            .expect("cleanup task panicked")
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            for key in &keys {
+                removed += remove_staging_files(&root.join(key))?;
+            }
+            Ok(removed)
+        })
+        .await
+        .expect("cleanup task panicked")
     }
 }
 
@@ -401,21 +412,66 @@ fn sync_file_and_parents(root: &Path, path: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-fn remove_staging_files(dir: &Path) -> Result<usize, StorageError> {
+/// Removes the staging files of the object at `target`: its siblings named `<name>#…`.
+fn remove_staging_files(target: &Path) -> Result<usize, StorageError> {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Ok(0);
+    };
     let io = |source| StorageError::Io {
         path: dir.to_path_buf(),
         source,
     };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(io(err)),
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push("#");
+    let prefix = prefix.to_string_lossy().into_owned();
     let mut removed = 0;
-    for entry in std::fs::read_dir(dir).map_err(io)? {
+    for entry in entries {
         let entry = entry.map_err(io)?;
-        let path = entry.path();
-        if entry.file_type().map_err(io)?.is_dir() {
-            removed += remove_staging_files(&path)?;
-        } else if entry.file_name().to_string_lossy().contains(".parquet#") {
-            std::fs::remove_file(&path).map_err(io)?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(entry.path()).map_err(io)?;
             removed += 1;
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_staging_files_of_the_given_object_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("db/m/2026/01/15/10");
+        std::fs::create_dir_all(&dir).unwrap();
+        let names = [
+            "ours.parquet",
+            "ours.parquet#1",
+            "ours.parquet#copy",
+            "theirs.parquet#2",
+            "ours.parquet.old#3",
+        ];
+        for name in names {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_staging_files(&dir.join("ours.parquet")).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["ours.parquet", "ours.parquet.old#3", "theirs.parquet#2"]
+        );
+        assert_eq!(
+            remove_staging_files(&root.path().join("gone/x.parquet")).unwrap(),
+            0
+        );
+    }
 }

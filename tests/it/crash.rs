@@ -101,5 +101,15 @@ pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize)
 #[tokio::test]
 async fn acknowledged_rows_survive_kill9_on_local_disk() {
     let mut server = Server::start(&CRASH_ENV).await;
+    // Another node's upload in progress on shared storage: a staging file of a key this node
+    // never journaled, beside this node's own files. No recovery may remove it.
+    let hour = server.dir.join("data/arc/crash/rows/2026/01/15/10");
+    std::fs::create_dir_all(&hour).unwrap();
+    let foreign_staging = hour.join("rows_20260115_100000_000000001.parquet#4711");
+    std::fs::write(&foreign_staging, b"PAR1 half-written by another node").unwrap();
     acknowledged_rows_survive_kill9(&mut server, kill_rounds()).await;
+    assert!(
+        foreign_staging.exists(),
+        "another node's staging file was removed"
+    );
 }
