@@ -285,9 +285,7 @@ async fn start_services(
         let recovery = tokio::task::spawn_blocking(move || {
             let state = replay_meta.state();
             wal::replay(&dir, |lsn, payload| {
-                if let Err(err) = replay_entry(&replay_buffers, &state, lsn, payload) {
-                    tracing::error!(lsn, error = %err, "WAL entry could not be replayed");
-                }
+                replay_entry(&replay_buffers, &state, lsn, payload).map(|_| ())
             })
         })
         .await

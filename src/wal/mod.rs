@@ -33,6 +33,30 @@ pub enum WalError {
     Io { path: PathBuf, message: String },
     #[error("WAL is closed")]
     Closed,
+    /// A damaged record with intact entries after it: not a torn tail, so cutting there would
+    /// drop acknowledged writes. An operator decides (restore the file, or move it aside).
+    #[error(
+        "WAL segment {} is damaged at byte {offset}, and {later}; start-up stops rather than \
+         drop entries that may have been acknowledged",
+        path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        offset: usize,
+        /// Where intact entries follow the damage.
+        later: String,
+    },
+    #[error(
+        "WAL entry {lsn} in segment {} at byte {offset} cannot be replayed ({reason}); \
+         start-up stops rather than drop it",
+        path.display()
+    )]
+    Unreplayable {
+        path: PathBuf,
+        offset: usize,
+        lsn: Lsn,
+        reason: String,
+    },
 }
 
 impl WalError {
@@ -73,21 +97,51 @@ pub struct Recovery {
 const MAX_SPARES: usize = 4;
 
 /// Reads every segment in log order, handing each intact entry to `on_entry`. A torn tail
-/// (a crash mid-write) is cut off the file; it is never an error.
-pub fn replay(dir: &Path, mut on_entry: impl FnMut(Lsn, &[u8])) -> Result<Recovery, WalError> {
+/// (a crash mid-write) is cut off the file; it is never an error. Anything that would lose an
+/// entry that may have been acknowledged is: a damaged record with intact entries after it in
+/// its own segment or in a later one (a segment is complete before the next is started), or an
+/// entry `on_entry` cannot take.
+pub fn replay(
+    dir: &Path,
+    mut on_entry: impl FnMut(Lsn, &[u8]) -> Result<(), String>,
+) -> Result<Recovery, WalError> {
     std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
     let listing = segment::list_segments(dir)?;
     let mut recovery = Recovery {
         spares: listing.spares,
         ..Recovery::default()
     };
+    // A segment whose damaged tail was cut, until a later segment shows entries followed it.
+    let mut damaged_earlier: Option<(PathBuf, usize)> = None;
     for (first_lsn, path) in listing.segments {
         let contents = segment::read_segment(&path, first_lsn)?;
         let mut last_lsn = None;
-        for (lsn, payload) in contents.records() {
-            on_entry(lsn, payload);
+        let mut records = contents.records();
+        loop {
+            let offset = segment::HEADER_LEN + records.valid_len();
+            let Some((lsn, payload)) = records.next() else {
+                break;
+            };
+            if let Some((damaged, at)) = damaged_earlier.take() {
+                return Err(WalError::Damaged {
+                    path: damaged,
+                    offset: at,
+                    later: format!("segment {} holds later entries", path.display()),
+                });
+            }
+            if let Err(reason) = on_entry(lsn, payload) {
+                return Err(WalError::Unreplayable {
+                    path,
+                    offset,
+                    lsn,
+                    reason,
+                });
+            }
             last_lsn = Some(lsn);
             recovery.entries += 1;
+        }
+        if contents.damaged {
+            damaged_earlier = Some((path.clone(), contents.valid_len));
         }
         if contents.torn {
             tracing::warn!(
@@ -360,6 +414,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::RECORD_HEADER_LEN;
 
     fn options(dir: &Path, max_segment_bytes: u64) -> WalOptions {
         WalOptions {
@@ -372,8 +427,114 @@ mod tests {
 
     fn collect(dir: &Path) -> (Vec<(Lsn, Vec<u8>)>, Recovery) {
         let mut entries = Vec::new();
-        let recovery = replay(dir, |lsn, payload| entries.push((lsn, payload.to_vec()))).unwrap();
+        let recovery = replay(dir, |lsn, payload| {
+            entries.push((lsn, payload.to_vec()));
+            Ok(())
+        })
+        .unwrap();
         (entries, recovery)
+    }
+
+    /// Writes entries `lsns` to a WAL in `dir` (segments of at most `segment_bytes`) and closes
+    /// it; returns the segment files in log order.
+    async fn write_entries(
+        dir: &Path,
+        lsns: std::ops::RangeInclusive<Lsn>,
+        segment_bytes: u64,
+    ) -> Vec<PathBuf> {
+        let (_, recovery) = collect(dir);
+        let first = *lsns.start();
+        let wal = Wal::start(options(dir, segment_bytes), first, recovery).unwrap();
+        for lsn in lsns {
+            let payload = Bytes::from(format!("entry-{lsn:04}-{}", "x".repeat(40)));
+            wal.append(lsn, vec![payload]).await.unwrap().unwrap();
+        }
+        wal.close().await;
+        let listing = segment::list_segments(dir).unwrap();
+        listing.segments.into_iter().map(|(_, path)| path).collect()
+    }
+
+    fn flip_byte(path: &Path, offset: usize) {
+        let mut data = std::fs::read(path).unwrap();
+        data[offset] ^= 0xff;
+        std::fs::write(path, data).unwrap();
+    }
+
+    fn replay_error(dir: &Path) -> WalError {
+        replay(dir, |_, _| Ok(())).expect_err("replay must refuse")
+    }
+
+    #[tokio::test]
+    async fn damage_before_intact_entries_stops_replay_naming_segment_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = write_entries(dir.path(), 1..=10, 1 << 20).await;
+        let record = RECORD_HEADER_LEN + "entry-0001-".len() + 40;
+        // A payload byte of entry 4: its checksum fails, entries 5..10 are intact.
+        let offset = segment::HEADER_LEN + 3 * record;
+        flip_byte(&segments[0], offset + RECORD_HEADER_LEN + 2);
+        let err = replay_error(dir.path());
+        let message = err.to_string();
+        assert!(
+            matches!(err, WalError::Damaged { offset: at, .. } if at == offset),
+            "{message}"
+        );
+        assert!(
+            message.contains(&segments[0].display().to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("byte {}", offset + record)),
+            "{message}"
+        );
+        // Nothing was cut: the file still holds every entry for an operator to recover.
+        assert_eq!(
+            std::fs::metadata(&segments[0]).unwrap().len() as usize,
+            segment::HEADER_LEN + 10 * record
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_segment_followed_by_later_segments_stops_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = write_entries(dir.path(), 1..=30, 400).await;
+        assert!(segments.len() > 2, "{segments:?}");
+        let len = std::fs::metadata(&segments[0]).unwrap().len();
+        // The end of the first segment is lost; later segments hold later entries.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segments[0])
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let message = replay_error(dir.path()).to_string();
+        assert!(
+            message.contains(&segments[0].display().to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains(&segments[1].display().to_string()),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_entry_that_cannot_be_replayed_stops_replay_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = write_entries(dir.path(), 1..=3, 1 << 20).await;
+        let err = replay(dir.path(), |lsn, _| {
+            if lsn == 2 {
+                Err("bad entry".into())
+            } else {
+                Ok(())
+            }
+        })
+        .expect_err("replay must refuse");
+        let record = RECORD_HEADER_LEN + "entry-0001-".len() + 40;
+        assert!(
+            matches!(&err, WalError::Unreplayable { lsn: 2, offset, path, .. }
+                if *offset == segment::HEADER_LEN + record && path == &segments[0]),
+            "{err}"
+        );
     }
 
     #[tokio::test]

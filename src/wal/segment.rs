@@ -106,7 +106,11 @@ pub struct SegmentContents {
     pub data: Vec<u8>,
     /// Byte length of the intact prefix (header included).
     pub valid_len: usize,
+    /// Whether anything follows the intact prefix (a torn or damaged record, or stale ones).
     pub torn: bool,
+    /// Whether the intact prefix ends at a record that fails its checksum or is cut short
+    /// (rather than at the stale records of a reused file).
+    pub damaged: bool,
 }
 
 impl SegmentContents {
@@ -133,6 +137,7 @@ pub fn read_segment(path: &Path, first_lsn: Lsn) -> Result<SegmentContents, WalE
             data,
             valid_len: 0,
             torn,
+            damaged: false,
         });
     }
     let mut reader = RecordReader::new(&data[HEADER_LEN..]);
@@ -147,11 +152,31 @@ pub fn read_segment(path: &Path, first_lsn: Lsn) -> Result<SegmentContents, WalE
         next_min = lsn + 1;
         valid_len = HEADER_LEN + reader.valid_len();
     }
-    let torn = torn || reader.is_torn();
+    if reader.is_torn()
+        && let Some(next) = intact_record_after(&data[valid_len..], next_min)
+    {
+        return Err(WalError::Damaged {
+            path: path.to_path_buf(),
+            offset: valid_len,
+            later: format!("intact entries follow at byte {}", valid_len + next),
+        });
+    }
+    let damaged = reader.is_torn();
     Ok(SegmentContents {
         data,
         valid_len,
-        torn,
+        torn: torn || damaged,
+        damaged,
+    })
+}
+
+/// Where, after a damaged record at the start of `data`, an intact record with an LSN of at least
+/// `min_lsn` begins, if anywhere. A crash mid-write leaves only the torn record's own bytes and,
+/// in a reused file, stale older records; a current entry after the damage means the damage is
+/// not a torn tail.
+fn intact_record_after(data: &[u8], min_lsn: Lsn) -> Option<usize> {
+    (1..data.len()).find(|&start| {
+        matches!(RecordReader::new(&data[start..]).next(), Some((lsn, _)) if lsn >= min_lsn)
     })
 }
 

@@ -15,5 +15,6 @@ mod harness;
 mod query;
 mod retention;
 mod s3;
+mod wal_recovery;
 mod workload;
 mod write;
