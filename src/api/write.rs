@@ -61,9 +61,22 @@ pub async fn line_protocol(
 
 pub async fn flush(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let flusher = Arc::clone(&state.services()?.flusher);
-    // Spawned so that a client hanging up cannot cut a flush off between its steps.
-    tokio::spawn(async move { flusher.flush_all().await })
+    let wait = flusher.timeout();
+    // Spawned so that neither a client hanging up nor the wait below cuts a flush off between
+    // its steps.
+    let flush = tokio::spawn(async move { flusher.flush_all().await });
+    tokio::time::timeout(wait, flush)
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "flush still running after {}s (storage or the cluster is slow); the rows \
+                     are safe in the WAL and the flush goes on",
+                    wait.as_secs()
+                ),
+            )
+        })?
         .map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -190,6 +190,11 @@ impl Flusher {
         }
     }
 
+    /// How long a client waits for a flush it asked for (`ingest.flush_timeout_seconds`).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.ingest.flush_timeout_seconds.max(1))
+    }
+
     pub fn policy(&self) -> FlushPolicy {
         FlushPolicy {
             max_rows: self.ingest.max_buffer_size,

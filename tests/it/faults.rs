@@ -256,3 +256,74 @@ async fn every_node_serves_the_same_manifest_in_every_storage_mode() {
         eprintln!("{mode:?}: {} files listed on both nodes", on_writer.len());
     }
 }
+
+/// A writer whose cluster has lost its quorum (both other nodes paused, longer than
+/// `route_timeout`) keeps acknowledging writes into its WAL, answers a flush it cannot register
+/// with 503 instead of hanging, does not die, and registers everything once the quorum is back.
+#[tokio::test]
+async fn a_writer_rides_out_a_cluster_without_quorum() {
+    let flush_wait = ("ARC_INGEST_FLUSH_TIMEOUT_SECONDS", "2".to_owned());
+    let with_wait = |name, role| {
+        let mut spec = node(name, role);
+        spec.extra_env.push(flush_wait.clone());
+        spec
+    };
+    let mut cluster = TestCluster::start(vec![
+        with_wait("writer-01", "writer"),
+        with_wait("reader-01", "reader"),
+        with_wait("reader-02", "reader"),
+    ])
+    .await;
+    every_node_healthy(&cluster).await;
+    let table = Table::new("stall", "rows");
+    let ledger = Ledger::new();
+    let writer_url = vec![cluster.node("writer-01").server.url("")];
+    let options = WorkloadOptions {
+        clients: 2,
+        ..WorkloadOptions::default()
+    };
+    let before = Workload::start(&ledger, writer_url.clone(), table.clone(), options.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.pause("reader-01");
+    cluster.pause("reader-02");
+    let stalled = Instant::now();
+    // Longer than route_timeout (2 s) several times over, and than the 5 s that once killed it.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let writer = &cluster.node("writer-01").server;
+    let asked = Instant::now();
+    let (status, body) = writer
+        .post("/api/v1/write/line-protocol/flush", &[], "")
+        .await;
+    eprintln!(
+        "flush without quorum: {status} after {:?}: {body}",
+        asked.elapsed()
+    );
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    before.stop().await;
+    let acknowledged_during_stall = ledger.requests();
+    cluster.assert_running();
+    cluster.resume("reader-01");
+    cluster.resume("reader-02");
+    eprintln!(
+        "quorum back after {:?}; requests (ok/failed/unknown) {acknowledged_during_stall}",
+        stalled.elapsed()
+    );
+    let writer = &cluster.node("writer-01").server;
+    eventually("a flush once the quorum is back", SETTLE, || async {
+        let (status, _) = writer
+            .post("/api/v1/write/line-protocol/flush", &[], "")
+            .await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let reader = &cluster.node("reader-01").server;
+    let stored = eventually("the reader sees the rows", SETTLE, || async {
+        let stored = queried_ids(reader, &table).await.ok()?;
+        check(&ledger, &stored).ok().map(|_| stored)
+    })
+    .await;
+    let verdict = check(&ledger, &stored).unwrap();
+    assert!(verdict.acknowledged > 1000, "{verdict}");
+    cluster.assert_running();
+    eprintln!("after the stall: {verdict}");
+}
