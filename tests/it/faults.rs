@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
+use crate::harness::Server;
+
 use crate::cluster_harness::{
     Link, NodeSpec, StorageMode, TestCluster, eventually, states_seen_by,
 };
@@ -41,6 +43,17 @@ async fn every_node_healthy(cluster: &TestCluster) {
         })
         .await;
     }
+}
+
+/// Asks `server` to flush until a flush succeeds (the cluster may still be settling).
+async fn flush_until_done(server: &Server) {
+    eventually("a flush", SETTLE, || async {
+        let (status, _) = server
+            .post("/api/v1/write/line-protocol/flush", &[], "")
+            .await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
 }
 
 /// Injects one step's fault, holds it, and undoes it.
@@ -138,14 +151,7 @@ async fn writes_and_metadata_through_any_node_survive_kills_pauses_and_partition
     // Faults are over: the writer flushes (asked through a reader, which forwards it), and every
     // node that serves queries must converge on the same rows, which the checker then judges.
     every_node_healthy(&cluster).await;
-    let flush_via = &cluster.node("reader-01").server;
-    eventually("a flush after the faults", SETTLE, || async {
-        let (status, _) = flush_via
-            .post("/api/v1/write/line-protocol/flush", &[], "")
-            .await;
-        (status == StatusCode::OK).then_some(())
-    })
-    .await;
+    flush_until_done(&cluster.node("reader-01").server).await;
     let stored = eventually("query nodes agree", SETTLE, || async {
         let mut answers = Vec::new();
         for node in cluster.query_nodes() {
@@ -308,14 +314,7 @@ async fn a_writer_rides_out_a_cluster_without_quorum() {
         "quorum back after {:?}; requests (ok/failed/unknown) {acknowledged_during_stall}",
         stalled.elapsed()
     );
-    let writer = &cluster.node("writer-01").server;
-    eventually("a flush once the quorum is back", SETTLE, || async {
-        let (status, _) = writer
-            .post("/api/v1/write/line-protocol/flush", &[], "")
-            .await;
-        (status == StatusCode::OK).then_some(())
-    })
-    .await;
+    flush_until_done(&cluster.node("writer-01").server).await;
     let reader = &cluster.node("reader-01").server;
     let stored = eventually("the reader sees the rows", SETTLE, || async {
         let stored = queried_ids(reader, &table).await.ok()?;
