@@ -118,12 +118,16 @@ async fn writes_and_metadata_through_any_node_survive_kills_pauses_and_partition
     let targets: Vec<String> = cluster.nodes.iter().map(|n| n.server.url("")).collect();
     let table = Table::new("faults", "rows");
     let ledger = Ledger::new();
-    let writes = Workload::start(
-        &ledger,
-        targets.clone(),
-        table.clone(),
-        WorkloadOptions::default(),
-    );
+    // A long run writes slower, so the rows it checks stay in the millions.
+    let options = WorkloadOptions {
+        pause: if soak() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        },
+        ..WorkloadOptions::default()
+    };
+    let writes = Workload::start(&ledger, targets.clone(), table.clone(), options);
     let metadata = std::sync::Arc::new(MetadataLedger::default());
     let changes = MetadataWorkload::start(&metadata, targets, 2);
 

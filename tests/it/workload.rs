@@ -236,6 +236,8 @@ pub struct WorkloadOptions {
     /// Per-request deadline: past it the request is indeterminate.
     pub timeout: Duration,
     pub formats: Vec<Format>,
+    /// Pause after each request, to hold the volume a long run stores (and checks) down.
+    pub pause: Duration,
 }
 
 impl Default for WorkloadOptions {
@@ -244,6 +246,7 @@ impl Default for WorkloadOptions {
             clients: 4,
             timeout: Duration::from_secs(10),
             formats: Format::ALL.to_vec(),
+            pause: Duration::ZERO,
         }
     }
 }
@@ -325,6 +328,7 @@ async fn run_client(
             target = (target + 1) % targets.len();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        tokio::time::sleep(options.pause).await;
     }
 }
 
@@ -411,7 +415,7 @@ pub async fn queried_ids(server: &Server, table: &Table) -> Result<Stored, Strin
         .client
         .post(server.url("/api/v1/query"))
         .json(&json!({ "sql": sql }))
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(300))
         .send()
         .await
         .map_err(|e| e.to_string())?;
