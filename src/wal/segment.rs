@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::frame::RecordReader;
+use crate::frame::{RECORD_HEADER_LEN, RecordReader};
 
 use super::{Lsn, WalError};
 
@@ -174,8 +174,18 @@ pub fn read_segment(path: &Path, first_lsn: Lsn) -> Result<SegmentContents, WalE
 /// `min_lsn` begins, if anywhere. A crash mid-write leaves only the torn record's own bytes and,
 /// in a reused file, stale older records; a current entry after the damage means the damage is
 /// not a torn tail.
+///
+/// Only offsets whose header names an LSN just past `min_lsn` are checksummed: a reused file's
+/// stale bytes after the damage are otherwise checksummed at every offset, quadratic in the
+/// segment's size.
 fn intact_record_after(data: &[u8], min_lsn: Lsn) -> Option<usize> {
-    (1..data.len()).find(|&start| {
+    const LOOKAHEAD: Lsn = 1 << 20;
+    let plausible = |start: usize| {
+        data.get(start + 8..start + RECORD_HEADER_LEN)
+            .map(|seq| Lsn::from_le_bytes(seq.try_into().expect("8 bytes")))
+            .is_some_and(|lsn| lsn >= min_lsn && lsn - min_lsn < LOOKAHEAD)
+    };
+    (1..data.len()).filter(|&start| plausible(start)).find(|&start| {
         matches!(RecordReader::new(&data[start..]).next(), Some((lsn, _)) if lsn >= min_lsn)
     })
 }
