@@ -266,8 +266,13 @@ impl MetaState {
                 files,
                 flushed_through_lsn,
             } => {
+                // Flushes of a measurement register in LSN order, so a watermark at or past this
+                // one means this registration applied; its files may since have been compacted
+                // away, but none may be registered with other contents.
                 self.flushed_through(database, measurement) >= *flushed_through_lsn
-                    && files.iter().all(registered)
+                    && files
+                        .iter()
+                        .all(|f| self.files.get(&f.path).is_none_or(|live| live == f))
             }
             MetaCommand::ReplaceFiles { removed, added, .. } => {
                 added.iter().all(registered) && removed.iter().all(|p| !self.files.contains_key(p))
@@ -431,6 +436,13 @@ mod tests {
         };
         assert!(!state.reflects(&conflicting), "same path, other file");
         assert!(!state.reflects(&add("b.parquet", 9)));
+        let compacted = replace(&["a.parquet"], vec![file("z.parquet", 5)], 50);
+        let mut after_compaction = state.clone();
+        after_compaction.apply(&compacted).unwrap();
+        assert!(
+            after_compaction.reflects(&first),
+            "a registration whose files were compacted away since"
+        );
 
         let swap = replace(&["a.parquet"], vec![file("c.parquet", 5)], 100);
         assert!(!state.reflects(&swap));
