@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::harness::{Server, manifest_paths, stored_files};
 use crate::workload::{
-    History, Ledger, Stored, Table, Workload, WorkloadOptions, check, seed, soak,
+    History, Ledger, Stored, Table, WorkloadOptions, check, seed, soak, start_writes,
 };
 
 /// Settings that make flushes frequent, so kills land in and around them.
@@ -43,7 +43,7 @@ pub async fn acknowledged_rows_survive_kill9(server: &mut Server, rounds: usize)
     assert_eq!(status, reqwest::StatusCode::OK);
     let ledger = Ledger::new();
     for round in 0..rounds {
-        let workload = Workload::start(
+        let workload = start_writes(
             &ledger,
             vec![server.url("")],
             table.clone(),

@@ -13,8 +13,8 @@ use crate::cluster_harness::{
     Link, NodeSpec, StorageMode, TestCluster, eventually, states_seen_by,
 };
 use crate::workload::{
-    Fault, History, Ledger, MetadataLedger, MetadataWorkload, Schedule, Table, Target, Workload,
-    WorkloadOptions, check, listed_records, queried_ids, seed, soak,
+    Fault, History, Ledger, MetadataLedger, Schedule, Table, Target, WorkloadOptions, check,
+    listed_records, queried_ids, seed, soak, start_metadata_changes, start_writes,
 };
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -127,9 +127,9 @@ async fn writes_and_metadata_through_any_node_survive_kills_pauses_and_partition
         },
         ..WorkloadOptions::default()
     };
-    let writes = Workload::start(&ledger, targets.clone(), table.clone(), options);
+    let writes = start_writes(&ledger, targets.clone(), table.clone(), options);
     let metadata = std::sync::Arc::new(MetadataLedger::default());
-    let changes = MetadataWorkload::start(&metadata, targets, 2);
+    let changes = start_metadata_changes(&metadata, targets, 2);
 
     let started = Instant::now();
     let names = cluster.names();
@@ -292,7 +292,7 @@ async fn a_writer_rides_out_a_cluster_without_quorum() {
         clients: 2,
         ..WorkloadOptions::default()
     };
-    let before = Workload::start(&ledger, writer_url.clone(), table.clone(), options.clone());
+    let before = start_writes(&ledger, writer_url.clone(), table.clone(), options.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.pause("reader-01");
     cluster.pause("reader-02");

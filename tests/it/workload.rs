@@ -223,10 +223,33 @@ fn write_request(
     request
 }
 
-/// Concurrent clients writing rows with unique ids until stopped.
-pub struct Workload {
+/// Client tasks that run until stopped.
+pub struct Clients {
     stop: watch::Sender<bool>,
-    clients: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Clients {
+    /// Spawns `count` clients; client `c` runs `client(c, stopped)`.
+    fn spawn<F, Fut>(count: usize, client: F) -> Clients
+    where
+        F: Fn(usize, watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let tasks = (0..count)
+            .map(|c| tokio::spawn(client(c, stopped.clone())))
+            .collect();
+        Clients { stop, tasks }
+    }
+
+    /// Stops the clients; each finishes the request it is in.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
 }
 
 /// How clients behave.
@@ -251,43 +274,25 @@ impl Default for WorkloadOptions {
     }
 }
 
-impl Workload {
-    /// Starts clients that write to the nodes at `targets` (base URLs), recording into
-    /// `ledger`. Client `c` starts on target `c`; after any answer but an acknowledgement it
-    /// moves to the next one, as a load balancer would.
-    pub fn start(
-        ledger: &Arc<Ledger>,
-        targets: Vec<String>,
-        table: Table,
-        options: WorkloadOptions,
-    ) -> Workload {
-        let ledger = Arc::clone(ledger);
-        let (stop, stopped) = watch::channel(false);
-        let targets = Arc::new(targets);
-        let clients = (0..options.clients)
-            .map(|c| {
-                let (ledger, targets, table, options) = (
-                    Arc::clone(&ledger),
-                    Arc::clone(&targets),
-                    table.clone(),
-                    options.clone(),
-                );
-                let stopped = stopped.clone();
-                tokio::spawn(async move {
-                    run_client(c, &targets, &table, &options, &ledger, stopped).await
-                })
-            })
-            .collect();
-        Workload { stop, clients }
-    }
-
-    /// Stops the clients; each finishes the request it is in.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for client in self.clients {
-            client.await.unwrap();
-        }
-    }
+/// Starts clients writing rows with unique ids to the nodes at `targets` (base URLs), recording
+/// into `ledger`. Client `c` starts on target `c`; after any answer but an acknowledgement it
+/// moves to the next one, as a load balancer would.
+pub fn start_writes(
+    ledger: &Arc<Ledger>,
+    targets: Vec<String>,
+    table: Table,
+    options: WorkloadOptions,
+) -> Clients {
+    let targets = Arc::new(targets);
+    Clients::spawn(options.clients, |c, stopped| {
+        let (ledger, targets, table, options) = (
+            Arc::clone(ledger),
+            Arc::clone(&targets),
+            table.clone(),
+            options.clone(),
+        );
+        async move { run_client(c, &targets, &table, &options, &ledger, stopped).await }
+    })
 }
 
 async fn run_client(
@@ -536,60 +541,45 @@ impl MetadataLedger {
     }
 }
 
-/// Clients creating tokens, databases and retention policies through any node until stopped.
-pub struct MetadataWorkload {
-    stop: watch::Sender<bool>,
-    clients: Vec<JoinHandle<()>>,
-}
-
-impl MetadataWorkload {
-    pub fn start(ledger: &Arc<MetadataLedger>, targets: Vec<String>, clients: usize) -> Self {
-        let (stop, stopped) = watch::channel(false);
-        let targets = Arc::new(targets);
-        let clients = (0..clients)
-            .map(|c| {
-                let (ledger, targets, stopped) =
-                    (Arc::clone(ledger), Arc::clone(&targets), stopped.clone());
-                tokio::spawn(async move {
-                    let client = admin_client();
-                    let mut target = c % targets.len();
-                    for n in 0usize.. {
-                        if *stopped.borrow() {
-                            return;
-                        }
-                        let record = Record::ALL[n % Record::ALL.len()];
-                        let name = format!("{METADATA_PREFIX}{c}-{n}");
-                        let response = record
-                            .create(&client, &targets[target], &name)
-                            .timeout(Duration::from_secs(15))
-                            .send()
-                            .await;
-                        let outcome = Outcome::of(&response);
-                        let answer = match response {
-                            Ok(r) => {
-                                format!("{} {}", r.status(), r.text().await.unwrap_or_default())
-                            }
-                            Err(e) => e.to_string(),
-                        };
-                        let entry = (outcome, answer);
-                        ledger.records.lock().unwrap().insert((record, name), entry);
-                        if outcome != Outcome::Acknowledged {
-                            target = (target + 1) % targets.len();
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                })
-            })
-            .collect();
-        MetadataWorkload { stop, clients }
-    }
-
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for client in self.clients {
-            client.await.unwrap();
+/// Starts `clients` clients creating tokens, databases and retention policies through the nodes
+/// at `targets`, recording into `ledger`, moving on to the next node after anything but an
+/// acknowledgement.
+pub fn start_metadata_changes(
+    ledger: &Arc<MetadataLedger>,
+    targets: Vec<String>,
+    clients: usize,
+) -> Clients {
+    let targets = Arc::new(targets);
+    Clients::spawn(clients, |c, stopped| {
+        let (ledger, targets) = (Arc::clone(ledger), Arc::clone(&targets));
+        async move {
+            let client = admin_client();
+            let mut target = c % targets.len();
+            for n in 0usize.. {
+                if *stopped.borrow() {
+                    return;
+                }
+                let record = Record::ALL[n % Record::ALL.len()];
+                let name = format!("{METADATA_PREFIX}{c}-{n}");
+                let response = record
+                    .create(&client, &targets[target], &name)
+                    .timeout(Duration::from_secs(15))
+                    .send()
+                    .await;
+                let outcome = Outcome::of(&response);
+                let answer = match response {
+                    Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                    Err(e) => e.to_string(),
+                };
+                let entry = (outcome, answer);
+                ledger.records.lock().unwrap().insert((record, name), entry);
+                if outcome != Outcome::Acknowledged {
+                    target = (target + 1) % targets.len();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-    }
+    })
 }
 
 /// A fault the nemesis injects.
