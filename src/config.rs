@@ -577,6 +577,10 @@ pub struct ClusterConfig {
     pub coordinator_addr: String,
     /// Coordinator address announced to peers; empty means `coordinator_addr`.
     pub advertise_addr: String,
+    /// HTTP API address (`host:port`) peers forward client requests to; empty means the bound
+    /// API address, or the advertised coordinator host with the API port when bound to all
+    /// interfaces. Needed behind NAT or a proxy.
+    pub api_advertise_addr: String,
     /// Seconds; Arc's health-check period. Read for compatibility: arcdb derives peers' health
     /// from their heartbeats whenever it is asked.
     pub health_check_interval: u64,
@@ -660,6 +664,7 @@ impl Default for ClusterConfig {
             seeds: Vec::new(),
             coordinator_addr: ":9000".to_owned(),
             advertise_addr: String::new(),
+            api_advertise_addr: String::new(),
             health_check_interval: 5,
             health_check_timeout: 3,
             unhealthy_threshold: 3,
@@ -1611,6 +1616,9 @@ impl ClusterConfig {
         if !self.advertise_addr.is_empty() {
             check_dial_addr("cluster.advertise_addr", &self.advertise_addr)?;
         }
+        if !self.api_advertise_addr.is_empty() {
+            check_dial_addr("cluster.api_advertise_addr", &self.api_advertise_addr)?;
+        }
         if !self.raft_data_dir.is_empty() {
             check_data_dir("cluster.raft_data_dir", &self.raft_data_dir)?;
         }
@@ -2147,6 +2155,9 @@ mod tests {
             }),
             ("cluster.advertise_addr", |c| {
                 c.cluster.advertise_addr = "node-1".into()
+            }),
+            ("cluster.api_advertise_addr", |c| {
+                c.cluster.api_advertise_addr = "node-1".into()
             }),
             ("cluster.raft_data_dir", |c| {
                 c.cluster.raft_data_dir = "/sys/raft".into()

@@ -2,6 +2,7 @@
 //! requests a node's role cannot serve to a node whose role can.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, to_bytes};
@@ -208,7 +209,8 @@ pub async fn remove_node(
 }
 
 /// Serves the request here when this node's role can, else forwards it to a healthy node whose
-/// role can. A request that was already forwarded is never forwarded again.
+/// role can, trying another such node where [`may_try_another`] allows. A request that was
+/// already forwarded is never forwarded again.
 pub async fn route_by_role(
     State((state, capability)): State<(Arc<AppState>, Capability)>,
     request: Request,
@@ -232,27 +234,65 @@ pub async fn route_by_role(
         )
         .into_response();
     }
-    let Some(target) = cluster.node_for(capability) else {
-        return ApiError::new(
+    forward(&cluster, capability, request, state.max_payload_bytes)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// How one attempt to forward a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForwardFailure {
+    /// No connection was made: the target cannot have seen the request.
+    NotConnected,
+    /// No answer within `cluster.route_timeout`: the target may have taken the request.
+    TimedOut,
+    /// The connection broke after the request was sent.
+    Broken,
+}
+
+impl ForwardFailure {
+    fn of(err: &reqwest::Error) -> ForwardFailure {
+        if err.is_connect() {
+            ForwardFailure::NotConnected
+        } else if err.is_timeout() {
+            ForwardFailure::TimedOut
+        } else {
+            ForwardFailure::Broken
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            ForwardFailure::NotConnected => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardFailure::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+            ForwardFailure::Broken => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// Pure: whether a request whose forwarding failed this way may be sent to another node. A
+/// write that may have reached its target is never sent again, since it could be stored twice;
+/// a query changes nothing and can be asked anywhere.
+fn may_try_another(failure: ForwardFailure, capability: Capability) -> bool {
+    failure == ForwardFailure::NotConnected || capability == Capability::Query
+}
+
+async fn forward(
+    cluster: &Cluster,
+    capability: Capability,
+    request: Request,
+    max_body: usize,
+) -> Result<Response, ApiError> {
+    let targets = cluster.nodes_for(capability);
+    if targets.is_empty() {
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "no healthy node can serve this request (this node is a {})",
                 cluster.role()
             ),
-        )
-        .into_response();
-    };
-    forward(&cluster, &target, request, state.max_payload_bytes)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn forward(
-    cluster: &Cluster,
-    target: &NodeStatus,
-    request: Request,
-    max_body: usize,
-) -> Result<Response, ApiError> {
+        ));
+    }
     let (parts, body) = request.into_parts();
     let body = to_bytes(body, max_body)
         .await
@@ -261,27 +301,88 @@ async fn forward(
     let mut headers = parts.headers;
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
-    let answer = cluster
-        .http_client()
-        .request(parts.method, format!("http://{}{path}", target.api_address))
-        .headers(headers)
-        .header(FORWARDED_HEADER, cluster.name())
-        .body(body)
-        .send()
-        .await
-        .map_err(|err| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("forwarding to node {} failed: {err}", target.id),
+    let deadline = cluster.route_timeout();
+    let attempts = targets.len().min(1 + cluster.route_retries() as usize);
+    let mut failures = Vec::new();
+    for target in &targets[..attempts] {
+        let sent = cluster
+            .http_client()
+            .request(
+                parts.method.clone(),
+                format!("http://{}{path}", target.api_address),
             )
-        })?;
+            .headers(headers.clone())
+            .header(FORWARDED_HEADER, cluster.name())
+            .body(body.clone())
+            .send();
+        let failure = match tokio::time::timeout(deadline, sent).await {
+            Ok(Ok(answer)) => return Ok(relay(answer, deadline)),
+            Ok(Err(err)) => (ForwardFailure::of(&err), err.to_string()),
+            Err(_) => (
+                ForwardFailure::TimedOut,
+                format!("no answer within {} ms", deadline.as_millis()),
+            ),
+        };
+        tracing::warn!(node = %target.id, error = %failure.1, "forwarding failed");
+        failures.push(format!("node {}: {}", target.id, failure.1));
+        if !may_try_another(failure.0, capability) {
+            return Err(forward_error(failure.0, &failures));
+        }
+    }
+    Err(forward_error(ForwardFailure::NotConnected, &failures))
+}
+
+fn forward_error(failure: ForwardFailure, failures: &[String]) -> ApiError {
+    ApiError::new(
+        failure.status(),
+        format!("forwarding failed ({})", failures.join("; ")),
+    )
+}
+
+/// The target's answer as this node's response; the body is relayed as it arrives, and a target
+/// that goes silent mid-answer for longer than `idle` cuts the response off.
+fn relay(answer: reqwest::Response, idle: Duration) -> Response {
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
         if name != header::TRANSFER_ENCODING && name != header::CONNECTION {
             response = response.header(name, value);
         }
     }
-    Ok(response
-        .body(Body::from_stream(answer.bytes_stream()))
-        .expect("copied status and headers are valid"))
+    let chunks = futures::stream::unfold(Some(answer), move |answer| async move {
+        let mut answer = answer?;
+        match tokio::time::timeout(idle, answer.chunk()).await {
+            Ok(Ok(Some(chunk))) => Some((Ok(chunk), Some(answer))),
+            Ok(Ok(None)) => None,
+            Ok(Err(err)) => Some((Err(std::io::Error::other(err)), None)),
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "forwarded answer stalled",
+                )),
+                None,
+            )),
+        }
+    });
+    response
+        .body(Body::from_stream(chunks))
+        .expect("copied status and headers are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_request_that_cannot_have_been_taken_is_sent_to_another_writer() {
+        use ForwardFailure::*;
+        assert!(may_try_another(NotConnected, Capability::Ingest));
+        assert!(!may_try_another(TimedOut, Capability::Ingest));
+        assert!(!may_try_another(Broken, Capability::Ingest));
+        assert!(!may_try_another(TimedOut, Capability::Compact));
+        for failure in [NotConnected, TimedOut, Broken] {
+            assert!(may_try_another(failure, Capability::Query));
+        }
+        assert_eq!(NotConnected.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(TimedOut.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
 }

@@ -383,7 +383,6 @@ impl BufferSet {
             .collect()
     }
 
-    /// Measurements holding any unflushed rows.
     /// Whether the measurement has unflushed rows.
     pub fn has_data(&self, key: &MeasurementKey) -> bool {
         self.tables

@@ -1,5 +1,6 @@
 //! The coordinator port: Raft RPCs, join, forwarded metadata changes, heartbeats and removal.
-//! Every request is authenticated before its handler runs; refusals are logged as refused.
+//! Every request is authenticated from its headers before its body is read, and the requests
+//! in progress are bounded; refusals are logged as refused.
 
 use std::sync::Arc;
 
@@ -17,10 +18,10 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use super::network::{RAFT_APPEND_PATH, RAFT_SNAPSHOT_PATH, RAFT_VOTE_PATH};
-use super::peer_auth::SignedHeaders;
+use super::peer_auth::{PeerAuth, SignedHeaders};
 use super::types::{RaftId, TypeConfig};
 use super::{
     Applied, BARRIER_PATH, Cluster, Empty, FORWARD_PATH, ForwardRequest, HEARTBEAT_PATH, Heartbeat,
@@ -29,6 +30,10 @@ use super::{
 
 /// Largest internal request body (snapshot chunks are far smaller).
 const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// Internal requests served at once; more are refused with 503 and retried by their sender (Raft
+/// sends one request per peer at a time, so a healthy cluster stays far below this).
+const MAX_IN_PROGRESS: usize = 256;
 
 /// The authenticated sender of an internal request.
 #[derive(Debug, Clone)]
@@ -45,7 +50,10 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
         .route(HEARTBEAT_PATH, post(heartbeat))
         .route(REMOVE_PATH, post(remove))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&cluster),
+            (
+                Arc::clone(&cluster),
+                Arc::new(Semaphore::new(MAX_IN_PROGRESS)),
+            ),
             authenticate,
         ))
         .with_state(cluster);
@@ -60,21 +68,25 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
 }
 
 async fn authenticate(
-    State(cluster): State<Arc<Cluster>>,
+    State((cluster, in_progress)): State<(Arc<Cluster>, Arc<Semaphore>)>,
     request: Request,
     next: Next,
 ) -> Response {
+    let Ok(_permit) = in_progress.try_acquire() else {
+        let body = serde_json::json!({ "error": "too many internal requests in progress" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    };
     let (parts, body) = request.into_parts();
     let headers = SignedHeaders::from_headers(&parts.headers);
     let path = parts.uri.path().to_owned();
     let now = chrono::Utc::now().timestamp();
-    let checked = match cluster.auth.check_envelope(headers.as_ref(), now) {
-        Ok(_) => match to_bytes(body, MAX_BODY_BYTES).await {
-            Ok(bytes) => cluster
-                .auth
-                .verify(headers.as_ref(), &path, &bytes, now)
-                .map(|()| bytes),
-            Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response(),
+    let checked = match cluster.auth.verify_headers(headers.as_ref(), &path, now) {
+        Ok(verified) => match to_bytes(body, MAX_BODY_BYTES).await {
+            Ok(bytes) => PeerAuth::verify_body(verified, &bytes).map(|()| bytes),
+            Err(_) => {
+                let body = serde_json::json!({ "error": "body too large" });
+                return (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response();
+            }
         },
         Err(refusal) => Err(refusal),
     };
@@ -145,7 +157,11 @@ async fn forward(
             leader: cluster.leader(),
         });
     }
-    Json(cluster.write_as_leader(request.command).await)
+    Json(
+        cluster
+            .write_as_leader(request.command, cluster.request_timeout)
+            .await,
+    )
 }
 
 async fn barrier(State(cluster): State<Arc<Cluster>>) -> Json<LeaderAnswer<u64>> {

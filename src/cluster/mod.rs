@@ -33,6 +33,8 @@ use store::{AppliedState, LogStore, StateMachine};
 use types::{CommandOutcome, NodeInfo, RaftId, TypeConfig, raft_id};
 
 use crate::config::{ClusterConfig, NodeRole};
+use crate::meta::nodes::NodeRecord;
+pub use crate::meta::nodes::{Capability, role_can};
 use crate::meta::{Meta, MetaCommand, MetaError, Replicator};
 
 /// Header marking a client request one node forwarded to another; it is never forwarded again.
@@ -55,23 +57,8 @@ pub enum ClusterError {
     RemoveSelf,
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
-}
-
-/// What a role lets a node do (the seeds' role table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Capability {
-    Ingest,
-    Query,
-    Compact,
-}
-
-pub fn role_can(role: NodeRole, capability: Capability) -> bool {
-    match role {
-        NodeRole::Standalone => true,
-        NodeRole::Writer => capability == Capability::Ingest,
-        NodeRole::Reader => capability == Capability::Query,
-        NodeRole::Compactor => capability == Capability::Compact,
-    }
+    #[error("the cluster refuses this node: {0}")]
+    Refused(String),
 }
 
 /// A member as the cluster API shows it.
@@ -108,8 +95,17 @@ struct JoinRequest {
 #[derive(Debug, Serialize, Deserialize)]
 enum JoinAnswer {
     Joined,
-    NotLeader { leader: Option<NodeInfo> },
-    Refused { reason: String },
+    NotLeader {
+        leader: Option<NodeInfo>,
+    },
+    /// Not now (the leader could not add it); the node asks again.
+    Refused {
+        reason: String,
+    },
+    /// Not ever as configured (the node registry refuses it); the node stops.
+    Forbidden {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -174,8 +170,11 @@ pub struct Cluster {
     health: Mutex<HealthBook>,
     thresholds: Thresholds,
     request_timeout: Duration,
-    /// Attempts for a metadata change while no leader takes it.
-    attempts: u32,
+    route_retries: u32,
+    /// `cluster.shared_storage_mode`, recorded with this node's registration.
+    shared_storage: bool,
+    /// Why the cluster forbade this node to join, once it has.
+    forbidden: Mutex<Option<String>>,
     runtime: tokio::runtime::Handle,
     next_target: AtomicUsize,
 }
@@ -217,9 +216,13 @@ fn advertised_coordinator(config: &ClusterConfig, host_name: &str) -> String {
     }
 }
 
-/// The HTTP API address peers forward client requests to: the bound address when it names an
-/// interface, else the host peers reach the coordinator port on, with the API port.
+/// The HTTP API address peers forward client requests to: `api_advertise_addr`, else the bound
+/// address when it names an interface, else the host peers reach the coordinator port on, with
+/// the API port.
 pub fn api_address(config: &ClusterConfig, bound: std::net::SocketAddr) -> String {
+    if !config.api_advertise_addr.is_empty() {
+        return config.api_advertise_addr.clone();
+    }
     if !bound.ip().is_unspecified() {
         return bound.to_string();
     }
@@ -332,7 +335,9 @@ impl Cluster {
                 unhealthy_after: config.unhealthy_threshold,
             },
             request_timeout: Duration::from_millis(config.route_timeout),
-            attempts: config.route_retries.max(1),
+            route_retries: config.route_retries,
+            shared_storage: config.shared_storage_mode,
+            forbidden: Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
             next_target: AtomicUsize::new(0),
         });
@@ -362,8 +367,44 @@ impl Cluster {
             Duration::from_secs(config.raft_snapshot_interval.max(1)),
             stop.clone(),
         ));
-        cluster.wait_until_caught_up(stop).await;
+        cluster.wait_until_caught_up(stop.clone()).await?;
+        cluster.register_self(stop).await?;
         Ok(cluster)
+    }
+
+    fn record(&self, node: &NodeInfo) -> NodeRecord {
+        NodeRecord {
+            role: node.role,
+            coordinator_addr: node.coordinator_addr.clone(),
+            api_addr: node.api_addr.clone(),
+            shared_storage: self.shared_storage,
+        }
+    }
+
+    /// Records this node's role and addresses in the replicated registry (a joining node was
+    /// registered when it was admitted; the first node and a restarted member are not), or
+    /// fails when the registry refuses them, e.g. a member restarted with another role.
+    async fn register_self(&self, mut stop: watch::Receiver<bool>) -> Result<(), ClusterError> {
+        let command = MetaCommand::RegisterNode {
+            name: self.local.name.clone(),
+            node: self.record(&self.local),
+        };
+        loop {
+            if self.applied.state.read().unwrap().reflects(&command) {
+                return Ok(());
+            }
+            match self.submit(command.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(MetaError::Rejected(refusal)) => {
+                    return Err(ClusterError::Refused(refusal.to_string()));
+                }
+                Err(err) => tracing::warn!(error = %err, "could not register this node yet"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -427,15 +468,21 @@ impl Cluster {
             .collect()
     }
 
-    async fn wait_until_caught_up(&self, mut stop: watch::Receiver<bool>) {
+    async fn wait_until_caught_up(
+        &self,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), ClusterError> {
         loop {
+            if let Some(reason) = self.forbidden.lock().unwrap().clone() {
+                return Err(ClusterError::Refused(reason));
+            }
             if self.is_voter() && self.catch_up().await.is_ok() {
                 tracing::info!(node = %self.local, "cluster member caught up");
-                return;
+                return Ok(());
             }
             tokio::select! {
                 _ = tokio::time::sleep(RETRY_PAUSE) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
             }
         }
     }
@@ -467,6 +514,11 @@ impl Cluster {
                         Ok(JoinAnswer::Refused { reason }) => {
                             tracing::warn!(seed = %addr, %reason, "join refused");
                             break;
+                        }
+                        Ok(JoinAnswer::Forbidden { reason }) => {
+                            tracing::error!(seed = %addr, %reason, "the cluster forbids this node to join");
+                            *self.forbidden.lock().unwrap() = Some(reason);
+                            return;
                         }
                         Err(err) => {
                             tracing::warn!(seed = %addr, error = %err, "join attempt failed");
@@ -558,8 +610,12 @@ impl Cluster {
     }
 
     /// Proposes a command on this node, which must be the leader.
-    async fn write_as_leader(&self, command: MetaCommand) -> LeaderAnswer<Applied> {
-        match tokio::time::timeout(self.request_timeout, self.raft.client_write(command)).await {
+    async fn write_as_leader(
+        &self,
+        command: MetaCommand,
+        timeout: Duration,
+    ) -> LeaderAnswer<Applied> {
+        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
             Err(_) => LeaderAnswer::Unconfirmed {
                 reason: "no quorum confirmed the change in time".into(),
             },
@@ -588,6 +644,7 @@ impl Cluster {
         &self,
         path: &str,
         request: &Req,
+        timeout: Duration,
         local: impl AsyncFnOnce() -> LeaderAnswer<T>,
     ) -> LeaderAnswer<T> {
         if self.is_leader() {
@@ -598,7 +655,6 @@ impl Cluster {
                 reason: "no leader is known (this node may be cut off from the majority)".into(),
             };
         };
-        let timeout = self.request_timeout + Duration::from_secs(1);
         match self
             .client
             .call(&leader.coordinator_addr, path, request, timeout)
@@ -617,36 +673,38 @@ impl Cluster {
     }
 
     /// Has the leader apply the command, asking again while no leader takes it (an election),
-    /// then waits until this node has applied it too.
+    /// then waits until this node has applied it too; all within `route_timeout`, so a request
+    /// made during a partition is answered rather than left waiting for a quorum.
     async fn submit(&self, command: MetaCommand) -> Result<(), MetaError> {
+        let deadline = Instant::now() + self.request_timeout;
         let request = ForwardRequest { command };
-        let mut attempt = 1;
         loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
             let answer = self
-                .on_leader(FORWARD_PATH, &request, || {
-                    self.write_as_leader(request.command.clone())
+                .on_leader(FORWARD_PATH, &request, remaining, || {
+                    self.write_as_leader(request.command.clone(), remaining)
                 })
                 .await;
             let refused = match answer {
                 LeaderAnswer::Done(Applied { index, outcome }) => {
-                    self.wait_applied(index).await?;
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    self.wait_applied(index, remaining).await?;
                     return outcome.map_err(MetaError::Rejected);
                 }
                 LeaderAnswer::Unconfirmed { reason } => return Err(MetaError::Unconfirmed(reason)),
                 LeaderAnswer::NotLeader { .. } => "leadership is changing".to_owned(),
                 LeaderAnswer::Unavailable { reason } => reason,
             };
-            if attempt >= self.attempts {
+            if Instant::now() + RETRY_PAUSE >= deadline {
                 return Err(MetaError::Unavailable(refused));
             }
-            attempt += 1;
             tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
-    async fn wait_applied(&self, index: u64) -> Result<(), MetaError> {
+    async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), MetaError> {
         let mut applied = self.applied.applied_index.subscribe();
-        match tokio::time::timeout(self.request_timeout, applied.wait_for(|i| *i >= index)).await {
+        match tokio::time::timeout(timeout, applied.wait_for(|i| *i >= index)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(MetaError::Unconfirmed(format!(
                 "committed at index {index} but not applied on this node in time"
@@ -670,10 +728,12 @@ impl Cluster {
     /// Waits until this node has applied everything the leader had committed when asked.
     async fn catch_up(&self) -> Result<(), MetaError> {
         match self
-            .on_leader(BARRIER_PATH, &Empty {}, || self.read_index_as_leader())
+            .on_leader(BARRIER_PATH, &Empty {}, self.request_timeout, || {
+                self.read_index_as_leader()
+            })
             .await
         {
-            LeaderAnswer::Done(index) => self.wait_applied(index).await,
+            LeaderAnswer::Done(index) => self.wait_applied(index, self.request_timeout).await,
             _ => Err(MetaError::Unavailable("leader not reachable".into())),
         }
     }
@@ -690,9 +750,32 @@ impl Cluster {
                 reason: format!("node id collides with member {}", existing.name),
             };
         }
-        if let Some(reason) = writer_conflict(membership.nodes().map(|(_, n)| n), &node) {
-            tracing::warn!(node = %node, %reason, "join refused");
-            return JoinAnswer::Refused { reason };
+        // Registered before it becomes a learner, through the log: of two writers joining at
+        // once, the second registration applied is refused.
+        let registration = MetaCommand::RegisterNode {
+            name: node.name.clone(),
+            node: self.record(&node),
+        };
+        if !self.applied.state.read().unwrap().reflects(&registration) {
+            match self
+                .write_as_leader(registration, self.request_timeout)
+                .await
+            {
+                LeaderAnswer::Done(Applied {
+                    outcome: Err(refusal),
+                    ..
+                }) => {
+                    tracing::warn!(node = %node, reason = %refusal, "join forbidden");
+                    return JoinAnswer::Forbidden {
+                        reason: refusal.to_string(),
+                    };
+                }
+                LeaderAnswer::Done(_) => {}
+                LeaderAnswer::NotLeader { leader } => return JoinAnswer::NotLeader { leader },
+                LeaderAnswer::Unavailable { reason } | LeaderAnswer::Unconfirmed { reason } => {
+                    return JoinAnswer::Refused { reason };
+                }
+            }
         }
         let is_voter = membership.voter_ids().any(|v| v == id);
         if is_voter {
@@ -731,6 +814,16 @@ impl Cluster {
         if members.get_node(&id).is_none_or(|n| n.name != name) {
             return LeaderAnswer::Done(false);
         }
+        // The registry first: a retry after a failed membership change repeats both steps.
+        let forget = MetaCommand::RemoveNode {
+            name: name.to_owned(),
+        };
+        match self.write_as_leader(forget, self.request_timeout).await {
+            LeaderAnswer::Done(_) => {}
+            LeaderAnswer::NotLeader { leader } => return LeaderAnswer::NotLeader { leader },
+            LeaderAnswer::Unavailable { reason } => return LeaderAnswer::Unavailable { reason },
+            LeaderAnswer::Unconfirmed { reason } => return LeaderAnswer::Unconfirmed { reason },
+        }
         let change = if members.voter_ids().any(|v| v == id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
@@ -764,7 +857,9 @@ impl Cluster {
             name: name.to_owned(),
         };
         match self
-            .on_leader(REMOVE_PATH, &request, || self.remove_as_leader(name))
+            .on_leader(REMOVE_PATH, &request, self.request_timeout, || {
+                self.remove_as_leader(name)
+            })
             .await
         {
             LeaderAnswer::Done(true) => Ok(()),
@@ -784,6 +879,8 @@ impl Cluster {
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
         let health = self.health.lock().unwrap();
+        let state = self.applied.state.read().unwrap();
+        let registry = state.nodes();
         let now = Instant::now();
         let mut nodes: Vec<NodeStatus> = membership
             .nodes()
@@ -803,12 +900,17 @@ impl Cluster {
                         node_state(peer.silent_for, is_voter, peer.leaving, self.thresholds);
                     (state, peer.last_heartbeat)
                 };
+                // The registry says what a node is and where it serves now; membership data
+                // only what it joined as.
+                let (role, api_address) = registry
+                    .get(&info.name)
+                    .map_or((info.role, &info.api_addr), |r| (r.role, &r.api_addr));
                 NodeStatus {
                     id: info.name.clone(),
-                    role: info.role,
+                    role,
                     state,
                     address: info.coordinator_addr.clone(),
-                    api_address: info.api_addr.clone(),
+                    api_address: api_address.clone(),
                     last_heartbeat: last_heartbeat
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                     is_leader: metrics.current_leader == Some(*id),
@@ -842,20 +944,32 @@ impl Cluster {
         }
     }
 
-    /// A healthy other member whose role can serve `capability`, taken in turn.
-    pub fn node_for(&self, capability: Capability) -> Option<NodeStatus> {
-        let candidates: Vec<NodeStatus> = self
+    /// The healthy other members whose role can serve `capability`, starting with the next in
+    /// turn so requests spread over them.
+    pub fn nodes_for(&self, capability: Capability) -> Vec<NodeStatus> {
+        let mut candidates: Vec<NodeStatus> = self
             .nodes()
             .into_iter()
             .filter(|n| {
                 !n.is_local && n.state == NodeState::Healthy && role_can(n.role, capability)
             })
             .collect();
-        if candidates.is_empty() {
-            return None;
+        if !candidates.is_empty() {
+            let turn = self.next_target.fetch_add(1, Ordering::Relaxed);
+            let start = turn % candidates.len();
+            candidates.rotate_left(start);
         }
-        let turn = self.next_target.fetch_add(1, Ordering::Relaxed);
-        Some(candidates[turn % candidates.len()].clone())
+        candidates
+    }
+
+    /// How long a request to a peer may take (`cluster.route_timeout`).
+    pub fn route_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// How many other nodes a forwarded request may be tried on (`cluster.route_retries`).
+    pub fn route_retries(&self) -> u32 {
+        self.route_retries
     }
 }
 
@@ -865,62 +979,9 @@ impl Replicator for Cluster {
     }
 }
 
-/// Pure: why `joining` may not join members that already include another writer. Each writer
-/// numbers its own WAL while the manifest keeps one flushed-through LSN per measurement, so a
-/// second writer's rows could be taken as already flushed and dropped.
-fn writer_conflict<'a>(
-    members: impl IntoIterator<Item = &'a NodeInfo>,
-    joining: &NodeInfo,
-) -> Option<String> {
-    if joining.role != NodeRole::Writer {
-        return None;
-    }
-    members
-        .into_iter()
-        .find(|m| m.role == NodeRole::Writer && m.name != joining.name)
-        .map(|writer| {
-            format!(
-                "the cluster already has a writer ({}); one writer per cluster is supported",
-                writer.name
-            )
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_second_writer_is_refused_but_a_returning_one_is_not() {
-        let node = |name: &str, role| NodeInfo {
-            name: name.into(),
-            role,
-            ..NodeInfo::default()
-        };
-        let members = [
-            node("writer-01", NodeRole::Writer),
-            node("reader-01", NodeRole::Reader),
-        ];
-        assert!(writer_conflict(&members, &node("writer-01", NodeRole::Writer)).is_none());
-        assert!(writer_conflict(&members, &node("reader-02", NodeRole::Reader)).is_none());
-        let refused = writer_conflict(&members, &node("writer-02", NodeRole::Writer)).unwrap();
-        assert!(refused.contains("writer-01"), "{refused}");
-    }
-
-    #[test]
-    fn roles_serve_what_the_role_table_says() {
-        use Capability::*;
-        let table = [
-            (NodeRole::Writer, [true, false, false]),
-            (NodeRole::Reader, [false, true, false]),
-            (NodeRole::Compactor, [false, false, true]),
-            (NodeRole::Standalone, [true, true, true]),
-        ];
-        for (role, expected) in table {
-            let got = [Ingest, Query, Compact].map(|c| role_can(role, c));
-            assert_eq!(got, expected, "{role}");
-        }
-    }
 
     #[test]
     fn listen_and_source_addresses_come_from_the_coordinator_address() {
@@ -954,6 +1015,14 @@ mod tests {
         assert_eq!(
             api_address(&config(":9000", ""), bound("127.0.0.1:8001")),
             "127.0.0.1:8001"
+        );
+        let behind_proxy = ClusterConfig {
+            api_advertise_addr: "127.0.0.1:18001".into(),
+            ..config(":9000", "")
+        };
+        assert_eq!(
+            api_address(&behind_proxy, bound("127.0.0.1:8001")),
+            "127.0.0.1:18001"
         );
     }
 }

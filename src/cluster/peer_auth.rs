@@ -1,7 +1,9 @@
 //! Authentication of node-to-node requests: every request carries the sender's node id, the
-//! cluster name, a random nonce, a timestamp and an HMAC-SHA256 (keyed by the shared secret) over
-//! those and the request's path and body. A receiver refuses another cluster's requests, stale
-//! timestamps, bad signatures and nonces it has already seen.
+//! cluster name, a random nonce, a timestamp, the SHA-256 of its body and an HMAC-SHA256 (keyed
+//! by the shared secret) over those and the request's path. A receiver refuses another cluster's
+//! requests, stale timestamps, bad signatures and nonces it has already seen, all from the headers
+//! alone, so a sender without the secret cannot make it read a body; the body is then checked
+//! against its signed digest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -14,6 +16,7 @@ pub const CLUSTER_HEADER: &str = "x-arc-cluster";
 pub const NONCE_HEADER: &str = "x-arc-nonce";
 pub const TIMESTAMP_HEADER: &str = "x-arc-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-arc-signature";
+pub const BODY_DIGEST_HEADER: &str = "x-arc-body-sha256";
 
 /// Seconds a request's timestamp may differ from the receiver's clock.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
@@ -25,16 +28,19 @@ pub struct SignedHeaders {
     pub cluster: String,
     pub nonce: String,
     pub timestamp: i64,
+    /// Hex SHA-256 of the body.
+    pub body_digest: String,
     pub signature: String,
 }
 
 impl SignedHeaders {
-    pub fn pairs(&self) -> [(&'static str, String); 5] {
+    pub fn pairs(&self) -> [(&'static str, String); 6] {
         [
             (NODE_HEADER, self.node.clone()),
             (CLUSTER_HEADER, self.cluster.clone()),
             (NONCE_HEADER, self.nonce.clone()),
             (TIMESTAMP_HEADER, self.timestamp.to_string()),
+            (BODY_DIGEST_HEADER, self.body_digest.clone()),
             (SIGNATURE_HEADER, self.signature.clone()),
         ]
     }
@@ -47,6 +53,7 @@ impl SignedHeaders {
             cluster: text(CLUSTER_HEADER)?,
             nonce: text(NONCE_HEADER)?,
             timestamp: text(TIMESTAMP_HEADER)?.parse().ok()?,
+            body_digest: text(BODY_DIGEST_HEADER)?,
             signature: text(SIGNATURE_HEADER)?,
         })
     }
@@ -65,6 +72,8 @@ pub enum Refusal {
     BadSignature,
     #[error("nonce was already used")]
     Replayed,
+    #[error("body does not match its signed digest")]
+    BodyMismatch,
 }
 
 /// Signs outgoing requests and verifies incoming ones for one node.
@@ -102,26 +111,25 @@ impl PeerAuth {
         self.random
             .fill(&mut nonce)
             .expect("the system random source works");
-        let nonce = hex(&nonce);
-        let signature = hex(hmac::sign(
-            &self.key,
-            &signed_message(path, body, &self.node, &self.cluster, &nonce, now),
-        )
-        .as_ref());
-        SignedHeaders {
+        let mut signed = SignedHeaders {
             node: self.node.clone(),
             cluster: self.cluster.clone(),
-            nonce,
+            nonce: hex(&nonce),
             timestamp: now,
-            signature,
-        }
+            body_digest: body_digest(body),
+            signature: String::new(),
+        };
+        signed.signature = hex(hmac::sign(&self.key, &signed_message(path, &signed)).as_ref());
+        signed
     }
 
-    /// The checks that need no body: signed headers present, this cluster, a fresh timestamp.
-    /// Done before a request body is read, so strangers cannot make a node buffer large bodies.
-    pub fn check_envelope<'h>(
+    /// Accepts a request's headers once: signed by a holder of the shared secret for this
+    /// cluster and `path`, fresh, and with a nonce not seen while its timestamp is fresh. Needs
+    /// no body, so it runs before one is read.
+    pub fn verify_headers<'h>(
         &self,
         headers: Option<&'h SignedHeaders>,
+        path: &str,
         now: i64,
     ) -> Result<&'h SignedHeaders, Refusal> {
         let headers = headers.ok_or(Refusal::Missing)?;
@@ -133,52 +141,39 @@ impl PeerAuth {
         if skew.unsigned_abs() > MAX_CLOCK_SKEW_SECS.unsigned_abs() {
             return Err(Refusal::Stale(skew));
         }
-        Ok(headers)
-    }
-
-    /// Accepts a request once: the same nonce is refused for as long as its timestamp is fresh.
-    pub fn verify(
-        &self,
-        headers: Option<&SignedHeaders>,
-        path: &str,
-        body: &[u8],
-        now: i64,
-    ) -> Result<(), Refusal> {
-        let headers = self.check_envelope(headers, now)?;
         let signature = unhex(&headers.signature).ok_or(Refusal::BadSignature)?;
-        let message = signed_message(
-            path,
-            body,
-            &headers.node,
-            &headers.cluster,
-            &headers.nonce,
-            headers.timestamp,
-        );
-        hmac::verify(&self.key, &message, &signature).map_err(|_| Refusal::BadSignature)?;
+        hmac::verify(&self.key, &signed_message(path, headers), &signature)
+            .map_err(|_| Refusal::BadSignature)?;
         self.seen
             .lock()
             .unwrap()
-            .insert(&headers.nonce, headers.timestamp, now)
+            .insert(&headers.nonce, headers.timestamp, now)?;
+        Ok(headers)
+    }
+
+    /// Checks a body against the digest its verified headers carry.
+    pub fn verify_body(headers: &SignedHeaders, body: &[u8]) -> Result<(), Refusal> {
+        if body_digest(body) == headers.body_digest {
+            Ok(())
+        } else {
+            Err(Refusal::BodyMismatch)
+        }
     }
 }
 
-fn signed_message(
-    path: &str,
-    body: &[u8],
-    node: &str,
-    cluster: &str,
-    nonce: &str,
-    timestamp: i64,
-) -> Vec<u8> {
-    let body_hash = hex(digest::digest(&digest::SHA256, body).as_ref());
+fn body_digest(body: &[u8]) -> String {
+    hex(digest::digest(&digest::SHA256, body).as_ref())
+}
+
+fn signed_message(path: &str, headers: &SignedHeaders) -> Vec<u8> {
     [
         "arc-peer",
         path,
-        nonce,
-        node,
-        cluster,
-        &timestamp.to_string(),
-        &body_hash,
+        &headers.nonce,
+        &headers.node,
+        &headers.cluster,
+        &headers.timestamp.to_string(),
+        &headers.body_digest,
     ]
     .join("\0")
     .into_bytes()
@@ -235,6 +230,19 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
+    impl PeerAuth {
+        fn verify(
+            &self,
+            headers: Option<&SignedHeaders>,
+            path: &str,
+            body: &[u8],
+            now: i64,
+        ) -> Result<(), Refusal> {
+            let headers = self.verify_headers(headers, path, now)?;
+            PeerAuth::verify_body(headers, body)
+        }
+    }
+
     #[test]
     fn a_signed_request_is_accepted_once() {
         let sender = PeerAuth::new(SECRET, "prod", "reader-01");
@@ -270,6 +278,12 @@ mod tests {
         );
         assert_eq!(
             check(&sender.sign("/p", b"b", now), "/p", b"other", now),
+            Err(Refusal::BodyMismatch)
+        );
+        let mut swapped = sender.sign("/p", b"b", now);
+        swapped.body_digest = body_digest(b"other");
+        assert_eq!(
+            check(&swapped, "/p", b"other", now),
             Err(Refusal::BadSignature)
         );
         assert_eq!(

@@ -1,5 +1,5 @@
-//! Metadata: the file manifest (and later tokens, policies, nodes) as a state machine fed by a
-//! durable command log.
+//! Metadata: the file manifest, tokens, policies and the cluster's nodes as a state machine fed
+//! by a durable command log.
 //!
 //! On a standalone node [`Meta::commit`] appends the command to a local log, syncs it, then
 //! applies it. The log is periodically folded into a snapshot so start-up stays fast. In a
@@ -7,6 +7,7 @@
 //! shared state through the same `MetaState::apply`.
 
 mod admin;
+pub mod nodes;
 mod state;
 
 use std::fs::{self, File, OpenOptions};

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::admin::{AdminCommand, AdminError, AdminState};
+use super::nodes::{NodeError, NodeRecord, NodeRegistry};
 use crate::wal::Lsn;
 
 /// Column types a stored file can have (the ingest decoders produce only these).
@@ -77,6 +78,10 @@ pub enum MetaCommand {
     /// Forgets tombstones whose objects are deleted. Unknown paths are ignored, so a retry
     /// after a crash is harmless.
     PurgeTombstones { paths: Vec<String> },
+    /// A cluster node joins, or restarts with (possibly) new addresses.
+    RegisterNode { name: String, node: NodeRecord },
+    /// A node was removed from the cluster; its name and role are free again.
+    RemoveNode { name: String },
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +105,8 @@ pub enum ApplyError {
     },
     #[error("file {0} was removed and is waiting for its object to be deleted")]
     FileTombstoned(String),
+    #[error(transparent)]
+    Node(#[from] NodeError),
 }
 
 /// Per-measurement facts derived from its files.
@@ -119,6 +126,9 @@ pub struct MetaState {
     /// (µs). Absent in snapshots written before files could be removed.
     #[serde(default)]
     tombstones: BTreeMap<String, i64>,
+    /// Cluster nodes and their roles; empty on a standalone node.
+    #[serde(default)]
+    nodes: NodeRegistry,
 }
 
 impl MetaState {
@@ -171,7 +181,10 @@ impl MetaState {
                 }
                 self.check_new_paths(added)
             }
-            MetaCommand::PurgeTombstones { .. } => Ok(()),
+            MetaCommand::PurgeTombstones { .. } | MetaCommand::RemoveNode { .. } => Ok(()),
+            MetaCommand::RegisterNode { name, node } => {
+                Ok(self.nodes.check_register(name, node)?)
+            }
         }
     }
 
@@ -229,6 +242,14 @@ impl MetaState {
                 }
                 Ok(())
             }
+            MetaCommand::RegisterNode { name, node } => {
+                self.nodes.register(name, node);
+                Ok(())
+            }
+            MetaCommand::RemoveNode { name } => {
+                self.nodes.remove(name);
+                Ok(())
+            }
         }
     }
 
@@ -280,12 +301,18 @@ impl MetaState {
             MetaCommand::PurgeTombstones { paths } => {
                 paths.iter().all(|p| !self.tombstones.contains_key(p))
             }
+            MetaCommand::RegisterNode { name, node } => self.nodes.get(name) == Some(node),
+            MetaCommand::RemoveNode { name } => self.nodes.get(name).is_none(),
             MetaCommand::Admin(_) => false,
         }
     }
 
     pub fn admin(&self) -> &AdminState {
         &self.admin
+    }
+
+    pub fn nodes(&self) -> &NodeRegistry {
+        &self.nodes
     }
 
     /// Every row of the measurement with LSN at or below this is in registered files.

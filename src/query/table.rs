@@ -247,9 +247,14 @@ impl TableProvider for MeasurementTable {
         // have disjoint ranges and never overlap a registered file's, so a chunk covers a
         // compacted file only if every input row came from that chunk (then the chunk holds
         // them all). The manifest is read once, so a swap shows inputs or output, never both.
-        let chunks = self.sources.buffers.lock().snapshot(&self.key);
+        let mut chunks = self.sources.buffers.lock().snapshot(&self.key);
         let files: Vec<FileEntry> = {
             let state = self.sources.meta.state();
+            // A chunk at or below the flushed-through LSN is registered but not yet released
+            // (its flush is still being confirmed): its rows are in the manifest's files, maybe
+            // already compacted into a file no chunk's range covers, so the files answer for it.
+            let flushed = state.flushed_through(&self.key.database, &self.key.measurement);
+            chunks.retain(|c| c.max_lsn > flushed);
             state
                 .files_of(&self.key.database, &self.key.measurement)
                 .into_iter()

@@ -259,10 +259,17 @@ impl TestCluster {
         cluster
     }
 
-    /// Starts one more node, with the first node as its seed.
+    /// Starts one more node, with the first node as its seed, and waits until it is ready.
     pub async fn add(&mut self, spec: NodeSpec<'_>) {
+        let name = spec.name.to_owned();
+        self.spawn(spec).await;
+        self.node_mut(&name).server.wait_ready().await;
+    }
+
+    /// Starts one more node, with the first node as its seed, without waiting for it.
+    pub async fn spawn(&mut self, spec: NodeSpec<'_>) {
         let seeds = self.nodes.first().map(Node::advertised).unwrap_or_default();
-        let node = start_node(self.nodes.len(), spec, &seeds, &self.storage_env).await;
+        let node = spawn_node(self.nodes.len(), spec, &seeds, &self.storage_env).await;
         self.nodes.push(node);
     }
 
@@ -416,7 +423,7 @@ impl TestCluster {
     }
 }
 
-async fn start_node(
+async fn spawn_node(
     k: usize,
     spec: NodeSpec<'_>,
     seeds: &str,
@@ -464,7 +471,7 @@ async fn start_node(
         env.push((key.to_owned(), value));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = Server::start(&env).await;
+    let server = Server::start_unready(&env);
     Node {
         name: spec.name.to_owned(),
         role: spec.role.to_owned(),

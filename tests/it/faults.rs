@@ -330,3 +330,162 @@ async fn a_writer_rides_out_a_cluster_without_quorum() {
     cluster.assert_running();
     eprintln!("after the stall: {verdict}");
 }
+
+/// Fails the test instead of waiting forever when a request hangs.
+async fn answered<T>(what: &str, request: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), request)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer in 60 s"))
+}
+
+fn error_message(body: &str) -> String {
+    let body: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {body}"))
+        .to_owned()
+}
+
+/// Requests a node forwards to a peer that has gone silent are answered within
+/// `cluster.route_timeout`: a write (which may have reached the writer, so is never sent twice)
+/// with 504, a query by another reader that can serve it.
+#[tokio::test]
+async fn a_request_forwarded_to_a_silent_node_is_answered_and_a_query_tries_another_reader() {
+    let cluster = TestCluster::start(vec![
+        node("writer-01", "writer"),
+        node("reader-01", "reader"),
+        node("reader-02", "reader"),
+    ])
+    .await;
+    every_node_healthy(&cluster).await;
+    let writer = cluster.node("writer-01");
+    let reader = cluster.node("reader-01");
+    // Only the API ports are cut: heartbeats still flow, so the silent node stays healthy and
+    // keeps being chosen.
+    writer.api_proxy.set_link(reader.ip, Link::BlackHoled);
+    let asked = Instant::now();
+    let (status, body) = answered(
+        "forwarded write",
+        reader.server.post("/write?db=bounds", &[], "m v=1i"),
+    )
+    .await;
+    eprintln!(
+        "write forwarded to a black-holed writer: {status} after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(error_message(&body).contains("writer-01"), "{body}");
+
+    reader.api_proxy.set_link(writer.ip, Link::BlackHoled);
+    // Readers are taken in turn, so one of two queries goes to reader-01 first.
+    for _ in 0..2 {
+        let asked = Instant::now();
+        let response = answered(
+            "forwarded query",
+            writer
+                .server
+                .client
+                .post(writer.server.url("/api/v1/query"))
+                .json(&serde_json::json!({ "sql": "SELECT 1 AS one" }))
+                .send(),
+        )
+        .await
+        .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        eprintln!(
+            "query through the writer: {status} after {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let log = writer.server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("forwarding failed") && l.contains("reader-01")),
+        "the query never went to the silent reader first"
+    );
+}
+
+/// A node cut off from the others by a black hole (connections hang, nothing is refused)
+/// answers a metadata change with 503 or 504 within `route_timeout` rather than waiting for a
+/// quorum; SIGTERM during the partition stops it within the shutdown grace period, and the rows
+/// it acknowledged are all there once it is back.
+#[tokio::test]
+async fn a_black_holed_node_answers_metadata_changes_and_stops_on_sigterm_without_loss() {
+    let grace = ("ARC_SERVER_SHUTDOWN_TIMEOUT", "5".to_owned());
+    let with_grace = |name, role| {
+        let mut spec = node(name, role);
+        spec.extra_env.push(grace.clone());
+        spec
+    };
+    let mut cluster = TestCluster::start(vec![
+        with_grace("writer-01", "writer"),
+        with_grace("reader-01", "reader"),
+        with_grace("reader-02", "reader"),
+    ])
+    .await;
+    every_node_healthy(&cluster).await;
+    cluster.partition(&["writer-01"], Link::BlackHoled);
+    let writer = &cluster.node("writer-01").server;
+
+    let asked = Instant::now();
+    let (status, _) = answered(
+        "token creation on the cut-off node",
+        crate::cluster_harness::create_token(writer, "cut-off"),
+    )
+    .await;
+    eprintln!(
+        "metadata change on a black-holed node: {status} after {:?} (route_timeout 2 s)",
+        asked.elapsed()
+    );
+    assert!(
+        matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ),
+        "{status}"
+    );
+
+    let lines: String = (0..500)
+        .map(|i| format!("cutoff,id={i} v={i}i\n"))
+        .collect();
+    let (status, body) = answered(
+        "write on the cut-off writer",
+        writer.post("/write?db=bounds", &[], lines),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+    let asked = Instant::now();
+    let exit = answered(
+        "SIGTERM during the partition",
+        cluster.node_mut("writer-01").server.stop(),
+    )
+    .await;
+    eprintln!(
+        "SIGTERM during a partition: {exit} after {:?} (shutdown_timeout 5 s, route_timeout 2 s)",
+        asked.elapsed()
+    );
+    assert!(exit.success(), "{exit}");
+
+    cluster.heal();
+    cluster.restart("writer-01").await;
+    flush_until_done(&cluster.node("writer-01").server).await;
+    let reader = &cluster.node("reader-01").server;
+    let count = eventually("the reader sees the rows", SETTLE, || async {
+        let response = reader
+            .client
+            .post(reader.url("/api/v1/query"))
+            .json(&serde_json::json!({ "sql": "SELECT count(*) AS n FROM bounds.cutoff" }))
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = response.json().await.ok()?;
+        let count = body["data"][0][0].as_u64()?;
+        (count >= 500).then_some(count)
+    })
+    .await;
+    assert_eq!(count, 500, "rows acknowledged before SIGTERM, stored once");
+}

@@ -211,6 +211,24 @@ impl Server {
         self.spawn();
     }
 
+    /// Waits for the process to exit on its own (it refused to start), up to 60 s.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let child = self.child.as_mut().expect("server started");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "arcdb still running after 60 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

@@ -1,0 +1,229 @@
+//! The node registry in the replicated metadata: what each member of a cluster does. Raft
+//! membership says who votes; this says who ingests, serves queries or compacts. `apply` refuses a
+//! registration that would let two nodes ingest, so two writers joining at once are ordered by
+//! the log and the second is refused. Each writer numbers its own WAL while the manifest keeps
+//! one flushed-through LSN per measurement, so a second writer's rows could be taken as already
+//! flushed; several writers on a shared store wait for per-writer positions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeRole;
+
+/// What a role lets a node do (the seeds' role table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Ingest,
+    Query,
+    Compact,
+}
+
+pub fn role_can(role: NodeRole, capability: Capability) -> bool {
+    match capability {
+        Capability::Ingest => role.ingests(),
+        Capability::Query => matches!(role, NodeRole::Standalone | NodeRole::Reader),
+        Capability::Compact => role.compacts(),
+    }
+}
+
+/// One registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub role: NodeRole,
+    /// Coordinator address peers dial.
+    pub coordinator_addr: String,
+    /// HTTP API address client requests are forwarded to.
+    pub api_addr: String,
+    /// Started with `cluster.shared_storage_mode`: writers share one object store.
+    pub shared_storage: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeError {
+    #[error(
+        "node {name} is registered as a {registered} but was started as a {requested}; \
+         start it with its registered role, or remove it from the cluster first"
+    )]
+    RoleChanged {
+        name: String,
+        registered: NodeRole,
+        requested: NodeRole,
+    },
+    #[error(
+        "node {name} cannot join as a {role}: node {ingester} ({ingester_role}) already ingests, \
+         and a cluster has one ingesting node (several writers are not supported yet)"
+    )]
+    SecondIngester {
+        name: String,
+        role: NodeRole,
+        ingester: String,
+        ingester_role: NodeRole,
+    },
+    #[error(
+        "node {name} has cluster.shared_storage_mode = {requested}, but node {other} has {}",
+        !requested
+    )]
+    StorageModeDiffers {
+        name: String,
+        requested: bool,
+        other: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistry {
+    nodes: BTreeMap<String, NodeRecord>,
+}
+
+impl NodeRegistry {
+    /// Whether `name` may be registered as `record`: a node keeps its role across restarts (its
+    /// addresses may change), all nodes agree on the storage mode, and at most one node
+    /// ingests.
+    pub fn check_register(&self, name: &str, record: &NodeRecord) -> Result<(), NodeError> {
+        if let Some(existing) = self.nodes.get(name)
+            && existing.role != record.role
+        {
+            return Err(NodeError::RoleChanged {
+                name: name.to_owned(),
+                registered: existing.role,
+                requested: record.role,
+            });
+        }
+        let others = self.nodes.iter().filter(|(other, _)| *other != name);
+        for (other, existing) in others {
+            if existing.shared_storage != record.shared_storage {
+                return Err(NodeError::StorageModeDiffers {
+                    name: name.to_owned(),
+                    requested: record.shared_storage,
+                    other: other.clone(),
+                });
+            }
+            if record.role.ingests() && existing.role.ingests() {
+                return Err(NodeError::SecondIngester {
+                    name: name.to_owned(),
+                    role: record.role,
+                    ingester: other.clone(),
+                    ingester_role: existing.role,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn register(&mut self, name: &str, record: &NodeRecord) {
+        self.nodes.insert(name.to_owned(), record.clone());
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(role: NodeRole) -> NodeRecord {
+        NodeRecord {
+            role,
+            coordinator_addr: "node:9000".into(),
+            api_addr: "node:8000".into(),
+            shared_storage: false,
+        }
+    }
+
+    fn registry(nodes: &[(&str, NodeRecord)]) -> NodeRegistry {
+        let mut registry = NodeRegistry::default();
+        for (name, node) in nodes {
+            registry.register(name, node);
+        }
+        registry
+    }
+
+    #[test]
+    fn only_one_node_ingests() {
+        let cluster = registry(&[
+            ("writer-01", record(NodeRole::Writer)),
+            ("reader-01", record(NodeRole::Reader)),
+        ]);
+        for role in [NodeRole::Writer, NodeRole::Standalone] {
+            let refused = cluster.check_register("other", &record(role)).unwrap_err();
+            assert!(
+                matches!(&refused, NodeError::SecondIngester { ingester, .. } if ingester == "writer-01"),
+                "{refused}"
+            );
+        }
+        for role in [NodeRole::Reader, NodeRole::Compactor] {
+            assert_eq!(cluster.check_register("other", &record(role)), Ok(()));
+        }
+        let moved = NodeRecord {
+            api_addr: "elsewhere:8000".into(),
+            ..record(NodeRole::Writer)
+        };
+        assert_eq!(cluster.check_register("writer-01", &moved), Ok(()));
+    }
+
+    #[test]
+    fn every_node_has_the_same_storage_mode_and_sharing_a_store_adds_no_writer() {
+        let shared = |role| NodeRecord {
+            shared_storage: true,
+            ..record(role)
+        };
+        let cluster = registry(&[("writer-01", shared(NodeRole::Writer))]);
+        assert_eq!(
+            cluster.check_register("reader-01", &shared(NodeRole::Reader)),
+            Ok(())
+        );
+        let refused = cluster
+            .check_register("reader-01", &record(NodeRole::Reader))
+            .unwrap_err();
+        assert!(
+            matches!(refused, NodeError::StorageModeDiffers { .. }),
+            "{refused}"
+        );
+        let refused = cluster
+            .check_register("writer-02", &shared(NodeRole::Writer))
+            .unwrap_err();
+        assert!(
+            matches!(refused, NodeError::SecondIngester { .. }),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_node_keeps_its_role_across_restarts_until_it_is_removed() {
+        let mut cluster = registry(&[("reader-01", record(NodeRole::Reader))]);
+        let refused = cluster
+            .check_register("reader-01", &record(NodeRole::Writer))
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("registered as a reader"),
+            "{refused}"
+        );
+        cluster.remove("reader-01");
+        assert_eq!(
+            cluster.check_register("reader-01", &record(NodeRole::Writer)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn roles_serve_what_the_role_table_says() {
+        use Capability::*;
+        let table = [
+            (NodeRole::Writer, [true, false, false]),
+            (NodeRole::Reader, [false, true, false]),
+            (NodeRole::Compactor, [false, false, true]),
+            (NodeRole::Standalone, [true, true, true]),
+        ];
+        for (role, expected) in table {
+            let got = [Ingest, Query, Compact].map(|c| role_can(role, c));
+            assert_eq!(got, expected, "{role}");
+        }
+    }
+}
