@@ -20,13 +20,14 @@ use openraft::raft::{
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use super::Cluster;
 use super::network::{RAFT_APPEND_PATH, RAFT_SNAPSHOT_PATH, RAFT_VOTE_PATH};
 use super::peer_auth::{PeerAuth, SignedHeaders};
-use super::types::{RaftId, TypeConfig};
-use super::{
-    Applied, BARRIER_PATH, Cluster, Empty, FORWARD_PATH, ForwardRequest, HEARTBEAT_PATH, Heartbeat,
+use super::protocol::{
+    Applied, BARRIER_PATH, Empty, FORWARD_PATH, ForwardRequest, HEARTBEAT_PATH, Heartbeat,
     JOIN_PATH, JoinAnswer, JoinRequest, LeaderAnswer, REMOVE_PATH, RemoveRequest,
 };
+use super::types::{RaftId, TypeConfig};
 
 /// Largest internal request body (snapshot chunks are far smaller).
 const MAX_BODY_BYTES: usize = 64 << 20;

@@ -1,0 +1,73 @@
+//! The messages nodes exchange on the coordinator port, besides Raft's own, and their paths.
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{CommandOutcome, NodeInfo};
+use crate::meta::MetaCommand;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct JoinRequest {
+    pub(super) node: NodeInfo,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum JoinAnswer {
+    Joined,
+    NotLeader {
+        leader: Option<NodeInfo>,
+    },
+    /// Not now (the leader could not add it); the node asks again.
+    Refused {
+        reason: String,
+    },
+    /// Not ever as configured (the node registry refuses it); the node stops.
+    Forbidden {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ForwardRequest {
+    pub(super) command: MetaCommand,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum LeaderAnswer<T> {
+    Done(T),
+    NotLeader {
+        leader: Option<NodeInfo>,
+    },
+    /// Refused before anything was proposed.
+    Unavailable {
+        reason: String,
+    },
+    /// Proposed, but not known to be committed.
+    Unconfirmed {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Applied {
+    pub(super) index: u64,
+    pub(super) outcome: CommandOutcome,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Heartbeat {
+    pub(super) leaving: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct RemoveRequest {
+    pub(super) name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Empty {}
+
+pub(super) const JOIN_PATH: &str = "/internal/join";
+pub(super) const FORWARD_PATH: &str = "/internal/forward";
+pub(super) const BARRIER_PATH: &str = "/internal/barrier";
+pub(super) const HEARTBEAT_PATH: &str = "/internal/heartbeat";
+pub(super) const REMOVE_PATH: &str = "/internal/remove";

@@ -1,0 +1,148 @@
+//! Starting a member: its Raft instance, coordinator port and background tasks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::{Raft, SnapshotPolicy};
+use tokio::sync::watch;
+
+use super::addresses::{
+    advertised_coordinator, default_node_name, host_name, listen_addr, specific_ip,
+};
+use super::health::{HealthBook, Thresholds};
+use super::network::{PeerClient, RaftPeers};
+use super::peer_auth::PeerAuth;
+use super::store::{AppliedState, LogStore, StateMachine};
+use super::types::{NodeInfo, raft_id};
+use super::{Cluster, ClusterError, internal};
+use crate::config::ClusterConfig;
+
+impl Cluster {
+    /// Starts this node's Raft member and its coordinator port, joins the cluster, and returns
+    /// once this node is a voter that has caught up with the leader (or `stop` fires).
+    pub async fn start(
+        config: &ClusterConfig,
+        api_addr: String,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let name = if config.node_id.is_empty() {
+            default_node_name()
+        } else {
+            config.node_id.clone()
+        };
+        let local = NodeInfo {
+            name: name.clone(),
+            role: config.role,
+            coordinator_addr: advertised_coordinator(config, &host_name()),
+            api_addr,
+        };
+        let listener = tokio::net::TcpListener::bind(listen_addr(&config.coordinator_addr))
+            .await
+            .map_err(|source| ClusterError::Bind {
+                addr: config.coordinator_addr.clone(),
+                source,
+            })?;
+
+        let dir = Path::new(&config.raft_data_dir);
+        let storage_err = |source| ClusterError::Storage {
+            dir: config.raft_data_dir.clone(),
+            source,
+        };
+        let applied = AppliedState::new();
+        let log = LogStore::open(&dir.join("log")).map_err(storage_err)?;
+        let machine =
+            StateMachine::open(&dir.join("state"), Arc::clone(&applied)).map_err(storage_err)?;
+
+        let auth = Arc::new(PeerAuth::new(
+            &config.shared_secret,
+            &config.cluster_name,
+            &name,
+        ));
+        let client = PeerClient::new(Arc::clone(&auth), specific_ip(&config.coordinator_addr));
+        // A follower that heard a leader waits openraft's leader lease (election_timeout_max)
+        // plus a random election timeout before it stands: with these bounds an election starts
+        // 1.25 to 1.5 raft_election_timeouts after the leader went quiet.
+        let election_timeout_min = (config.raft_election_timeout / 2).max(2);
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster_name.clone(),
+            heartbeat_interval: (config.raft_heartbeat_timeout / 5)
+                .clamp(1, election_timeout_min - 1),
+            election_timeout_min,
+            election_timeout_max: (config.raft_election_timeout * 3 / 4)
+                .max(election_timeout_min + 1),
+            install_snapshot_timeout: config.route_timeout.max(1_000),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft_snapshot_threshold.max(1)),
+            // Entries kept behind a snapshot let a briefly absent member catch up from the log.
+            max_in_snapshot_log_to_keep: config.raft_snapshot_threshold.min(1_000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let local_id = raft_id(&name);
+        let raft = Raft::new(
+            local_id,
+            Arc::new(raft_config),
+            RaftPeers {
+                client: client.clone(),
+            },
+            log,
+            machine,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+
+        let cluster = Arc::new(Cluster {
+            local,
+            local_id,
+            cluster_name: config.cluster_name.clone(),
+            seeds: config.seeds.clone(),
+            raft,
+            applied,
+            auth,
+            client,
+            health: Mutex::new(HealthBook::new(Instant::now())),
+            thresholds: Thresholds {
+                heartbeat_interval: Duration::from_secs(config.heartbeat_interval),
+                unhealthy_after: config.unhealthy_threshold,
+            },
+            request_timeout: Duration::from_millis(config.route_timeout),
+            route_retries: config.route_retries,
+            shared_storage: config.shared_storage_mode,
+            forbidden: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
+            next_target: AtomicUsize::new(0),
+        });
+        tokio::spawn(internal::serve(
+            Arc::clone(&cluster),
+            listener,
+            stop.clone(),
+        ));
+
+        let initialized = cluster
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if !initialized && (config.seeds.is_empty() || config.raft_bootstrap) {
+            let members = BTreeMap::from([(local_id, cluster.local.clone())]);
+            cluster
+                .raft
+                .initialize(members)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            tracing::info!(node = %cluster.local, cluster = %cluster.cluster_name, "started a new cluster");
+        }
+        tokio::spawn(Arc::clone(&cluster).join_until_member(stop.clone()));
+        tokio::spawn(Arc::clone(&cluster).send_heartbeats(stop.clone()));
+        tokio::spawn(Arc::clone(&cluster).snapshot_periodically(
+            Duration::from_secs(config.raft_snapshot_interval.max(1)),
+            stop.clone(),
+        ));
+        cluster.wait_until_caught_up(stop.clone()).await?;
+        cluster.register_self(stop).await?;
+        Ok(cluster)
+    }
+}
