@@ -10,6 +10,8 @@
 //!
 //! A request is acknowledged once its WAL entry is durable. A flush writes Parquet files, registers
 //! them in `meta` through a durable command log, and only then lets the WAL release the entries.
+//! In a cluster with `replication_enabled`, `replication` streams the writer's durable entries to
+//! every reader, which applies them to its own buffers until the registered files hold them.
 
 pub mod api;
 pub mod auth;
@@ -27,6 +29,7 @@ pub mod meta;
 pub mod node;
 pub mod query;
 pub mod reclaim;
+pub mod replication;
 pub mod retention;
 pub mod schedule;
 pub mod storage;

@@ -21,7 +21,7 @@ use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::compact::Compactor;
-use crate::config::Config;
+use crate::config::{Config, NodeRole};
 use crate::continuous::{self, CqRunner};
 use crate::crash_hook::CrashHook;
 use crate::delete::{self, Deleter};
@@ -30,10 +30,11 @@ use crate::ingest::{IngestLimits, Ingester, replay_entry};
 use crate::meta::{Meta, MetaError};
 use crate::query::QueryEngine;
 use crate::reclaim;
+use crate::replication::Follower;
 use crate::retention;
 use crate::schedule::CronSchedule;
 use crate::storage::{Storage, StorageError};
-use crate::wal::{self, Wal, WalError, WalOptions};
+use crate::wal::{self, FeedLimits, Wal, WalError, WalOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -65,6 +66,10 @@ pub enum NodeError {
 /// Writes are refused above this much buffered data, so an unreachable storage backend makes
 /// clients back off instead of exhausting memory.
 const MAX_BUFFERED_BYTES: usize = 4 << 30;
+
+/// Memory a writer keeps of its latest durable entries for readers to stream from; readers
+/// further behind read the WAL segments.
+const REPLICATION_WINDOW_BYTES: usize = 256 << 20;
 
 /// Runs a node until `shutdown` resolves, then drains and stops it.
 pub async fn run(
@@ -114,6 +119,7 @@ pub async fn run(
     let Started {
         services,
         wal,
+        follower,
         flush_requests,
         meta,
         storage,
@@ -151,6 +157,7 @@ pub async fn run(
             flusher_stopped.clone(),
         ))
     });
+    let follower = follower.map(|follower| tokio::spawn(follower.run(flusher_stopped.clone())));
     let schedules = services
         .compactor
         .clone()
@@ -178,6 +185,9 @@ pub async fn run(
     let _ = background.await;
     if let Some(reclaimer) = reclaimer {
         let _ = reclaimer.await;
+    }
+    if let Some(follower) = follower {
+        let _ = follower.await;
     }
     if let Some(schedules) = schedules {
         let _ = schedules.await;
@@ -227,6 +237,8 @@ async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
 struct Started {
     services: Services,
     wal: Option<Arc<Wal>>,
+    /// On a reader with replication enabled: follows the writer's WAL.
+    follower: Option<Follower>,
     flush_requests: mpsc::UnboundedReceiver<crate::buffer::MeasurementKey>,
     meta: Arc<Meta>,
     storage: Storage,
@@ -273,12 +285,23 @@ async fn start_services(
         let state = meta.state();
         Arc::new(Buffers::new(&state, state.max_flushed_lsn()))
     };
+    let serves_replicas =
+        cluster.is_some() && config.cluster.replication_enabled && config.cluster.role.ingests();
+    if serves_replicas && !config.wal.enabled {
+        tracing::warn!(
+            "cluster.replication_enabled needs wal.enabled on a writer; readers get no WAL stream"
+        );
+    }
     let wal = if config.wal.enabled {
         let options = WalOptions {
             dir: config.wal.directory.clone().into(),
             sync_mode: config.wal.sync_mode,
             max_segment_bytes: config.wal.max_size_mb << 20,
             max_segment_age: Duration::from_secs(config.wal.max_age_seconds),
+            feed: serves_replicas.then_some(FeedLimits {
+                max_entries: config.cluster.replication_buffer_size.max(1),
+                max_bytes: REPLICATION_WINDOW_BYTES,
+            }),
         };
         let (replay_buffers, replay_meta, dir) =
             (Arc::clone(&buffers), Arc::clone(&meta), options.dir.clone());
@@ -300,6 +323,19 @@ async fn start_services(
     } else {
         None
     };
+    if let (Some(cluster), Some(feed)) = (&cluster, wal.as_ref().and_then(|w| w.feed())) {
+        cluster.serve_wal(Arc::clone(feed));
+    }
+    let follower = cluster
+        .as_ref()
+        .filter(|_| config.cluster.replication_enabled && config.cluster.role == NodeRole::Reader)
+        .map(|cluster| Follower {
+            cluster: Arc::clone(cluster),
+            buffers: Arc::clone(&buffers),
+            meta: Arc::clone(&meta),
+            stats: Arc::default(),
+            max_buffered_bytes: MAX_BUFFERED_BYTES,
+        });
 
     let (flush_tx, flush_rx) = mpsc::unbounded_channel();
     let node_id = if config.cluster.node_id.is_empty() {
@@ -368,8 +404,10 @@ async fn start_services(
             deleter,
             continuous_queries,
             cluster,
+            replication: follower.as_ref().map(|f| Arc::clone(&f.stats)),
         },
         wal,
+        follower,
         flush_requests: flush_rx,
         meta,
         storage,

@@ -179,11 +179,13 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
 /// `GET /api/v1/cluster/status`: this node's Raft view.
 pub async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let cluster = cluster(&state)?;
+    let replication = state.services()?.replication.as_ref().map(|r| r.status());
     Ok(ok(json!({
         "node_id": cluster.name(),
         "role": cluster.role(),
         "cluster_name": cluster.cluster_name(),
         "raft": cluster.raft_status(),
+        "replication": replication,
     })))
 }
 

@@ -51,6 +51,8 @@ pub struct Services {
     pub continuous_queries: Arc<CqRunner>,
     /// Present when `cluster.enabled`.
     pub cluster: Option<Arc<Cluster>>,
+    /// Present on a reader that follows the writer's WAL.
+    pub replication: Option<Arc<crate::replication::ReplicationStats>>,
 }
 
 const STARTING: u8 = 0;

@@ -122,6 +122,15 @@ struct TableBuffer {
     active: Option<Chunk>,
     /// Chunks handed to a flush, oldest first; readable until their files are registered.
     frozen: VecDeque<Arc<Chunk>>,
+    /// On a replica: rows received from the writer, one chunk per entry in LSN order. Never
+    /// flushed here; readable until the writer's registered files hold them.
+    replicated: VecDeque<Chunk>,
+}
+
+impl TableBuffer {
+    fn has_rows(&self) -> bool {
+        self.active.is_some() || !self.frozen.is_empty() || !self.replicated.is_empty()
+    }
 }
 
 /// A decoded batch checked against its measurement's schema, ready to insert.
@@ -279,25 +288,50 @@ impl BufferSet {
                 continue;
             }
             let table = self.tables.entry(key.clone()).or_default();
-            for field in batch.schema().fields().iter().skip(1) {
-                table
-                    .columns
-                    .entry(field.name().clone())
-                    .or_insert_with(|| field.data_type().clone());
-            }
             let chunk = table.active.get_or_insert_with(|| Chunk::new(lsn));
-            let bytes = batch.get_array_memory_size();
-            chunk.rows += batch.num_rows();
-            chunk.bytes += bytes;
-            chunk.max_lsn = lsn;
-            chunk.tags.extend(tags);
-            chunk.batches.push(batch);
-            self.bytes += bytes;
+            self.bytes += absorb(&mut table.columns, chunk, lsn, batch, tags);
             if chunk.rows >= max_rows && !full.contains(&key) {
                 full.push(key);
             }
         }
         full
+    }
+
+    /// Buffers the rows of one entry a replica received from its writer, each measurement's
+    /// rows as a chunk of their own. A replica never flushes: its chunks go once the writer's
+    /// registered files hold their rows ([`BufferSet::release_flushed`]), and per-entry chunks
+    /// make that exact.
+    pub fn insert_replicated(&mut self, lsn: Lsn, batches: Vec<PreparedBatch>) {
+        self.observe_lsn(lsn);
+        for PreparedBatch { key, batch, tags } in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let table = self.tables.entry(key).or_default();
+            let mut chunk = Chunk::new(lsn);
+            self.bytes += absorb(&mut table.columns, &mut chunk, lsn, batch, tags);
+            table.replicated.push_back(chunk);
+        }
+    }
+
+    /// Drops the chunks whose rows are all in registered files: those at or below their
+    /// measurement's flushed-through LSN in `flushed` (read from the manifest beforehand, so
+    /// the manifest's lock is not taken under this one). Returns how many.
+    pub fn release_flushed(&mut self, flushed: &HashMap<MeasurementKey, Lsn>) -> usize {
+        let mut released = 0;
+        for (key, table) in &mut self.tables {
+            let Some(&flushed) = flushed.get(key) else {
+                continue;
+            };
+            while let Some(chunk) = table.replicated.front()
+                && chunk.max_lsn <= flushed
+            {
+                self.bytes -= chunk.bytes;
+                table.replicated.pop_front();
+                released += 1;
+            }
+        }
+        released
     }
 
     /// Memory held by buffered rows, flushed or not yet.
@@ -376,27 +410,48 @@ impl BufferSet {
             return Vec::new();
         };
         table
-            .frozen
+            .replicated
             .iter()
-            .map(|c| ChunkSnapshot::of(c))
-            .chain(table.active.as_ref().map(ChunkSnapshot::of))
+            .chain(table.frozen.iter().map(|c| c.as_ref()))
+            .chain(table.active.as_ref())
+            .map(ChunkSnapshot::of)
             .collect()
     }
 
     /// Whether the measurement has unflushed rows.
     pub fn has_data(&self, key: &MeasurementKey) -> bool {
-        self.tables
-            .get(key)
-            .is_some_and(|t| t.active.is_some() || !t.frozen.is_empty())
+        self.tables.get(key).is_some_and(TableBuffer::has_rows)
     }
 
     pub fn with_data(&self) -> Vec<MeasurementKey> {
         self.tables
             .iter()
-            .filter(|(_, t)| t.active.is_some() || !t.frozen.is_empty())
+            .filter(|(_, t)| t.has_rows())
             .map(|(k, _)| k.clone())
             .collect()
     }
+}
+
+/// Adds one batch of `lsn` to `chunk`, recording its column types; returns its memory size.
+fn absorb(
+    columns: &mut HashMap<String, DataType>,
+    chunk: &mut Chunk,
+    lsn: Lsn,
+    batch: RecordBatch,
+    tags: Vec<String>,
+) -> usize {
+    for field in batch.schema().fields().iter().skip(1) {
+        columns
+            .entry(field.name().clone())
+            .or_insert_with(|| field.data_type().clone());
+    }
+    let bytes = batch.get_array_memory_size();
+    chunk.rows += batch.num_rows();
+    chunk.bytes += bytes;
+    chunk.max_lsn = lsn;
+    chunk.tags.extend(tags);
+    chunk.batches.push(batch);
+    bytes
 }
 
 #[cfg(test)]

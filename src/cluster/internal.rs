@@ -28,6 +28,7 @@ use super::protocol::{
     JOIN_PATH, JoinAnswer, JoinRequest, LeaderAnswer, REMOVE_PATH, RemoveRequest,
 };
 use super::types::{RaftId, TypeConfig};
+use crate::replication::STREAM_PATH;
 
 /// Largest internal request body (snapshot chunks are far smaller).
 const MAX_BODY_BYTES: usize = 64 << 20;
@@ -50,6 +51,7 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
         .route(BARRIER_PATH, post(barrier))
         .route(HEARTBEAT_PATH, post(heartbeat))
         .route(REMOVE_PATH, post(remove))
+        .route(STREAM_PATH, post(super::replication::serve_stream))
         .layer(axum::middleware::from_fn_with_state(
             (
                 Arc::clone(&cluster),

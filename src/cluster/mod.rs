@@ -14,6 +14,7 @@ mod membership;
 mod network;
 pub mod peer_auth;
 mod protocol;
+mod replication;
 mod startup;
 mod status;
 mod store;
@@ -85,6 +86,8 @@ pub struct Cluster {
     shared_storage: bool,
     /// Why the cluster forbade this node to join, once it has.
     forbidden: Mutex<Option<String>>,
+    /// This writer's durable entries, once its WAL is open and replication is enabled.
+    wal_feed: std::sync::OnceLock<Arc<crate::wal::Feed>>,
     runtime: tokio::runtime::Handle,
     next_target: AtomicUsize,
 }

@@ -68,26 +68,21 @@ impl PeerClient {
             addr: addr.to_owned(),
             message,
         };
-        let body = serde_json::to_vec(request).expect("peer requests serialize");
-        let signed = self.auth.sign(path, &body, chrono::Utc::now().timestamp());
-        let mut builder = self
-            .http
-            .post(format!("http://{addr}{path}"))
+        let response = self
+            .signed_post(addr, path, request)
             .timeout(timeout)
-            .header("content-type", "application/json");
-        for (name, value) in signed.pairs() {
-            builder = builder.header(name, value);
-        }
-        let response = builder.body(body).send().await.map_err(|e| {
-            if e.is_connect() {
-                PeerError::NotConnected {
-                    addr: addr.to_owned(),
-                    message: e.to_string(),
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    PeerError::NotConnected {
+                        addr: addr.to_owned(),
+                        message: e.to_string(),
+                    }
+                } else {
+                    unreachable(e.to_string())
                 }
-            } else {
-                unreachable(e.to_string())
-            }
-        })?;
+            })?;
         let status = response.status();
         let bytes = response
             .bytes()
@@ -101,6 +96,67 @@ impl PeerClient {
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| unreachable(format!("bad answer: {e}")))
+    }
+
+    fn signed_post<Req: Serialize>(
+        &self,
+        addr: &str,
+        path: &str,
+        request: &Req,
+    ) -> reqwest::RequestBuilder {
+        let body = serde_json::to_vec(request).expect("peer requests serialize");
+        let signed = self.auth.sign(path, &body, chrono::Utc::now().timestamp());
+        let mut builder = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json");
+        for (name, value) in signed.pairs() {
+            builder = builder.header(name, value);
+        }
+        builder.body(body)
+    }
+
+    /// Sends a signed request whose answer is a long-lived stream: `timeout` bounds the wait for
+    /// the answer's headers, the caller bounds the wait for each part of its body.
+    pub async fn open<Req: Serialize>(
+        &self,
+        addr: &str,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, PeerError> {
+        let sent = self.signed_post(addr, path, request).send();
+        let response = match tokio::time::timeout(timeout, sent).await {
+            Err(_) => {
+                return Err(PeerError::Unreachable {
+                    addr: addr.to_owned(),
+                    message: format!("no answer within {} ms", timeout.as_millis()),
+                });
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(PeerError::NotConnected {
+                    addr: addr.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(PeerError::Unreachable {
+                    addr: addr.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(PeerError::Refused {
+                addr: addr.to_owned(),
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok(response)
     }
 
     /// The plain HTTP client, for forwarding client requests to peers' API ports.

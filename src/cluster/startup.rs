@@ -112,6 +112,7 @@ impl Cluster {
             route_retries: config.route_retries,
             shared_storage: config.shared_storage_mode,
             forbidden: Mutex::new(None),
+            wal_feed: std::sync::OnceLock::new(),
             runtime: tokio::runtime::Handle::current(),
             next_target: AtomicUsize::new(0),
         });

@@ -148,19 +148,47 @@ pub fn replay_entry(
 ) -> Result<usize, String> {
     // Even an entry that cannot be replayed keeps its LSN from being handed out again.
     buffers.lock().observe_lsn(lsn);
+    let (database, batches) = unflushed_rows(meta, lsn, payload)?;
+    let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
+    let mut buffers = buffers.lock();
+    let prepared = buffers
+        .prepare(&database, batches)
+        .map_err(|e| e.to_string())?;
+    buffers.insert(lsn, prepared, usize::MAX);
+    Ok(rows)
+}
+
+/// Applies one entry a replica received from its writer, skipping the measurements whose rows
+/// from it are already in registered files.
+pub fn replicate_entry(
+    buffers: &Buffers,
+    meta: &MetaState,
+    lsn: Lsn,
+    payload: &[u8],
+) -> Result<usize, String> {
+    let (database, batches) = unflushed_rows(meta, lsn, payload)?;
+    let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
+    let mut buffers = buffers.lock();
+    let prepared = buffers
+        .prepare(&database, batches)
+        .map_err(|e| e.to_string())?;
+    buffers.insert_replicated(lsn, prepared);
+    Ok(rows)
+}
+
+/// The database and the rows of entry `lsn` that registered files do not hold yet.
+fn unflushed_rows(
+    meta: &MetaState,
+    lsn: Lsn,
+    payload: &[u8],
+) -> Result<(String, Vec<MeasurementBatch>), String> {
     let request = decode_entry(payload).ok_or("unreadable WAL entry header")?;
-    let batches: Vec<MeasurementBatch> = decode_request(&request, SizeCaps::NONE)
+    let batches = decode_request(&request, SizeCaps::NONE)
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|b| meta.flushed_through(&request.database, &b.measurement) < lsn)
         .collect();
-    let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
-    let mut buffers = buffers.lock();
-    let prepared = buffers
-        .prepare(&request.database, batches)
-        .map_err(|e| e.to_string())?;
-    buffers.insert(lsn, prepared, usize::MAX);
-    Ok(rows)
+    Ok((request.database, batches))
 }
 
 /// Decompressed-size caps for decoding a request.

@@ -12,6 +12,7 @@ pub mod names;
 pub use batch::MeasurementBatch;
 pub use ingester::{
     IngestError, IngestLimits, Ingester, PayloadFormat, WriteRequest, decompress, replay_entry,
+    replicate_entry,
 };
 pub use line_protocol::Precision;
 

@@ -8,7 +8,10 @@
 //! spare and overwritten by a later segment, because deleting large files stalls the syncs of
 //! the file system's journal.
 
+mod feed;
 mod segment;
+
+pub use feed::{Entry, Feed, FeedLimits};
 
 use std::fs::File;
 use std::io::Write;
@@ -74,6 +77,8 @@ pub struct WalOptions {
     pub sync_mode: WalSyncMode,
     pub max_segment_bytes: u64,
     pub max_segment_age: Duration,
+    /// Publish durable entries for replicas (`cluster.replication_enabled` on a writer).
+    pub feed: Option<FeedLimits>,
 }
 
 /// A segment that is no longer written to, with the last LSN it holds.
@@ -180,6 +185,7 @@ pub struct Wal {
     commands: mpsc::Sender<Command>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     groups_written: Arc<AtomicU64>,
+    feed: Option<Arc<Feed>>,
 }
 
 impl Wal {
@@ -204,7 +210,11 @@ impl Wal {
         };
         let (commands, receiver) = mpsc::channel();
         let groups_written = Arc::new(AtomicU64::new(0));
+        let feed = options
+            .feed
+            .map(|limits| Arc::new(Feed::new(options.dir.clone(), limits, next_lsn - 1)));
         let writer = Writer {
+            feed: feed.clone(),
             groups_written: Arc::clone(&groups_written),
             file,
             path,
@@ -224,7 +234,13 @@ impl Wal {
             commands,
             thread: std::sync::Mutex::new(Some(thread)),
             groups_written,
+            feed,
         })
+    }
+
+    /// Durable entries for replicas, when the WAL publishes them.
+    pub fn feed(&self) -> Option<&Arc<Feed>> {
+        self.feed.as_ref()
     }
 
     /// How many groups of entries were written (each with one sync, unless `async`).
@@ -267,6 +283,7 @@ const MAX_GROUP_BYTES: usize = 32 << 20;
 
 struct Writer {
     groups_written: Arc<AtomicU64>,
+    feed: Option<Arc<Feed>>,
     file: File,
     path: PathBuf,
     size: u64,
@@ -292,6 +309,7 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return self.finish(),
             };
             let mut waiters = Vec::new();
+            let mut published = Vec::new();
             let mut releases = Vec::new();
             let mut close = None;
             let mut next = Some(first);
@@ -302,6 +320,9 @@ impl Writer {
                         encode_record(&mut self.buf, lsn, &slices);
                         self.segment_last_lsn = Some(lsn);
                         waiters.push(done);
+                        if self.feed.is_some() {
+                            published.push(Entry { lsn, parts });
+                        }
                     }
                     Command::Release { through } => releases.push(through),
                     Command::Close { done } => {
@@ -314,6 +335,9 @@ impl Writer {
                 }
             }
             self.write_group();
+            if let Some(feed) = &self.feed {
+                feed.publish(published);
+            }
             for waiter in waiters {
                 let _ = waiter.send(Ok(()));
             }
@@ -422,7 +446,46 @@ mod tests {
             sync_mode: WalSyncMode::Fdatasync,
             max_segment_bytes,
             max_segment_age: Duration::from_secs(3600),
+            feed: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_feed_serves_its_window_then_the_segments_and_says_where_the_log_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = WalOptions {
+            feed: Some(FeedLimits {
+                max_entries: 3,
+                max_bytes: 1 << 20,
+            }),
+            // Three 23-byte records fill a segment: segments hold LSNs 1-3, 4-6, 7-9, ...
+            ..options(dir.path(), 60)
+        };
+        let wal = Wal::start(options, 1, Recovery::default()).unwrap();
+        let append = |lsn: Lsn| wal.append(lsn, vec![Bytes::from(format!("entry-{lsn}"))]);
+        for lsn in 1..=10 {
+            append(lsn).await.unwrap().unwrap();
+        }
+        let feed = wal.feed().unwrap();
+        let lsns = |entries: Vec<Entry>| entries.iter().map(|e| e.lsn).collect::<Vec<_>>();
+        assert_eq!(lsns(feed.read_from(9, usize::MAX).unwrap()), [9, 10]);
+        let from_disk = feed.read_from(2, usize::MAX).unwrap();
+        assert_eq!(from_disk[0].parts.concat(), b"entry-2");
+        assert_eq!(lsns(from_disk), (2..=10).collect::<Vec<_>>());
+        assert_eq!(lsns(feed.read_from(2, 1).unwrap()), [2]);
+        assert!(feed.read_from(11, usize::MAX).unwrap().is_empty());
+
+        wal.release_through(6);
+        // Releases are carried out after the group they arrived with: two more groups make
+        // sure this one was.
+        append(11).await.unwrap().unwrap();
+        append(12).await.unwrap().unwrap();
+        assert_eq!(*feed.durable().borrow(), 12);
+        assert_eq!(
+            lsns(feed.read_from(1, usize::MAX).unwrap()),
+            (7..=12).collect::<Vec<_>>()
+        );
+        wal.close().await;
     }
 
     fn collect(dir: &Path) -> (Vec<(Lsn, Vec<u8>)>, Recovery) {

@@ -13,6 +13,7 @@ mod faults;
 mod garage;
 mod harness;
 mod query;
+mod replication;
 mod retention;
 mod s3;
 mod wal_recovery;

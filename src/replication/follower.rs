@@ -1,0 +1,163 @@
+//! The reader's side: follow the writer's stream, apply each entry to this node's buffers,
+//! release buffered rows once registered files hold them, reconnect after any failure.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::{Frame, FrameDecoder, IDLE_LIMIT, ReplicationError, ReplicationStats, StreamRequest};
+use crate::buffer::Buffers;
+use crate::cluster::Cluster;
+use crate::ingest::replicate_entry;
+use crate::meta::Meta;
+
+/// Pause before reconnecting after the stream ended or failed.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// Pause while the buffers are over their limit, waiting for the writer's flushes to release
+/// rows; the stream is not read meanwhile, which slows the writer's side of it down.
+const BACK_PRESSURE_PAUSE: Duration = Duration::from_millis(100);
+
+pub struct Follower {
+    pub cluster: Arc<Cluster>,
+    pub buffers: Arc<Buffers>,
+    pub meta: Arc<Meta>,
+    pub stats: Arc<ReplicationStats>,
+    /// Buffered bytes above which the stream is not read until flushes release rows.
+    pub max_buffered_bytes: usize,
+}
+
+impl Follower {
+    /// Follows the writer until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let followed = tokio::select! {
+                followed = self.follow_once() => followed,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            if let Err(err) = followed {
+                tracing::warn!(error = %err, "replication stream interrupted; reconnecting");
+                self.stats.disconnected(&err);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One connection: from the entry after the last applied one until the stream fails.
+    async fn follow_once(&self) -> Result<(), ReplicationError> {
+        let request = StreamRequest {
+            from_lsn: self.stats.applied_lsn() + 1,
+        };
+        let (writer, response) = self
+            .cluster
+            .open_wal_stream(&request)
+            .await
+            .map_err(|e| ReplicationError::NoWriter(e.to_string()))?;
+        tracing::info!(%writer, from_lsn = request.from_lsn, "following the writer's WAL");
+        self.stats.connected(&writer);
+        let mut body = response.bytes_stream();
+        let mut decoder = FrameDecoder::default();
+        loop {
+            self.release_flushed();
+            while self.buffers.lock().buffered_bytes() > self.max_buffered_bytes {
+                tokio::time::sleep(BACK_PRESSURE_PAUSE).await;
+                self.release_flushed();
+            }
+            let chunk = match tokio::time::timeout(IDLE_LIMIT, body.next()).await {
+                Err(_) => return Err(ReplicationError::Silent { writer }),
+                Ok(None) => {
+                    return Err(ReplicationError::Broken {
+                        writer,
+                        message: "the writer ended the stream".into(),
+                    });
+                }
+                Ok(Some(Err(err))) => {
+                    return Err(ReplicationError::Broken {
+                        writer,
+                        message: err.to_string(),
+                    });
+                }
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            decoder.push(&chunk);
+            let frames = decoder.frames().map_err(|_| ReplicationError::Corrupt {
+                writer: writer.clone(),
+            })?;
+            self.apply(&writer, frames).await?;
+        }
+    }
+
+    /// Applies a batch of frames off the async threads (decoding rows takes milliseconds).
+    async fn apply(&self, writer: &str, frames: Vec<Frame>) -> Result<(), ReplicationError> {
+        let (buffers, meta, stats) = (
+            Arc::clone(&self.buffers),
+            Arc::clone(&self.meta),
+            Arc::clone(&self.stats),
+        );
+        let writer = writer.to_owned();
+        tokio::task::spawn_blocking(move || {
+            for frame in frames {
+                match frame {
+                    Frame::KeepAlive { durable_lsn } => stats.heard(durable_lsn),
+                    Frame::Entry { lsn, payload } => {
+                        let expected = stats.applied_lsn() + 1;
+                        if lsn < expected {
+                            continue;
+                        }
+                        if lsn > expected {
+                            // The writer no longer holds these entries: their rows are in files.
+                            stats
+                                .gaps
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!(
+                                from = expected,
+                                to = lsn - 1,
+                                "replication skipped entries the writer already flushed"
+                            );
+                        }
+                        let state = meta.state();
+                        let rows =
+                            replicate_entry(&buffers, &state, lsn, &payload).map_err(|reason| {
+                                ReplicationError::Unapplicable {
+                                    writer: writer.clone(),
+                                    lsn,
+                                    reason,
+                                }
+                            })?;
+                        stats.applied(lsn, rows);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .expect("replication apply task panicked")
+    }
+
+    /// Drops buffered rows that registered files now hold.
+    fn release_flushed(&self) {
+        let keys = self.buffers.lock().with_data();
+        if keys.is_empty() {
+            return;
+        }
+        let flushed: HashMap<_, _> = {
+            let state = self.meta.state();
+            keys.into_iter()
+                .map(|key| {
+                    let lsn = state.flushed_through(&key.database, &key.measurement);
+                    (key, lsn)
+                })
+                .collect()
+        };
+        let released = self.buffers.lock().release_flushed(&flushed);
+        self.stats
+            .chunks_released
+            .fetch_add(released as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,228 @@
+//! WAL streaming (Pattern B's freshness half): readers apply the writer's durable entries to
+//! their buffers, so they answer with rows the writer has not flushed yet, and count each row
+//! exactly once while the writer's flushes move rows from the stream into files.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::cluster_harness::{NodeSpec, TestCluster, eventually, get_json};
+use crate::harness::Server;
+use crate::workload::{Ledger, Table, WorkloadOptions, check, queried_ids, start_writes};
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// Nodes that stream; flushes happen only when a test asks (or buffers fill).
+fn node<'a>(name: &'a str, role: &'a str) -> NodeSpec<'a> {
+    NodeSpec {
+        extra_env: vec![
+            ("ARC_CLUSTER_REPLICATION_ENABLED", "true".into()),
+            ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000".into()),
+            ("ARC_CLUSTER_ROUTE_TIMEOUT", "2000".into()),
+        ],
+        ..NodeSpec::new(name, role)
+    }
+}
+
+async fn writer_and_two_readers() -> TestCluster {
+    TestCluster::start(vec![
+        node("writer-01", "writer"),
+        node("reader-01", "reader"),
+        node("reader-02", "reader"),
+    ])
+    .await
+}
+
+/// `SELECT count(*)` on `server`, or `None` while the table is unknown there.
+async fn count(server: &Server, table: &str) -> Option<u64> {
+    let response = server
+        .client
+        .post(server.url("/api/v1/query"))
+        .json(&json!({ "sql": format!("SELECT count(*) AS n FROM {table}") }))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .ok()?;
+    if response.status() != StatusCode::OK {
+        return None;
+    }
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["data"][0][0].as_u64()
+}
+
+async fn write_rows(server: &Server, table: &str, ids: std::ops::Range<u64>) {
+    let (db, measurement) = table.split_once('.').unwrap();
+    let lines: String = ids
+        .map(|id| {
+            format!(
+                "{measurement},host=h{} id={id}i {}\n",
+                id % 7,
+                1_700_000_000_000_000_000 + id
+            )
+        })
+        .collect();
+    let (status, body) = server.post(&format!("/write?db={db}"), &[], lines).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
+fn replication_status(body: &serde_json::Value) -> String {
+    body["data"]["replication"].to_string()
+}
+
+/// Rows the writer acknowledged are counted on both readers before any flush (the manifest has
+/// no file yet); while the writer keeps writing and flushing, every count a reader returns is
+/// at least what it returned before and never more than was written; at the end it is exact.
+#[tokio::test]
+async fn readers_count_acknowledged_rows_before_any_flush_and_exactly_once_through_flushes() {
+    let cluster = writer_and_two_readers().await;
+    let table = "fresh.rows";
+    let writer = &cluster.node("writer-01").server;
+    let written_at = Instant::now();
+    for batch in 0..10 {
+        write_rows(writer, table, batch * 100..(batch + 1) * 100).await;
+    }
+    for name in ["reader-01", "reader-02"] {
+        let reader = &cluster.node(name).server;
+        eventually("the reader counts the unflushed rows", SETTLE, || async {
+            (count(reader, table).await == Some(1000)).then_some(())
+        })
+        .await;
+        eprintln!(
+            "{name} counts 1000 unflushed rows {:?} after the first write",
+            written_at.elapsed()
+        );
+        assert!(
+            cluster.manifest(name).await.is_empty(),
+            "something was flushed"
+        );
+    }
+
+    let sampling = tokio::sync::watch::channel(false);
+    let samplers: Vec<_> = ["reader-01", "reader-02"]
+        .into_iter()
+        .map(|name| {
+            let server_url = cluster.node(name).server.url("");
+            let client = cluster.node(name).server.client.clone();
+            let mut stop = sampling.1.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !*stop.borrow_and_update() {
+                    let response = client
+                        .post(format!("{server_url}/api/v1/query"))
+                        .json(&json!({ "sql": format!("SELECT count(*) AS n FROM {table}") }))
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await;
+                    if let Ok(response) = response
+                        && response.status() == StatusCode::OK
+                        && let Ok(body) = response.json::<serde_json::Value>().await
+                        && let Some(n) = body["data"][0][0].as_u64()
+                    {
+                        samples.push(n);
+                    }
+                }
+                (name, samples)
+            })
+        })
+        .collect();
+    let mut total = 1000;
+    for round in 0..20 {
+        write_rows(writer, table, total..total + 500).await;
+        total += 500;
+        if round % 3 == 0 {
+            writer.flush().await;
+        }
+    }
+    writer.flush().await;
+    for name in ["reader-01", "reader-02"] {
+        let reader = &cluster.node(name).server;
+        eventually("the reader counts every row", SETTLE, || async {
+            (count(reader, table).await == Some(total)).then_some(())
+        })
+        .await;
+    }
+    sampling.0.send(true).unwrap();
+    for sampler in samplers {
+        let (name, samples) = sampler.await.unwrap();
+        let backwards = samples.windows(2).filter(|w| w[1] < w[0]).count();
+        let over = samples.iter().filter(|n| **n > total).count();
+        eprintln!(
+            "{name}: {} counts sampled during writes and flushes, from {} to {}",
+            samples.len(),
+            samples.first().unwrap_or(&0),
+            samples.last().unwrap_or(&0)
+        );
+        assert!(samples.len() > 10, "{name}: too few samples");
+        assert_eq!(
+            backwards, 0,
+            "{name}: a count fell below an earlier one: {samples:?}"
+        );
+        assert_eq!(
+            over, 0,
+            "{name}: a count exceeded the {total} rows written: {samples:?}"
+        );
+    }
+    assert!(!cluster.manifest("reader-01").await.is_empty());
+    let (_, status) = get_json(&cluster.node("reader-01").server, "/api/v1/cluster/status").await;
+    eprintln!("reader-01 replication: {}", replication_status(&status));
+    assert!(
+        status["data"]["replication"]["chunks_released"].as_u64() > Some(0),
+        "{status}"
+    );
+}
+
+/// A reader killed and restarted, a reader paused while the writer writes and flushes, and a
+/// writer killed and restarted: afterwards both readers return exactly the acknowledged rows.
+#[tokio::test]
+async fn readers_converge_after_reader_kills_pauses_and_a_writer_restart() {
+    let mut cluster = writer_and_two_readers().await;
+    let table = Table::new("follow", "rows");
+    let ledger = Ledger::new();
+    let options = WorkloadOptions {
+        clients: 2,
+        ..WorkloadOptions::default()
+    };
+    let writer_url = vec![cluster.node("writer-01").server.url("")];
+    let writes = start_writes(&ledger, writer_url, table.clone(), options);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.kill9("reader-01");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.restart("reader-01").await;
+    cluster.pause("reader-02");
+    cluster.node("writer-01").server.flush().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.node("writer-01").server.flush().await;
+    cluster.resume("reader-02");
+    writes.stop().await;
+
+    cluster.kill9("writer-01");
+    cluster.restart("writer-01").await;
+    let writes = start_writes(
+        &ledger,
+        vec![cluster.node("writer-01").server.url("")],
+        table.clone(),
+        WorkloadOptions {
+            clients: 2,
+            ..WorkloadOptions::default()
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    writes.stop().await;
+
+    for name in ["reader-01", "reader-02"] {
+        let reader = &cluster.node(name).server;
+        let verdict = eventually("the reader converges", SETTLE, || async {
+            let stored = queried_ids(reader, &table).await.ok()?;
+            check(&ledger, &stored).ok()
+        })
+        .await;
+        let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+        eprintln!(
+            "{name}: {verdict}; replication {}",
+            replication_status(&status)
+        );
+    }
+    cluster.assert_running();
+}
