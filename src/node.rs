@@ -21,7 +21,7 @@ use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::compact::Compactor;
-use crate::config::{Config, NodeRole};
+use crate::config::{Config, NodeRole, StorageBackend};
 use crate::continuous::{self, CqRunner};
 use crate::crash_hook::CrashHook;
 use crate::delete::{self, Deleter};
@@ -30,7 +30,7 @@ use crate::ingest::{IngestLimits, Ingester, replay_entry};
 use crate::meta::{Meta, MetaError};
 use crate::query::QueryEngine;
 use crate::reclaim;
-use crate::replication::Follower;
+use crate::replication::{Follower, Puller, ReplicaView, ReplicationStats};
 use crate::retention;
 use crate::schedule::CronSchedule;
 use crate::storage::{Storage, StorageError};
@@ -120,6 +120,7 @@ pub async fn run(
         services,
         wal,
         follower,
+        puller,
         flush_requests,
         meta,
         storage,
@@ -158,6 +159,7 @@ pub async fn run(
         ))
     });
     let follower = follower.map(|follower| tokio::spawn(follower.run(flusher_stopped.clone())));
+    let puller = puller.map(|puller| tokio::spawn(puller.run(flusher_stopped.clone())));
     let schedules = services
         .compactor
         .clone()
@@ -186,8 +188,8 @@ pub async fn run(
     if let Some(reclaimer) = reclaimer {
         let _ = reclaimer.await;
     }
-    if let Some(follower) = follower {
-        let _ = follower.await;
+    for replication in [follower, puller].into_iter().flatten() {
+        let _ = replication.await;
     }
     if let Some(schedules) = schedules {
         let _ = schedules.await;
@@ -239,6 +241,8 @@ struct Started {
     wal: Option<Arc<Wal>>,
     /// On a reader with replication enabled: follows the writer's WAL.
     follower: Option<Follower>,
+    /// On such a reader with its own storage: copies the manifest's files.
+    puller: Option<Puller>,
     flush_requests: mpsc::UnboundedReceiver<crate::buffer::MeasurementKey>,
     meta: Arc<Meta>,
     storage: Storage,
@@ -326,15 +330,41 @@ async fn start_services(
     if let (Some(cluster), Some(feed)) = (&cluster, wal.as_ref().and_then(|w| w.feed())) {
         cluster.serve_wal(Arc::clone(feed));
     }
+    let replicas = config.cluster.replication_enabled;
+    if let (Some(cluster), true) = (&cluster, replicas) {
+        cluster.serve_files(storage.clone());
+    }
+    let follows = replicas && config.cluster.role == NodeRole::Reader;
+    // A reader on local storage holds copies of the files; on an object store it reads them
+    // where the writer put them.
+    let view = (follows && config.storage.backend == StorageBackend::Local)
+        .then(|| Arc::new(ReplicaView::default()));
+    let stats: Arc<ReplicationStats> = Arc::default();
     let follower = cluster
         .as_ref()
-        .filter(|_| config.cluster.replication_enabled && config.cluster.role == NodeRole::Reader)
+        .filter(|_| follows)
         .map(|cluster| Follower {
             cluster: Arc::clone(cluster),
             buffers: Arc::clone(&buffers),
             meta: Arc::clone(&meta),
-            stats: Arc::default(),
+            stats: Arc::clone(&stats),
+            view: view.clone(),
             max_buffered_bytes: MAX_BUFFERED_BYTES,
+        });
+    let puller = cluster
+        .as_ref()
+        .zip(view.as_ref())
+        .map(|(cluster, view)| Puller {
+            cluster: Arc::clone(cluster),
+            meta: Arc::clone(&meta),
+            storage: storage.clone(),
+            view: Arc::clone(view),
+            stats: Arc::clone(&stats),
+            work_dir: Path::new(&config.compaction.temp_directory).join("pull"),
+            workers: config.cluster.replication_pull_workers,
+            attempts: config.cluster.replication_retry_max_attempts,
+            fetch_timeout: Duration::from_millis(config.cluster.replication_fetch_timeout_ms),
+            grace: Duration::from_secs(config.query.timeout),
         });
 
     let (flush_tx, flush_rx) = mpsc::unbounded_channel();
@@ -349,6 +379,7 @@ async fn start_services(
     let query = Arc::new(QueryEngine::new(
         Arc::clone(&meta),
         Arc::clone(&buffers),
+        view,
         &storage,
     ));
     let flusher = Arc::new(Flusher::new(
@@ -404,10 +435,11 @@ async fn start_services(
             deleter,
             continuous_queries,
             cluster,
-            replication: follower.as_ref().map(|f| Arc::clone(&f.stats)),
+            replication: follower.is_some().then_some(stats),
         },
         wal,
         follower,
+        puller,
         flush_requests: flush_rx,
         meta,
         storage,

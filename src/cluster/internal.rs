@@ -52,6 +52,10 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
         .route(HEARTBEAT_PATH, post(heartbeat))
         .route(REMOVE_PATH, post(remove))
         .route(STREAM_PATH, post(super::replication::serve_stream))
+        .route(
+            super::replication::FETCH_PATH,
+            post(super::replication::serve_file),
+        )
         .layer(axum::middleware::from_fn_with_state(
             (
                 Arc::clone(&cluster),

@@ -113,6 +113,7 @@ impl Cluster {
             shared_storage: config.shared_storage_mode,
             forbidden: Mutex::new(None),
             wal_feed: std::sync::OnceLock::new(),
+            file_storage: std::sync::OnceLock::new(),
             runtime: tokio::runtime::Handle::current(),
             next_target: AtomicUsize::new(0),
         });

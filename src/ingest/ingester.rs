@@ -148,7 +148,7 @@ pub fn replay_entry(
 ) -> Result<usize, String> {
     // Even an entry that cannot be replayed keeps its LSN from being handed out again.
     buffers.lock().observe_lsn(lsn);
-    let (database, batches) = unflushed_rows(meta, lsn, payload)?;
+    let (database, batches) = unflushed_rows(|db, m| meta.flushed_through(db, m), lsn, payload)?;
     let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
     let mut buffers = buffers.lock();
     let prepared = buffers
@@ -159,14 +159,14 @@ pub fn replay_entry(
 }
 
 /// Applies one entry a replica received from its writer, skipping the measurements whose rows
-/// from it are already in registered files.
+/// from it are already in the files it queries (`flushed_through(database, measurement)`).
 pub fn replicate_entry(
     buffers: &Buffers,
-    meta: &MetaState,
+    flushed_through: impl Fn(&str, &str) -> Lsn,
     lsn: Lsn,
     payload: &[u8],
 ) -> Result<usize, String> {
-    let (database, batches) = unflushed_rows(meta, lsn, payload)?;
+    let (database, batches) = unflushed_rows(flushed_through, lsn, payload)?;
     let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
     let mut buffers = buffers.lock();
     let prepared = buffers
@@ -176,9 +176,10 @@ pub fn replicate_entry(
     Ok(rows)
 }
 
-/// The database and the rows of entry `lsn` that registered files do not hold yet.
+/// The database and the rows of entry `lsn` that files do not hold yet, by each measurement's
+/// `flushed_through`.
 fn unflushed_rows(
-    meta: &MetaState,
+    flushed_through: impl Fn(&str, &str) -> Lsn,
     lsn: Lsn,
     payload: &[u8],
 ) -> Result<(String, Vec<MeasurementBatch>), String> {
@@ -186,7 +187,7 @@ fn unflushed_rows(
     let batches = decode_request(&request, SizeCaps::NONE)
         .map_err(|e| e.to_string())?
         .into_iter()
-        .filter(|b| meta.flushed_through(&request.database, &b.measurement) < lsn)
+        .filter(|b| flushed_through(&request.database, &b.measurement) < lsn)
         .collect();
     Ok((request.database, batches))
 }

@@ -115,14 +115,23 @@ pub struct MeasurementSummary {
 }
 
 impl QueryEngine {
-    pub fn new(meta: Arc<Meta>, buffers: Arc<Buffers>, storage: &Storage) -> QueryEngine {
+    pub fn new(
+        meta: Arc<Meta>,
+        buffers: Arc<Buffers>,
+        view: Option<Arc<crate::replication::ReplicaView>>,
+        storage: &Storage,
+    ) -> QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .build_arc()
             .expect("default runtime environment builds");
         let url = ObjectStoreUrl::parse(STORAGE_URL).expect("static URL parses");
         runtime.register_object_store(url.as_ref(), storage.object_store());
         QueryEngine {
-            sources: Arc::new(TableSources { meta, buffers }),
+            sources: Arc::new(TableSources {
+                meta,
+                buffers,
+                view,
+            }),
             runtime,
             arc_functions: functions::arc_functions(),
         }

@@ -24,6 +24,8 @@ use datafusion::physical_plan::union::UnionExec;
 
 use crate::buffer::{Buffers, ChunkSnapshot, MeasurementKey};
 use crate::meta::{FileEntry, Meta};
+use crate::replication::ReplicaView;
+use crate::wal::Lsn;
 
 /// The object store URL under which the storage backend is registered.
 pub const STORAGE_URL: &str = "arcdb://storage/";
@@ -33,10 +35,30 @@ pub const STORAGE_URL: &str = "arcdb://storage/";
 pub struct TableSources {
     pub meta: Arc<Meta>,
     pub buffers: Arc<Buffers>,
+    /// On a reader with its own storage: the manifest versions whose files are all local.
+    pub view: Option<Arc<ReplicaView>>,
 }
 
 impl TableSources {
-    /// Every database with at least one measurement, in name order.
+    /// A measurement's flushed-through LSN and files, read in one step so a swap shows its
+    /// inputs or its output, never both.
+    fn files_version(&self, key: &MeasurementKey) -> (Lsn, Vec<FileEntry>) {
+        if let Some(view) = &self.view {
+            let version = view.measurement(key);
+            return (version.flushed_through, version.files);
+        }
+        let state = self.meta.state();
+        let files = state
+            .files_of(&key.database, &key.measurement)
+            .into_iter()
+            .cloned()
+            .collect();
+        (
+            state.flushed_through(&key.database, &key.measurement),
+            files,
+        )
+    }
+
     /// Every database that was created or has a measurement, in name order.
     pub fn databases(&self) -> BTreeSet<String> {
         let mut databases: BTreeSet<String> = self
@@ -248,25 +270,21 @@ impl TableProvider for MeasurementTable {
         // compacted file only if every input row came from that chunk (then the chunk holds
         // them all). The manifest is read once, so a swap shows inputs or output, never both.
         let mut chunks = self.sources.buffers.lock().snapshot(&self.key);
-        let files: Vec<FileEntry> = {
-            let state = self.sources.meta.state();
-            // A chunk at or below the flushed-through LSN is registered but not yet released
-            // (its flush is still being confirmed): its rows are in the manifest's files, maybe
-            // already compacted into a file no chunk's range covers, so the files answer for it.
-            let flushed = state.flushed_through(&self.key.database, &self.key.measurement);
-            chunks.retain(|c| c.max_lsn > flushed);
-            state
-                .files_of(&self.key.database, &self.key.measurement)
-                .into_iter()
-                .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
-                .filter(|f| {
-                    !chunks
-                        .iter()
-                        .any(|c| c.min_lsn <= f.min_lsn && f.max_lsn <= c.max_lsn)
-                })
-                .cloned()
-                .collect()
-        };
+        let (flushed, listed) = self.sources.files_version(&self.key);
+        // A chunk at or below the flushed-through LSN is registered but not yet released (its
+        // flush is still being confirmed, or on a reader the writer's files have just arrived):
+        // its rows are in the version's files, maybe already compacted into a file no chunk's
+        // range covers, so the files answer for it.
+        chunks.retain(|c| c.max_lsn > flushed);
+        let files: Vec<FileEntry> = listed
+            .into_iter()
+            .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
+            .filter(|f| {
+                !chunks
+                    .iter()
+                    .any(|c| c.min_lsn <= f.min_lsn && f.max_lsn <= c.max_lsn)
+            })
+            .collect();
         self.files_scanned
             .fetch_add(files.len() as u64, Ordering::Relaxed);
 

@@ -8,11 +8,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::ReplicaView;
 use super::{Frame, FrameDecoder, IDLE_LIMIT, ReplicationError, ReplicationStats, StreamRequest};
-use crate::buffer::Buffers;
+use crate::buffer::{Buffers, MeasurementKey};
 use crate::cluster::Cluster;
 use crate::ingest::replicate_entry;
-use crate::meta::Meta;
+use crate::meta::{Meta, MetaState};
+use crate::wal::Lsn;
 
 /// Pause before reconnecting after the stream ended or failed.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
@@ -26,8 +28,19 @@ pub struct Follower {
     pub buffers: Arc<Buffers>,
     pub meta: Arc<Meta>,
     pub stats: Arc<ReplicationStats>,
+    /// On a reader with its own storage: the files it can query. Rows are released by the
+    /// view's flushed-through LSN, not the manifest's, so they stay until their files are here.
+    pub view: Option<Arc<ReplicaView>>,
     /// Buffered bytes above which the stream is not read until flushes release rows.
     pub max_buffered_bytes: usize,
+}
+
+/// Where a reader's queries take rows from files rather than buffers.
+fn flushed_through(meta: &MetaState, view: Option<&ReplicaView>, key: &MeasurementKey) -> Lsn {
+    match view {
+        Some(view) => view.flushed_through(key),
+        None => meta.flushed_through(&key.database, &key.measurement),
+    }
 }
 
 impl Follower {
@@ -95,10 +108,11 @@ impl Follower {
 
     /// Applies a batch of frames off the async threads (decoding rows takes milliseconds).
     async fn apply(&self, writer: &str, frames: Vec<Frame>) -> Result<(), ReplicationError> {
-        let (buffers, meta, stats) = (
+        let (buffers, meta, stats, view) = (
             Arc::clone(&self.buffers),
             Arc::clone(&self.meta),
             Arc::clone(&self.stats),
+            self.view.clone(),
         );
         let writer = writer.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -122,14 +136,20 @@ impl Follower {
                             );
                         }
                         let state = meta.state();
-                        let rows =
-                            replicate_entry(&buffers, &state, lsn, &payload).map_err(|reason| {
-                                ReplicationError::Unapplicable {
-                                    writer: writer.clone(),
-                                    lsn,
-                                    reason,
-                                }
-                            })?;
+                        let flushed = |database: &str, measurement: &str| {
+                            let key = MeasurementKey {
+                                database: database.to_owned(),
+                                measurement: measurement.to_owned(),
+                            };
+                            flushed_through(&state, view.as_deref(), &key)
+                        };
+                        let rows = replicate_entry(&buffers, flushed, lsn, &payload).map_err(
+                            |reason| ReplicationError::Unapplicable {
+                                writer: writer.clone(),
+                                lsn,
+                                reason,
+                            },
+                        )?;
                         stats.applied(lsn, rows);
                     }
                 }
@@ -150,7 +170,7 @@ impl Follower {
             let state = self.meta.state();
             keys.into_iter()
                 .map(|key| {
-                    let lsn = state.flushed_through(&key.database, &key.measurement);
+                    let lsn = flushed_through(&state, self.view.as_deref(), &key);
                     (key, lsn)
                 })
                 .collect()

@@ -1,7 +1,8 @@
-//! WAL streaming (Pattern B): a writer with `cluster.replication_enabled` serves its durable log
-//! entries on the coordinator port; each reader follows it from the LSN after the last entry it
-//! holds and applies the entries to its own buffers, so queries on the reader see rows before
-//! they are flushed.
+//! Pattern B: a writer with `cluster.replication_enabled` serves its durable log entries on the
+//! coordinator port; each reader follows it from the LSN after the last entry it holds and
+//! applies the entries to its own buffers, so queries on the reader see rows before they are
+//! flushed. A reader with its own (local) storage also copies every manifest file from its peers
+//! ([`Puller`]) and queries only manifest versions whose files it holds ([`ReplicaView`]).
 //!
 //! Nothing is dropped to relieve pressure: the writer reads what a reader asks for from its WAL
 //! (a bounded window in memory, else the segment files), and a slow reader simply reads slower.
@@ -14,7 +15,9 @@
 //! payload follows) or a keep-alive (the writer's durable LSN, sent while there is nothing new).
 
 mod follower;
+mod puller;
 mod source;
+mod view;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +27,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 
 pub use follower::Follower;
+pub use puller::Puller;
 pub use source::entry_stream;
+pub use view::{MeasurementView, ReplicaView};
 
 use crate::frame::{RECORD_HEADER_LEN, RecordReader, encode_record};
 use crate::wal::Lsn;
@@ -141,6 +146,12 @@ pub struct ReplicationStats {
     gaps: AtomicU64,
     connects: AtomicU64,
     chunks_released: AtomicU64,
+    files_missing: AtomicU64,
+    files_pulled: AtomicU64,
+    bytes_pulled: AtomicU64,
+    checksum_mismatches: AtomicU64,
+    pull_failures: AtomicU64,
+    files_deleted: AtomicU64,
     state: Mutex<StreamState>,
 }
 
@@ -168,6 +179,13 @@ pub struct ReplicationStatus {
     pub connects: u64,
     pub chunks_released: u64,
     pub last_error: Option<String>,
+    /// Manifest files not yet copied to this node (own storage only).
+    pub files_missing: u64,
+    pub files_pulled: u64,
+    pub bytes_pulled: u64,
+    pub checksum_mismatches: u64,
+    pub pull_failures: u64,
+    pub files_deleted: u64,
 }
 
 impl ReplicationStats {
@@ -229,6 +247,12 @@ impl ReplicationStats {
             connects: self.connects.load(Ordering::Relaxed),
             chunks_released: self.chunks_released.load(Ordering::Relaxed),
             last_error: state.last_error.clone(),
+            files_missing: self.files_missing.load(Ordering::Relaxed),
+            files_pulled: self.files_pulled.load(Ordering::Relaxed),
+            bytes_pulled: self.bytes_pulled.load(Ordering::Relaxed),
+            checksum_mismatches: self.checksum_mismatches.load(Ordering::Relaxed),
+            pull_failures: self.pull_failures.load(Ordering::Relaxed),
+            files_deleted: self.files_deleted.load(Ordering::Relaxed),
         }
     }
 }

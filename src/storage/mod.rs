@@ -225,6 +225,30 @@ impl Storage {
         result.bytes().await.map_err(err)
     }
 
+    /// An object's bytes as they arrive, for relaying without holding it whole.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, object_store::Error>>, StorageError>
+    {
+        let result = self
+            .store
+            .get(&ObjectPath::from(key))
+            .await
+            .map_err(|source| StorageError::Backend {
+                operation: "get",
+                key: key.to_string(),
+                source,
+            })?;
+        Ok(result.into_stream())
+    }
+
+    /// The size of `key` on the local backend when it is there; `None` elsewhere.
+    pub async fn local_size(&self, key: &str) -> Option<u64> {
+        let path = self.local_root.as_ref()?.join(key);
+        tokio::fs::metadata(path).await.ok().map(|m| m.len())
+    }
+
     /// Bytes `range` of an object.
     pub async fn get_range(
         &self,

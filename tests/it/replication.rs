@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::cluster_harness::{NodeSpec, TestCluster, eventually, get_json};
+use crate::cluster_harness::{NodeSpec, StorageMode, TestCluster, eventually, get_json};
 use crate::harness::Server;
 use crate::workload::{Ledger, Table, WorkloadOptions, check, queried_ids, start_writes};
 
@@ -225,4 +225,97 @@ async fn readers_converge_after_reader_kills_pauses_and_a_writer_restart() {
         );
     }
     cluster.assert_running();
+}
+
+/// Parquet files under `dir`, as storage keys, with their SHA-256.
+fn parquet_files(dir: &std::path::Path) -> Vec<(String, String)> {
+    use sha2::{Digest, Sha256};
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let key = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let digest = format!("{:x}", Sha256::digest(std::fs::read(&path).unwrap()));
+                found.push((key, digest));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Pattern B proper: every node keeps its own disk. Readers copy each file the writer
+/// registers, count every row exactly once while copies arrive (never more than was written,
+/// never less than they showed before), and end holding exactly the writer's files.
+#[tokio::test]
+async fn readers_with_their_own_disks_copy_every_file_and_count_each_row_once() {
+    let cluster = TestCluster::start_with(
+        StorageMode::OwnDirectories,
+        vec![
+            node("writer-01", "writer"),
+            node("reader-01", "reader"),
+            node("reader-02", "reader"),
+        ],
+    )
+    .await;
+    let table = "own.rows";
+    let writer = &cluster.node("writer-01").server;
+    let mut total = 0;
+    let mut samples: Vec<Vec<u64>> = vec![Vec::new(), Vec::new()];
+    for round in 0..12 {
+        write_rows(writer, table, total..total + 400).await;
+        total += 400;
+        if round % 2 == 1 {
+            writer.flush().await;
+        }
+        for (i, name) in ["reader-01", "reader-02"].into_iter().enumerate() {
+            if let Some(n) = count(&cluster.node(name).server, table).await {
+                samples[i].push(n);
+            }
+        }
+    }
+    writer.flush().await;
+    let files_on_writer = parquet_files(&cluster.data_dir("writer-01").unwrap());
+    assert!(files_on_writer.len() >= 6, "{files_on_writer:?}");
+    for (i, name) in ["reader-01", "reader-02"].into_iter().enumerate() {
+        let reader = &cluster.node(name).server;
+        eventually("the reader counts every row", SETTLE, || async {
+            (count(reader, table).await == Some(total)).then_some(())
+        })
+        .await;
+        let dir = cluster.data_dir(name).unwrap();
+        eventually("the reader holds the writer's files", SETTLE, || async {
+            (parquet_files(&dir) == files_on_writer).then_some(())
+        })
+        .await;
+        let samples = &samples[i];
+        assert!(
+            samples.windows(2).all(|w| w[0] <= w[1]) && samples.iter().all(|n| *n <= total),
+            "{name}: {samples:?}"
+        );
+        let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+        eprintln!(
+            "{name}: counts {samples:?}; {} files like the writer's; replication {}",
+            files_on_writer.len(),
+            replication_status(&status)
+        );
+        assert!(
+            status["data"]["replication"]["files_pulled"].as_u64()
+                >= Some(files_on_writer.len() as u64),
+            "{status}"
+        );
+    }
+    let manifest: Vec<String> = files_on_writer.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(cluster.manifest("reader-01").await, manifest);
 }
