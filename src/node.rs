@@ -339,7 +339,16 @@ async fn start_services(
     // where the writer put them.
     let view = (follows && config.storage.backend == StorageBackend::Local)
         .then(|| Arc::new(ReplicaView::default()));
-    let stats: Arc<ReplicationStats> = Arc::default();
+    let gated = view.is_some() && config.cluster.query_gate_on_catchup;
+    if gated && !config.cluster.replication_catchup_enabled {
+        tracing::warn!(
+            "cluster.query_gate_on_catchup is on but cluster.replication_catchup_enabled is off: \
+             the gate is disabled, since it would never open"
+        );
+    }
+    let stats = Arc::new(ReplicationStats::new(
+        gated && config.cluster.replication_catchup_enabled,
+    ));
     let follower = cluster
         .as_ref()
         .filter(|_| follows)

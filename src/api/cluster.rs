@@ -69,7 +69,36 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Value>,
         },
         "leader": raft.leader_id,
         "raft": raft,
+        "replication_catchup_status": services.replication.as_ref().map(|r| r.catchup_status()),
     })))
+}
+
+/// Holds queries back with the seeds' 503 while a reader's start-up catch-up has not settled
+/// (`cluster.query_gate_on_catchup`), so no query answers from a partial set of files.
+pub async fn catch_up_gate(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let closed = state
+        .services()
+        .ok()
+        .and_then(|s| s.replication.as_ref())
+        .and_then(|r| r.gate_closed());
+    let Some(catchup_status) = closed else {
+        return next.run(request).await;
+    };
+    let body = json!({
+        "success": false,
+        "error": "replication_catch_up_in_progress",
+        "message": "Reader is still catching up on replicated files. Retry shortly or check /api/v1/cluster for catch-up progress.",
+        "catchup_status": catchup_status,
+    });
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    response
 }
 
 #[derive(Debug, Deserialize)]

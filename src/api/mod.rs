@@ -151,6 +151,15 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .route("/api/v1/query/arrow", post(query::arrow))
                 .route("/api/v1/query/estimate", post(query::estimate))
                 .route("/api/v1/measurements", get(query::measurements))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(&state),
+                    cluster::catch_up_gate,
+                ))
+                .route_layer(role(Capability::Query))
+                .route_layer(read.clone()),
+        )
+        .merge(
+            Router::new()
                 .route("/api/v1/databases", get(databases::list))
                 .route("/api/v1/databases/{name}", get(databases::get))
                 .route(

@@ -19,6 +19,7 @@ mod puller;
 mod source;
 mod view;
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -152,7 +153,55 @@ pub struct ReplicationStats {
     checksum_mismatches: AtomicU64,
     pull_failures: AtomicU64,
     files_deleted: AtomicU64,
+    copies_in_flight: AtomicU64,
     state: Mutex<StreamState>,
+    catchup: Mutex<Catchup>,
+    /// `cluster.query_gate_on_catchup` (with the catch-up enabled, on a reader that copies files).
+    gated: bool,
+    gate_fires: AtomicU64,
+    gate_warned_at: Mutex<Option<Instant>>,
+}
+
+/// The start-up catch-up: the first pass of the puller over the whole manifest.
+#[derive(Debug, Default)]
+struct Catchup {
+    status: CatchupStatus,
+    /// Catch-up files not copied yet; a later copy of one heals the gate.
+    failed: HashSet<String>,
+}
+
+/// The seeds' catch-up counters, as `GET /api/v1/cluster` and the gate's 503 show them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CatchupStatus {
+    /// Unix seconds; 0 before the pass starts.
+    pub started_at: i64,
+    /// Unix seconds; 0 while the pass is still walking the manifest.
+    pub completed_at: i64,
+    pub entries_walked: u64,
+    pub enqueued: u64,
+    pub skipped_local: u64,
+    pub skipped_dup: u64,
+    pub pulled: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub catchup_inflight: u64,
+    pub catchup_failed: u64,
+    pub catchup_dropped: u64,
+    pub queue_depth: u64,
+    pub inflight_count: u64,
+}
+
+/// Pure: whether queries may be answered: the catch-up pass is over and every file it found
+/// missing has been copied.
+pub fn gate_open(catchup: &CatchupStatus) -> bool {
+    catchup.completed_at != 0
+        && catchup.catchup_inflight == 0
+        && catchup.catchup_failed == 0
+        && catchup.catchup_dropped == 0
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
 }
 
 #[derive(Debug, Default)]
@@ -186,6 +235,9 @@ pub struct ReplicationStatus {
     pub checksum_mismatches: u64,
     pub pull_failures: u64,
     pub files_deleted: u64,
+    pub catchup: CatchupStatus,
+    /// Queries answered 503 by the catch-up gate so far.
+    pub gate_fires: u64,
 }
 
 impl ReplicationStats {
@@ -253,13 +305,123 @@ impl ReplicationStats {
             checksum_mismatches: self.checksum_mismatches.load(Ordering::Relaxed),
             pull_failures: self.pull_failures.load(Ordering::Relaxed),
             files_deleted: self.files_deleted.load(Ordering::Relaxed),
+            catchup: self.catchup_status(),
+            gate_fires: self.gate_fires.load(Ordering::Relaxed),
         }
+    }
+
+    pub fn new(gated: bool) -> ReplicationStats {
+        ReplicationStats {
+            gated,
+            ..ReplicationStats::default()
+        }
+    }
+
+    pub fn catchup_status(&self) -> CatchupStatus {
+        let catchup = self.catchup.lock().unwrap();
+        CatchupStatus {
+            queue_depth: self.files_missing.load(Ordering::Relaxed),
+            inflight_count: self.copies_in_flight.load(Ordering::Relaxed),
+            ..catchup.status.clone()
+        }
+    }
+
+    /// The catch-up status while the gate holds queries back; `None` when they may run. Counts
+    /// the refusal, and warns at most once a second.
+    pub fn gate_closed(&self) -> Option<CatchupStatus> {
+        if !self.gated {
+            return None;
+        }
+        let status = self.catchup_status();
+        if gate_open(&status) {
+            return None;
+        }
+        self.gate_fires.fetch_add(1, Ordering::Relaxed);
+        let mut warned = self.gate_warned_at.lock().unwrap();
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *warned = Some(Instant::now());
+            tracing::warn!(
+                pending = status.catchup_inflight + status.catchup_failed,
+                "query refused: replication catch-up in progress"
+            );
+        }
+        Some(status)
+    }
+
+    fn catchup_started(&self, walked: usize, skipped_local: usize, missing: &[String]) {
+        let mut catchup = self.catchup.lock().unwrap();
+        catchup.status.started_at = unix_now();
+        catchup.status.entries_walked = walked as u64;
+        catchup.status.skipped_local = skipped_local as u64;
+        catchup.status.enqueued = missing.len() as u64;
+        catchup.status.catchup_inflight = missing.len() as u64;
+        catchup.failed.clear();
+    }
+
+    /// A copy of `path` ended; during the catch-up pass (`in_catchup`) it counts there.
+    fn copy_ended(&self, path: &str, copied: bool, in_catchup: bool) {
+        let mut catchup = self.catchup.lock().unwrap();
+        if in_catchup {
+            catchup.status.catchup_inflight = catchup.status.catchup_inflight.saturating_sub(1);
+            if copied {
+                catchup.status.pulled += 1;
+            } else {
+                catchup.status.failed += 1;
+                catchup.failed.insert(path.to_owned());
+            }
+        } else if copied {
+            catchup.failed.remove(path);
+        }
+        catchup.status.catchup_failed = catchup.failed.len() as u64;
+    }
+
+    /// Ends the catch-up pass; catch-up files that left the manifest no longer hold the gate.
+    fn catchup_round_done(&self, manifest: &HashSet<&str>, first: bool) {
+        let mut catchup = self.catchup.lock().unwrap();
+        if first {
+            catchup.status.completed_at = unix_now();
+        }
+        catchup.failed.retain(|p| manifest.contains(p.as_str()));
+        catchup.status.catchup_failed = catchup.failed.len() as u64;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gate_opens_once_the_catch_up_pass_is_over_and_nothing_it_found_is_missing() {
+        let done = CatchupStatus {
+            started_at: 1,
+            completed_at: 2,
+            ..CatchupStatus::default()
+        };
+        assert!(gate_open(&done));
+        assert!(!gate_open(&CatchupStatus::default()));
+        for pending in [
+            CatchupStatus {
+                catchup_inflight: 1,
+                ..done.clone()
+            },
+            CatchupStatus {
+                catchup_failed: 1,
+                ..done.clone()
+            },
+            CatchupStatus {
+                catchup_dropped: 1,
+                ..done.clone()
+            },
+        ] {
+            assert!(!gate_open(&pending), "{pending:?}");
+        }
+        // Steady-state trouble after the pass does not hold queries back.
+        assert!(gate_open(&CatchupStatus {
+            failed: 5,
+            queue_depth: 3,
+            ..done
+        }));
+    }
 
     #[test]
     fn frames_survive_any_cut_and_damage_is_detected() {

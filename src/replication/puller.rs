@@ -73,6 +73,9 @@ impl Puller {
         let mut local = HashSet::new();
         let mut removed: HashMap<String, Instant> = HashMap::new();
         let mut changes = self.cluster.applied_changes();
+        // The first pass is the start-up catch-up the query gate waits for. It starts after
+        // the barrier this node passed when it joined, so it walks the latest manifest.
+        let mut first = true;
         loop {
             changes.borrow_and_update();
             let manifest: Vec<FileEntry> = self.meta.state().files().cloned().collect();
@@ -81,21 +84,34 @@ impl Puller {
                 .filter(|f| !local.contains(&f.path))
                 .collect();
             let mut missing = Vec::new();
+            let mut skipped_local = 0;
             for file in unknown {
                 if self.storage.local_size(&file.path).await == Some(file.size_bytes) {
                     local.insert(file.path.clone());
+                    skipped_local += 1;
                 } else {
                     missing.push(file.clone());
                 }
+            }
+            if first {
+                let paths: Vec<String> = missing.iter().map(|f| f.path.clone()).collect();
+                self.stats
+                    .catchup_started(manifest.len(), skipped_local, &paths);
             }
             self.stats
                 .files_missing
                 .store(missing.len() as u64, Ordering::Relaxed);
             let this = &self;
             let mut copies = futures::stream::iter(missing)
-                .map(|file| async move { (this.pull(&file).await, file) })
+                .map(|file| async move {
+                    this.stats.copies_in_flight.fetch_add(1, Ordering::Relaxed);
+                    let copied = this.pull(&file).await;
+                    this.stats.copies_in_flight.fetch_sub(1, Ordering::Relaxed);
+                    (copied, file)
+                })
                 .buffer_unordered(self.workers.max(1));
             while let Some((copied, file)) = copies.next().await {
+                self.stats.copy_ended(&file.path, copied.is_ok(), first);
                 match copied {
                     Ok(()) => {
                         local.insert(file.path.clone());
@@ -109,8 +125,10 @@ impl Puller {
             }
             drop(copies);
             self.view.refresh(&self.meta.state(), &local);
-            self.delete_removed(&manifest, &mut local, &mut removed)
-                .await;
+            let listed: HashSet<&str> = manifest.iter().map(|f| f.path.as_str()).collect();
+            self.stats.catchup_round_done(&listed, first);
+            first = false;
+            self.delete_removed(&listed, &mut local, &mut removed).await;
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(RETRY_PAUSE) => {}
@@ -233,11 +251,10 @@ impl Puller {
     /// grace period has passed.
     async fn delete_removed(
         &self,
-        manifest: &[FileEntry],
+        listed: &HashSet<&str>,
         local: &mut HashSet<String>,
         removed: &mut HashMap<String, Instant>,
     ) {
-        let listed: HashSet<&str> = manifest.iter().map(|f| f.path.as_str()).collect();
         let referenced = self.view.referenced();
         for path in local.iter().filter(|p| !listed.contains(p.as_str())) {
             removed.entry(path.clone()).or_insert_with(Instant::now);

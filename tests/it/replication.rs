@@ -319,3 +319,95 @@ async fn readers_with_their_own_disks_copy_every_file_and_count_each_row_once() 
     let manifest: Vec<String> = files_on_writer.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(cluster.manifest("reader-01").await, manifest);
 }
+
+/// A reader that joins after 200+ files exist, with `query_gate_on_catchup`: while it copies
+/// them every query is refused with the seeds' 503 (body and `Retry-After: 5`), and every
+/// answer it does give counts all the rows, never part of them.
+#[tokio::test]
+async fn a_gated_reader_answers_only_complete_counts_or_the_catch_up_503() {
+    let mut cluster = TestCluster::start_with(
+        StorageMode::OwnDirectories,
+        vec![node("writer-01", "writer"), node("reader-01", "reader")],
+    )
+    .await;
+    let table = "gate.rows";
+    let writer = &cluster.node("writer-01").server;
+    let files = 210;
+    for batch in 0..files {
+        write_rows(writer, table, batch * 10..(batch + 1) * 10).await;
+        writer.flush().await;
+    }
+    let total = files * 10;
+    // Copies to the new reader crawl, so its catch-up takes a while.
+    let new_reader_ip: std::net::IpAddr = [127, 0, 0, 4].into();
+    cluster.node("writer-01").proxy.set_link(
+        new_reader_ip,
+        crate::cluster_harness::Link::Slow(Duration::from_millis(20)),
+    );
+    let mut gated = node("reader-02", "reader");
+    gated
+        .extra_env
+        .push(("ARC_CLUSTER_QUERY_GATE_ON_CATCHUP", "true".into()));
+    cluster.spawn(gated).await;
+    assert_eq!(cluster.nodes[2].ip, new_reader_ip);
+    let reader = &mut cluster.node_mut("reader-02").server;
+    reader.wait_ready().await;
+    let (mut refused, started) = (0, Instant::now());
+    loop {
+        let response = reader
+            .client
+            .post(reader.url("/api/v1/query"))
+            .json(&json!({ "sql": format!("SELECT count(*) AS n FROM {table}") }))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let body: serde_json::Value = response.json().await.unwrap();
+        if status == StatusCode::OK {
+            assert_eq!(
+                body["data"][0][0].as_u64(),
+                Some(total),
+                "a partial count: {body}"
+            );
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["success"], false, "{body}");
+        assert_eq!(body["error"], "replication_catch_up_in_progress", "{body}");
+        assert_eq!(retry_after.as_ref().map(|v| v.to_str().unwrap()), Some("5"));
+        for key in [
+            "started_at",
+            "completed_at",
+            "entries_walked",
+            "enqueued",
+            "catchup_inflight",
+            "catchup_failed",
+            "catchup_dropped",
+            "queue_depth",
+            "inflight_count",
+            "pulled",
+        ] {
+            assert!(
+                body["catchup_status"][key].is_u64() || body["catchup_status"][key].is_i64(),
+                "{key}: {body}"
+            );
+        }
+        refused += 1;
+        assert!(
+            started.elapsed() < SETTLE,
+            "still catching up after {SETTLE:?}: {body}"
+        );
+    }
+    let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+    eprintln!(
+        "gated reader: {refused} queries refused during a catch-up of {files} files, then {total} rows; {}",
+        replication_status(&status)
+    );
+    assert!(refused > 0, "the catch-up was over before the first query");
+    assert_eq!(
+        status["data"]["replication"]["gate_fires"].as_u64(),
+        Some(refused)
+    );
+}
