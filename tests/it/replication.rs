@@ -411,3 +411,142 @@ async fn a_gated_reader_answers_only_complete_counts_or_the_catch_up_503() {
         Some(refused)
     );
 }
+
+/// A copy whose bytes do not match the manifest's SHA-256 is refused and fetched from another
+/// peer; a caller without the shared secret gets neither files nor the WAL stream.
+#[tokio::test]
+async fn a_bad_copy_is_fetched_again_elsewhere_and_strangers_get_nothing() {
+    let mut cluster = TestCluster::start_with(
+        StorageMode::OwnDirectories,
+        vec![node("writer-01", "writer"), node("reader-01", "reader")],
+    )
+    .await;
+    let table = "bad.rows";
+    let writer = &cluster.node("writer-01").server;
+    for batch in 0..3 {
+        write_rows(writer, table, batch * 50..(batch + 1) * 50).await;
+        writer.flush().await;
+    }
+    let writer_dir = cluster.data_dir("writer-01").unwrap();
+    let good = parquet_files(&writer_dir);
+    let reader_dir = cluster.data_dir("reader-01").unwrap();
+    eventually("reader-01 holds every file", SETTLE, || async {
+        (parquet_files(&reader_dir) == good).then_some(())
+    })
+    .await;
+    // The origin's copy of one file goes bad, same size, different bytes.
+    let (damaged, _) = &good[0];
+    let path = writer_dir.join(damaged);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    cluster.add(node("reader-02", "reader")).await;
+    let reader = &cluster.node("reader-02").server;
+    let dir = cluster.data_dir("reader-02").unwrap();
+    eventually("reader-02 holds the good copies", SETTLE, || async {
+        (parquet_files(&dir) == good).then_some(())
+    })
+    .await;
+    eventually("reader-02 counts every row", SETTLE, || async {
+        (count(reader, table).await == Some(150)).then_some(())
+    })
+    .await;
+    let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+    eprintln!(
+        "reader-02 after a bad origin copy: {}",
+        replication_status(&status)
+    );
+    assert!(
+        status["data"]["replication"]["checksum_mismatches"].as_u64() >= Some(1),
+        "{status}"
+    );
+
+    let stranger = reqwest::Client::new();
+    let coordinator = cluster.node("writer-01").advertised();
+    for (path, body) in [
+        ("/internal/files/fetch", json!({ "path": damaged })),
+        ("/internal/replication/wal", json!({ "from_lsn": 1 })),
+    ] {
+        let response = stranger
+            .post(format!("http://{coordinator}{path}"))
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {text}");
+        assert!(!text.contains("PAR1"), "{path}: file bytes leaked");
+    }
+}
+
+/// Own disks under faults: a reader killed in the middle of its catch-up, and a reader cut off
+/// from the others and healed, both end with exactly the acknowledged rows and the writer's
+/// files.
+#[tokio::test]
+async fn readers_with_own_disks_converge_after_a_kill_mid_catch_up_and_a_partition() {
+    let mut cluster = TestCluster::start_with(
+        StorageMode::OwnDirectories,
+        vec![node("writer-01", "writer"), node("reader-01", "reader")],
+    )
+    .await;
+    let table = Table::new("own_faults", "rows");
+    let ledger = Ledger::new();
+    let writer_url = vec![cluster.node("writer-01").server.url("")];
+    let options = WorkloadOptions {
+        clients: 2,
+        ..WorkloadOptions::default()
+    };
+    let writes = start_writes(&ledger, writer_url.clone(), table.clone(), options.clone());
+    for _ in 0..40 {
+        cluster.node("writer-01").server.flush().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writes.stop().await;
+
+    cluster.add(node("reader-02", "reader")).await;
+    eventually("reader-02 has begun copying", SETTLE, || async {
+        let (_, status) =
+            get_json(&cluster.node("reader-02").server, "/api/v1/cluster/status").await;
+        (status["data"]["replication"]["files_pulled"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    cluster.kill9("reader-02");
+    cluster.restart("reader-02").await;
+
+    cluster.partition(&["reader-01"], crate::cluster_harness::Link::BlackHoled);
+    let writes = start_writes(&ledger, writer_url, table.clone(), options);
+    // Longer than a reader waits on a silent stream, so it reconnects after healing.
+    for _ in 0..20 {
+        cluster.node("writer-01").server.flush().await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    writes.stop().await;
+    cluster.node("writer-01").server.flush().await;
+    cluster.heal();
+
+    let files_on_writer = parquet_files(&cluster.data_dir("writer-01").unwrap());
+    for name in ["reader-01", "reader-02"] {
+        let reader = &cluster.node(name).server;
+        let verdict = eventually("the reader converges", SETTLE, || async {
+            let stored = queried_ids(reader, &table).await.ok()?;
+            check(&ledger, &stored).ok()
+        })
+        .await;
+        let dir = cluster.data_dir(name).unwrap();
+        eventually("the reader holds the writer's files", SETTLE, || async {
+            (parquet_files(&dir) == files_on_writer).then_some(())
+        })
+        .await;
+        let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+        eprintln!(
+            "{name}: {verdict}; {} files; replication {}",
+            files_on_writer.len(),
+            replication_status(&status)
+        );
+    }
+    cluster.assert_running();
+}
