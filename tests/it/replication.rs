@@ -550,3 +550,85 @@ async fn readers_with_own_disks_converge_after_a_kill_mid_catch_up_and_a_partiti
     }
     cluster.assert_running();
 }
+
+/// A row delete on the writer rewrites files: readers with their own disks copy the rewritten
+/// files, answer without the deleted rows, and once `query.timeout` has passed hold exactly the
+/// manifest's files (the replaced ones deleted).
+#[tokio::test]
+async fn readers_swap_to_rewritten_files_and_delete_the_replaced_ones() {
+    let with_deletes = |name, role| {
+        let mut spec = node(name, role);
+        spec.extra_env.extend([
+            ("ARC_DELETE_ENABLED", "true".to_owned()),
+            ("ARC_QUERY_TIMEOUT", "2".to_owned()),
+        ]);
+        spec
+    };
+    let cluster = TestCluster::start_with(
+        StorageMode::OwnDirectories,
+        vec![
+            with_deletes("writer-01", "writer"),
+            with_deletes("reader-01", "reader"),
+        ],
+    )
+    .await;
+    let table = "swap.rows";
+    let writer = &cluster.node("writer-01").server;
+    for batch in 0..4 {
+        write_rows(writer, table, batch * 70..(batch + 1) * 70).await;
+        writer.flush().await;
+    }
+    let reader = &cluster.node("reader-01").server;
+    eventually("the reader counts every row", SETTLE, || async {
+        (count(reader, table).await == Some(280)).then_some(())
+    })
+    .await;
+    let before = parquet_files(&cluster.data_dir("reader-01").unwrap());
+
+    let response = writer
+        .client
+        .post(writer.url("/api/v1/delete"))
+        .json(&json!({ "database": "swap", "measurement": "rows", "where": "host = 'h0'", "confirm": true }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let deleted = answer["deleted_count"].as_u64().unwrap();
+    assert!(deleted > 0, "{answer}");
+
+    eventually(
+        "the reader answers without the deleted rows",
+        SETTLE,
+        || async { (count(reader, table).await == Some(280 - deleted)).then_some(()) },
+    )
+    .await;
+    let manifest = cluster.manifest("writer-01").await;
+    let reader_dir = cluster.data_dir("reader-01").unwrap();
+    eventually(
+        "the reader holds exactly the manifest's files",
+        SETTLE,
+        || async {
+            let ours: Vec<String> = parquet_files(&reader_dir)
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            (ours == manifest).then_some(())
+        },
+    )
+    .await;
+    let after = parquet_files(&reader_dir);
+    assert_ne!(before, after);
+    let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+    eprintln!(
+        "after deleting {deleted} rows: {} files before, {} after; replication {}",
+        before.len(),
+        after.len(),
+        replication_status(&status)
+    );
+    assert!(
+        status["data"]["replication"]["files_deleted"].as_u64() > Some(0),
+        "{status}"
+    );
+}
