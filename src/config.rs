@@ -1524,6 +1524,22 @@ impl LogConfig {
 }
 
 impl StorageConfig {
+    /// Which storage this is, the same on every node that shares it: `local` for a node's own
+    /// disk (or a directory that only looks shared), else the object store's location.
+    pub fn identity(&self) -> String {
+        match self.backend {
+            StorageBackend::Local => "local".to_owned(),
+            StorageBackend::S3 | StorageBackend::Minio => format!(
+                "s3://{}/{}/{}",
+                self.s3_endpoint, self.s3_bucket, self.s3_prefix
+            ),
+            StorageBackend::Azure | StorageBackend::Azblob => format!(
+                "azure://{}/{}",
+                self.azure_account_name, self.azure_container
+            ),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let when = format!("storage.backend is {:?}", self.backend.as_str());
         match self.backend {

@@ -259,7 +259,13 @@ async fn start_services(
             return Err(NodeError::StandaloneMetadata(dir.to_path_buf()));
         }
         let api_addr = cluster::api_address(&config.cluster, api_addr);
-        let cluster = Cluster::start(&config.cluster, api_addr, cluster_stopped).await?;
+        let cluster = Cluster::start(
+            &config.cluster,
+            api_addr,
+            config.storage.identity(),
+            cluster_stopped,
+        )
+        .await?;
         (Arc::new(cluster.meta()), Some(cluster))
     } else {
         (

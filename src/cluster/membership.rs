@@ -23,6 +23,7 @@ impl Cluster {
             coordinator_addr: node.coordinator_addr.clone(),
             api_addr: node.api_addr.clone(),
             shared_storage: self.shared_storage,
+            storage: self.storage.clone(),
         }
     }
 

@@ -84,6 +84,8 @@ pub struct Cluster {
     route_retries: u32,
     /// `cluster.shared_storage_mode`, recorded with this node's registration.
     shared_storage: bool,
+    /// Where this node's files live, recorded with its registration.
+    storage: String,
     /// Why the cluster forbade this node to join, once it has.
     forbidden: Mutex<Option<String>>,
     /// This writer's durable entries, once its WAL is open and replication is enabled.

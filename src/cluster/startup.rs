@@ -26,6 +26,7 @@ impl Cluster {
     pub async fn start(
         config: &ClusterConfig,
         api_addr: String,
+        storage: String,
         stop: watch::Receiver<bool>,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let name = if config.node_id.is_empty() {
@@ -111,6 +112,7 @@ impl Cluster {
             request_timeout: Duration::from_millis(config.route_timeout),
             route_retries: config.route_retries,
             shared_storage: config.shared_storage_mode,
+            storage,
             forbidden: Mutex::new(None),
             wal_feed: std::sync::OnceLock::new(),
             file_storage: std::sync::OnceLock::new(),

@@ -37,6 +37,9 @@ pub struct NodeRecord {
     pub api_addr: String,
     /// Started with `cluster.shared_storage_mode`: writers share one object store.
     pub shared_storage: bool,
+    /// [`StorageConfig::identity`](crate::config::StorageConfig::identity): where its files live.
+    #[serde(default)]
+    pub storage: String,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +72,16 @@ pub enum NodeError {
         requested: bool,
         other: String,
     },
+    #[error(
+        "node {name} keeps its files in {storage}, but node {other} in {other_storage}; \
+         every node uses its own local disk, or all share one object store"
+    )]
+    StorageDiffers {
+        name: String,
+        storage: String,
+        other: String,
+        other_storage: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +110,17 @@ impl NodeRegistry {
                     name: name.to_owned(),
                     requested: record.shared_storage,
                     other: other.clone(),
+                });
+            }
+            if !record.storage.is_empty()
+                && !existing.storage.is_empty()
+                && record.storage != existing.storage
+            {
+                return Err(NodeError::StorageDiffers {
+                    name: name.to_owned(),
+                    storage: record.storage.clone(),
+                    other: other.clone(),
+                    other_storage: existing.storage.clone(),
                 });
             }
             if record.role.ingests() && existing.role.ingests() {
@@ -134,6 +158,7 @@ mod tests {
             coordinator_addr: "node:9000".into(),
             api_addr: "node:8000".into(),
             shared_storage: false,
+            storage: "local".into(),
         }
     }
 
@@ -192,6 +217,24 @@ mod tests {
         assert!(
             matches!(refused, NodeError::SecondIngester { .. }),
             "{refused}"
+        );
+    }
+
+    #[test]
+    fn every_node_keeps_its_files_in_the_same_kind_of_place() {
+        let cluster = registry(&[("writer-01", record(NodeRole::Writer))]);
+        let on_s3 = NodeRecord {
+            storage: "s3://garage/arc/".into(),
+            ..record(NodeRole::Reader)
+        };
+        let refused = cluster.check_register("reader-01", &on_s3).unwrap_err();
+        assert!(
+            matches!(refused, NodeError::StorageDiffers { .. }),
+            "{refused}"
+        );
+        assert_eq!(
+            cluster.check_register("reader-01", &record(NodeRole::Reader)),
+            Ok(())
         );
     }
 

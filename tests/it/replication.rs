@@ -632,3 +632,29 @@ async fn readers_swap_to_rewritten_files_and_delete_the_replaced_ones() {
         "{status}"
     );
 }
+
+/// Nodes must agree on where files live: a reader on the test's S3 bucket cannot join a writer
+/// that keeps its files on its own disk.
+#[tokio::test]
+async fn a_node_on_other_storage_than_the_cluster_is_refused() {
+    let mut cluster = TestCluster::start_with(
+        StorageMode::OwnDirectories,
+        vec![node("writer-01", "writer")],
+    )
+    .await;
+    let s3 = crate::garage::s3_env(&crate::garage::garage_server().s3_endpoint, "mixed-storage");
+    let mut on_s3 = node("reader-01", "reader");
+    on_s3
+        .extra_env
+        .extend(s3.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    cluster.spawn(on_s3).await;
+    let server = &mut cluster.node_mut("reader-01").server;
+    let exit = server.wait_exit().await;
+    let log = server.log();
+    eprintln!("reader on S3 joining a local-disk writer: {exit}");
+    assert!(!exit.success(), "{log}");
+    assert!(
+        log.contains("every node uses its own local disk, or all share one object store"),
+        "{log}"
+    );
+}
