@@ -341,11 +341,12 @@ async fn start_services(
         cluster.serve_files(storage.clone());
     }
     let follows = replicas && config.cluster.role == NodeRole::Reader;
-    // A reader on local storage holds copies of the files; on an object store it reads them
-    // where the writer put them.
-    let view = (follows && config.storage.backend == StorageBackend::Local)
-        .then(|| Arc::new(ReplicaView::default()));
-    let gated = view.is_some() && config.cluster.query_gate_on_catchup;
+    // On local storage every node holds a copy of every manifest file (a compactor merges
+    // them, a writer rewrites them for deletes, a reader queries them); on an object store all
+    // read them where they were put.
+    let copies_files = replicas && config.storage.backend == StorageBackend::Local;
+    let view = copies_files.then(|| Arc::new(ReplicaView::default()));
+    let gated = follows && view.is_some() && config.cluster.query_gate_on_catchup;
     if gated && !config.cluster.replication_catchup_enabled {
         tracing::warn!(
             "cluster.query_gate_on_catchup is on but cluster.replication_catchup_enabled is off: \
@@ -366,6 +367,8 @@ async fn start_services(
             view: view.clone(),
             max_buffered_bytes: MAX_BUFFERED_BYTES,
         });
+    // Only a reader's queries read through the view; the others read the manifest.
+    let query_view = view.clone().filter(|_| follows);
     let puller = cluster
         .as_ref()
         .zip(view.as_ref())
@@ -394,7 +397,7 @@ async fn start_services(
     let query = Arc::new(QueryEngine::new(
         Arc::clone(&meta),
         Arc::clone(&buffers),
-        view,
+        query_view,
         &storage,
     ));
     let flusher = Arc::new(Flusher::new(
@@ -450,7 +453,7 @@ async fn start_services(
             deleter,
             continuous_queries,
             cluster,
-            replication: follower.is_some().then_some(stats),
+            replication: (follower.is_some() || puller.is_some()).then_some(stats),
         },
         wal,
         follower,

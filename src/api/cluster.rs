@@ -215,6 +215,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
         "cluster_name": cluster.cluster_name(),
         "raft": cluster.raft_status(),
         "replication": replication,
+        "replication_readers": cluster.replication_readers(),
     })))
 }
 

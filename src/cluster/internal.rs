@@ -39,7 +39,7 @@ const MAX_IN_PROGRESS: usize = 256;
 
 /// The authenticated sender of an internal request.
 #[derive(Debug, Clone)]
-struct Peer(String);
+pub(super) struct Peer(pub(super) String);
 
 pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let router = Router::new()

@@ -90,6 +90,8 @@ pub struct Cluster {
     forbidden: Mutex<Option<String>>,
     /// This writer's durable entries, once its WAL is open and replication is enabled.
     wal_feed: std::sync::OnceLock<Arc<crate::wal::Feed>>,
+    /// Each reader's position in this writer's stream.
+    stream_readers: Arc<crate::replication::ReaderPositions>,
     /// This node's storage, once it serves its files to peers.
     file_storage: std::sync::OnceLock<crate::storage::Storage>,
     runtime: tokio::runtime::Handle,

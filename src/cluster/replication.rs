@@ -3,20 +3,30 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 
 use futures::TryStreamExt;
 
+use super::internal::Peer;
 use super::{Cluster, ClusterError, NodeState};
-use crate::replication::{STREAM_PATH, StreamRequest, entry_stream};
+use crate::replication::{ReaderStatus, STREAM_PATH, StreamRequest, entry_stream};
 use crate::storage::Storage;
 use crate::wal::Feed;
 
 impl Cluster {
+    /// The readers streaming (or that have streamed) from this writer, and how far behind each is.
+    pub fn replication_readers(&self) -> Vec<ReaderStatus> {
+        let Some(feed) = self.wal_feed.get() else {
+            return Vec::new();
+        };
+        let durable = *feed.durable().borrow();
+        self.stream_readers.status(durable)
+    }
+
     /// Serves this node's durable WAL entries to readers from now on.
     pub fn serve_wal(&self, feed: Arc<Feed>) {
         if self.wal_feed.set(feed).is_err() {
@@ -53,6 +63,7 @@ impl Cluster {
 /// `POST /internal/replication/wal`.
 pub(super) async fn serve_stream(
     State(cluster): State<Arc<Cluster>>,
+    Extension(Peer(reader)): Extension<Peer>,
     Json(request): Json<StreamRequest>,
 ) -> Response {
     let Some(feed) = cluster.wal_feed.get() else {
@@ -64,7 +75,13 @@ pub(super) async fn serve_stream(
         });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     };
-    Body::from_stream(entry_stream(Arc::clone(feed), request.from_lsn)).into_response()
+    let stream = entry_stream(
+        Arc::clone(feed),
+        request.from_lsn,
+        reader,
+        Arc::clone(&cluster.stream_readers),
+    );
+    Body::from_stream(stream).into_response()
 }
 
 /// What a reader asks a peer for: one manifest file.

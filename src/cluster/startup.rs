@@ -115,6 +115,7 @@ impl Cluster {
             storage,
             forbidden: Mutex::new(None),
             wal_feed: std::sync::OnceLock::new(),
+            stream_readers: Arc::default(),
             file_storage: std::sync::OnceLock::new(),
             runtime: tokio::runtime::Handle::current(),
             next_target: AtomicUsize::new(0),

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 pub use follower::Follower;
 pub use puller::Puller;
-pub use source::entry_stream;
+pub use source::{ReaderPositions, ReaderStatus, entry_stream};
 pub use view::{MeasurementView, ReplicaView};
 
 use crate::frame::{RECORD_HEADER_LEN, RecordReader, encode_record};

@@ -1,7 +1,12 @@
 //! The writer's side of the stream: durable entries from an LSN on, as the feed has them, with
-//! keep-alives while there is nothing new.
+//! keep-alives while there is nothing new. The writer keeps each reader's position (the last
+//! entry sent) for its status.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -13,10 +18,91 @@ use crate::wal::{Feed, Lsn};
 /// Bytes of entries read from the feed at a time, sent as one body chunk.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Where each reader's stream is, as this writer has sent it.
+#[derive(Debug, Default)]
+pub struct ReaderPositions {
+    readers: Mutex<BTreeMap<String, Position>>,
+}
+
+#[derive(Debug)]
+struct Position {
+    sent_lsn: Lsn,
+    streams: usize,
+    caught_up_at: Instant,
+}
+
+/// One reader's stream as `GET /api/v1/cluster/status` shows it on the writer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReaderStatus {
+    pub reader: String,
+    pub connected: bool,
+    pub sent_lsn: Lsn,
+    pub lag_entries: u64,
+    pub lag_seconds: f64,
+}
+
+impl ReaderPositions {
+    /// Every reader that has streamed from this writer, against its durable LSN.
+    pub fn status(&self, durable_lsn: Lsn) -> Vec<ReaderStatus> {
+        self.readers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(reader, position)| {
+                let lag_entries = durable_lsn.saturating_sub(position.sent_lsn);
+                ReaderStatus {
+                    reader: reader.clone(),
+                    connected: position.streams > 0,
+                    sent_lsn: position.sent_lsn,
+                    lag_entries,
+                    lag_seconds: if lag_entries == 0 {
+                        0.0
+                    } else {
+                        position.caught_up_at.elapsed().as_secs_f64()
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn opened(&self, reader: &str, from: Lsn) {
+        let mut readers = self.readers.lock().unwrap();
+        let position = readers.entry(reader.to_owned()).or_insert(Position {
+            sent_lsn: from.saturating_sub(1),
+            streams: 0,
+            caught_up_at: Instant::now(),
+        });
+        position.streams += 1;
+    }
+
+    fn sent(&self, reader: &str, lsn: Lsn, durable: Lsn) {
+        if let Some(position) = self.readers.lock().unwrap().get_mut(reader) {
+            position.sent_lsn = position.sent_lsn.max(lsn);
+            if lsn >= durable {
+                position.caught_up_at = Instant::now();
+            }
+        }
+    }
+
+    fn closed(&self, reader: &str) {
+        if let Some(position) = self.readers.lock().unwrap().get_mut(reader) {
+            position.streams = position.streams.saturating_sub(1);
+        }
+    }
+}
+
 struct Cursor {
     feed: Arc<Feed>,
     durable: watch::Receiver<Lsn>,
     next: Lsn,
+    reader: String,
+    positions: Arc<ReaderPositions>,
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        self.positions.closed(&self.reader);
+    }
 }
 
 /// The response body for a reader that holds every entry before `from`. It ends only with an
@@ -25,11 +111,16 @@ struct Cursor {
 pub fn entry_stream(
     feed: Arc<Feed>,
     from: Lsn,
+    reader: String,
+    positions: Arc<ReaderPositions>,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    positions.opened(&reader, from);
     let cursor = Cursor {
         durable: feed.durable(),
         feed,
         next: from,
+        reader,
+        positions,
     };
     futures::stream::unfold(Some(cursor), |cursor| async move {
         let mut cursor = cursor?;
@@ -48,6 +139,8 @@ pub fn entry_stream(
             };
             if let Some(last) = entries.last() {
                 cursor.next = last.lsn + 1;
+                let durable = *cursor.durable.borrow();
+                cursor.positions.sent(&cursor.reader, last.lsn, durable);
                 let mut out = Vec::new();
                 for entry in &entries {
                     encode_entry(&mut out, entry.lsn, &entry.parts);
@@ -60,6 +153,9 @@ pub fn entry_stream(
                 Ok(Err(_)) => return None,
                 Err(_) => {
                     let durable = *cursor.durable.borrow();
+                    cursor
+                        .positions
+                        .sent(&cursor.reader, cursor.next - 1, durable);
                     return Some((Ok(encode_keepalive(durable)), Some(cursor)));
                 }
             }

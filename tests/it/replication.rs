@@ -164,6 +164,17 @@ async fn readers_count_acknowledged_rows_before_any_flush_and_exactly_once_throu
         );
     }
     assert!(!cluster.manifest("reader-01").await.is_empty());
+    let (_, on_writer) = get_json(writer, "/api/v1/cluster/status").await;
+    let readers = on_writer["data"]["replication_readers"].clone();
+    eprintln!("the writer's view of its readers: {readers}");
+    let connected: Vec<&str> = readers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["connected"] == true)
+        .filter_map(|r| r["reader"].as_str())
+        .collect();
+    assert_eq!(connected, ["reader-01", "reader-02"], "{on_writer}");
     let (_, status) = get_json(&cluster.node("reader-01").server, "/api/v1/cluster/status").await;
     eprintln!("reader-01 replication: {}", replication_status(&status));
     assert!(
@@ -172,11 +183,24 @@ async fn readers_count_acknowledged_rows_before_any_flush_and_exactly_once_throu
     );
 }
 
-/// A reader killed and restarted, a reader paused while the writer writes and flushes, and a
-/// writer killed and restarted: afterwards both readers return exactly the acknowledged rows.
+/// A reader killed and restarted after the writer flushed and released the start of its WAL, a
+/// reader paused meanwhile, and a writer killed and restarted: afterwards both readers return
+/// exactly the acknowledged rows, and the restarted one counted the entries it skipped (their
+/// rows were in files).
 #[tokio::test]
 async fn readers_converge_after_reader_kills_pauses_and_a_writer_restart() {
-    let mut cluster = writer_and_two_readers().await;
+    let mut small_segments = node("writer-01", "writer");
+    // A short window and small segments, so the start of the log is soon released.
+    small_segments.extra_env.extend([
+        ("ARC_WAL_MAX_SIZE_MB", "1".to_owned()),
+        ("ARC_CLUSTER_REPLICATION_BUFFER_SIZE", "20".to_owned()),
+    ]);
+    let mut cluster = TestCluster::start(vec![
+        small_segments,
+        node("reader-01", "reader"),
+        node("reader-02", "reader"),
+    ])
+    .await;
     let table = Table::new("follow", "rows");
     let ledger = Ledger::new();
     let options = WorkloadOptions {
@@ -188,12 +212,23 @@ async fn readers_converge_after_reader_kills_pauses_and_a_writer_restart() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.kill9("reader-01");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Several megabytes meanwhile: segments fill, and flushes release them.
+    for round in 0..8 {
+        write_rows(
+            &cluster.node("writer-01").server,
+            "gap.big",
+            round * 5_000..(round + 1) * 5_000,
+        )
+        .await;
+        cluster.node("writer-01").server.flush().await;
+    }
+    // Restarted with nothing, reader-01 asks for the first entry, which the writer released.
     cluster.restart("reader-01").await;
     cluster.pause("reader-02");
-    cluster.node("writer-01").server.flush().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.node("writer-01").server.flush().await;
+    for _ in 0..4 {
+        cluster.node("writer-01").server.flush().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     cluster.resume("reader-02");
     writes.stop().await;
 
@@ -223,6 +258,18 @@ async fn readers_converge_after_reader_kills_pauses_and_a_writer_restart() {
             "{name}: {verdict}; replication {}",
             replication_status(&status)
         );
+        eventually(
+            "the reader counts the rows written meanwhile",
+            SETTLE,
+            || async { (count(reader, "gap.big").await == Some(40_000)).then_some(()) },
+        )
+        .await;
+        if name == "reader-01" {
+            assert!(
+                status["data"]["replication"]["gaps"].as_u64() >= Some(1),
+                "the restarted reader was not told the log had moved on: {status}"
+            );
+        }
     }
     cluster.assert_running();
 }
@@ -656,5 +703,86 @@ async fn a_node_on_other_storage_than_the_cluster_is_refused() {
     assert!(
         log.contains("every node uses its own local disk, or all share one object store"),
         "{log}"
+    );
+}
+
+/// Compaction with own disks: the compactor copies the writer's files, merges a partition, and
+/// the reader (and the writer) copy the merged file, answer every row once, and delete the
+/// inputs after `query.timeout`.
+#[tokio::test]
+async fn nodes_with_own_disks_take_the_compactors_output_and_drop_its_inputs() {
+    let compacting = |name, role| {
+        let mut spec = node(name, role);
+        spec.extra_env.extend([
+            ("ARC_COMPACTION_HOURLY_MIN_FILES", "3".to_owned()),
+            ("ARC_QUERY_TIMEOUT", "2".to_owned()),
+        ]);
+        spec
+    };
+    let cluster = TestCluster::start_with(
+        StorageMode::OwnDirectories,
+        vec![
+            compacting("writer-01", "writer"),
+            compacting("compactor-01", "compactor"),
+            compacting("reader-01", "reader"),
+        ],
+    )
+    .await;
+    let writer = &cluster.node("writer-01").server;
+    // Four files in an hour two days ago, so the hour is finished and compactable.
+    let hour_ns = {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+        now - now.rem_euclid(3_600_000_000_000) - 48 * 3_600_000_000_000
+    };
+    for file in 0..4i64 {
+        let lines: String = (0..50i64)
+            .map(|i| {
+                format!(
+                    "merged,host=h{} id={}i {}\n",
+                    i % 3,
+                    file * 50 + i,
+                    hour_ns + (file * 50 + i) * 1_000
+                )
+            })
+            .collect();
+        let (status, body) = writer.post("/write?db=compact", &[], lines).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        writer.flush().await;
+    }
+    let inputs = cluster.manifest("writer-01").await;
+    assert_eq!(inputs.len(), 4, "{inputs:?}");
+    let compactor = &cluster.node("compactor-01").server;
+    let compactor_dir = cluster.data_dir("compactor-01").unwrap();
+    eventually("the compactor holds the inputs", SETTLE, || async {
+        let held: Vec<String> = parquet_files(&compactor_dir)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        (held == inputs).then_some(())
+    })
+    .await;
+    let (status, body) = compactor
+        .post("/api/v1/compaction/trigger?tier=hourly", &[], "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let output = eventually("one merged file in the manifest", SETTLE, || async {
+        let manifest = cluster.manifest("writer-01").await;
+        (manifest.len() == 1).then_some(manifest)
+    })
+    .await;
+    for name in ["reader-01", "writer-01", "compactor-01"] {
+        let dir = cluster.data_dir(name).unwrap();
+        eventually("only the merged file left on disk", SETTLE, || async {
+            let held: Vec<String> = parquet_files(&dir).into_iter().map(|(k, _)| k).collect();
+            (held == output).then_some(())
+        })
+        .await;
+    }
+    let reader = &cluster.node("reader-01").server;
+    assert_eq!(count(reader, "compact.merged").await, Some(200));
+    let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+    eprintln!(
+        "after compaction: {output:?}; reader replication {}",
+        replication_status(&status)
     );
 }
