@@ -394,6 +394,13 @@ impl Writer {
     /// there is one. The old segment needs no sync: every group written to it was synced as the
     /// mode requires.
     fn rotate(&mut self, next_first: Lsn) -> Result<(), WalError> {
+        // A reused spare still holds its old records past what this segment wrote. Cut them
+        // off before a later segment exists, so a closed segment ends at its last record and
+        // bytes after it at replay are damage, not a stale remnant cut mid-record.
+        self.file
+            .set_len(self.size)
+            .and_then(|_| self.file.sync_all())
+            .map_err(|e| WalError::io(&self.path, e))?;
         let (file, path) = match self.spares.pop() {
             Some(spare) => segment::reuse_spare(&self.options.dir, &spare, next_first)?,
             None => segment::create_segment(&self.options.dir, next_first)?,
@@ -665,6 +672,35 @@ mod tests {
         let (entries, _) = collect(dir.path());
         let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
         assert_eq!(lsns, vec![3, 4, 5, 6, 7]);
+    }
+
+    #[tokio::test]
+    async fn a_reused_spare_longer_than_its_new_records_replays_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, recovery) = collect(dir.path());
+        // One 196-byte record per segment; three of them become spares.
+        let wal = Wal::start(options(dir.path(), 200), 1, recovery).unwrap();
+        for lsn in 1..=4 {
+            wal.append(lsn, vec![Bytes::from(vec![0xab; 180])])
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        wal.release_through(3);
+        wal.close().await;
+        let (_, recovery) = collect(dir.path());
+        // Smaller segments of small records: each reused spare is cut mid old record.
+        let wal = Wal::start(options(dir.path(), 100), 5, recovery).unwrap();
+        for lsn in 5..=14 {
+            wal.append(lsn, vec![Bytes::from_static(b"0123456789")])
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        wal.close().await;
+        let (entries, _) = collect(dir.path());
+        let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
+        assert_eq!(lsns, [4].into_iter().chain(5..=14).collect::<Vec<_>>());
     }
 
     #[tokio::test]
