@@ -272,7 +272,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let elapsed = started.elapsed().as_secs_f64();
-    let files = status["files_pulled"].as_u64().unwrap_or(0);
+    let files = status["pulled"].as_u64().unwrap_or(0);
     let bytes = status["bytes_pulled"].as_u64().unwrap_or(0);
     println!(
         "catch-up of a new reader (start included): {files} files, {:.1} MB in {elapsed:.2} s = {:.0} files/s, {:.1} MB/s",

@@ -230,10 +230,19 @@ pub struct ReplicationStatus {
     pub last_error: Option<String>,
     /// Manifest files not yet copied to this node (own storage only).
     pub files_missing: u64,
+    /// Files copied from peers, under Arc's key.
+    #[serde(rename = "pulled")]
     pub files_pulled: u64,
     pub bytes_pulled: u64,
+    #[serde(rename = "checksum_mismatch")]
     pub checksum_mismatches: u64,
+    /// Copies that failed (each peer tried counts), under Arc's key.
+    #[serde(rename = "failed")]
     pub pull_failures: u64,
+    /// Arc's counters of work its bounded queue dropped or found queued twice; both stay 0 here,
+    /// since the puller rescans the manifest instead of queueing changes.
+    pub dropped: u64,
+    pub skipped_dup: u64,
     pub files_deleted: u64,
     pub catchup: CatchupStatus,
     /// Queries answered 503 by the catch-up gate so far.
@@ -304,6 +313,8 @@ impl ReplicationStats {
             bytes_pulled: self.bytes_pulled.load(Ordering::Relaxed),
             checksum_mismatches: self.checksum_mismatches.load(Ordering::Relaxed),
             pull_failures: self.pull_failures.load(Ordering::Relaxed),
+            dropped: 0,
+            skipped_dup: 0,
             files_deleted: self.files_deleted.load(Ordering::Relaxed),
             catchup: self.catchup_status(),
             gate_fires: self.gate_fires.load(Ordering::Relaxed),

@@ -358,8 +358,7 @@ async fn readers_with_their_own_disks_copy_every_file_and_count_each_row_once() 
             replication_status(&status)
         );
         assert!(
-            status["data"]["replication"]["files_pulled"].as_u64()
-                >= Some(files_on_writer.len() as u64),
+            status["data"]["replication"]["pulled"].as_u64() >= Some(files_on_writer.len() as u64),
             "{status}"
         );
     }
@@ -506,7 +505,7 @@ async fn a_bad_copy_is_fetched_again_elsewhere_and_strangers_get_nothing() {
         replication_status(&status)
     );
     assert!(
-        status["data"]["replication"]["checksum_mismatches"].as_u64() >= Some(1),
+        status["data"]["replication"]["checksum_mismatch"].as_u64() >= Some(1),
         "{status}"
     );
 
@@ -558,7 +557,7 @@ async fn readers_with_own_disks_converge_after_a_kill_mid_catch_up_and_a_partiti
     eventually("reader-02 has begun copying", SETTLE, || async {
         let (_, status) =
             get_json(&cluster.node("reader-02").server, "/api/v1/cluster/status").await;
-        (status["data"]["replication"]["files_pulled"].as_u64() > Some(0)).then_some(())
+        (status["data"]["replication"]["pulled"].as_u64() > Some(0)).then_some(())
     })
     .await;
     cluster.kill9("reader-02");
