@@ -16,8 +16,9 @@ use crate::ingest::replicate_entry;
 use crate::meta::{Meta, MetaState};
 use crate::wal::Lsn;
 
-/// Pause before reconnecting after the stream ended or failed.
+/// Pause before reconnecting after the stream ended or failed, doubling while connecting fails.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
 
 /// Pause while the buffers are over their limit, waiting for the writer's flushes to release
 /// rows; the stream is not read meanwhile, which slows the writer's side of it down.
@@ -46,17 +47,34 @@ fn flushed_through(meta: &MetaState, view: Option<&ReplicaView>, key: &Measureme
 impl Follower {
     /// Follows the writer until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut pause = RECONNECT_PAUSE;
         loop {
+            let connects = self
+                .stats
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed);
             let followed = tokio::select! {
                 followed = self.follow_once() => followed,
                 _ = stop.wait_for(|s| *s) => return,
             };
             if let Err(err) = followed {
-                tracing::warn!(error = %err, "replication stream interrupted; reconnecting");
+                tracing::warn!(error = %err, retry_in = ?pause, "replication stream interrupted");
                 self.stats.disconnected(&err);
             }
+            // A writer that keeps refusing (restarting, or not serving a stream) is asked less
+            // and less often; one that streamed is asked again at once.
+            let streamed = self
+                .stats
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > connects;
+            pause = if streamed {
+                RECONNECT_PAUSE
+            } else {
+                (pause * 2).min(MAX_RECONNECT_PAUSE)
+            };
             tokio::select! {
-                _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
