@@ -175,12 +175,13 @@ async fn readers_count_acknowledged_rows_before_any_flush_and_exactly_once_throu
         .filter_map(|r| r["reader"].as_str())
         .collect();
     assert_eq!(connected, ["reader-01", "reader-02"], "{on_writer}");
-    let (_, status) = get_json(&cluster.node("reader-01").server, "/api/v1/cluster/status").await;
+    let reader = &cluster.node("reader-01").server;
+    let status = eventually("released chunks counted", SETTLE, || async {
+        let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+        (status["data"]["replication"]["chunks_released"].as_u64() > Some(0)).then_some(status)
+    })
+    .await;
     eprintln!("reader-01 replication: {}", replication_status(&status));
-    assert!(
-        status["data"]["replication"]["chunks_released"].as_u64() > Some(0),
-        "{status}"
-    );
 }
 
 /// A reader killed and restarted after the writer flushed and released the start of its WAL, a
@@ -351,15 +352,17 @@ async fn readers_with_their_own_disks_copy_every_file_and_count_each_row_once() 
             samples.windows(2).all(|w| w[0] <= w[1]) && samples.iter().all(|n| *n <= total),
             "{name}: {samples:?}"
         );
-        let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+        // A copy is on disk a moment before the puller counts it.
+        let status = eventually("every copy counted", SETTLE, || async {
+            let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+            let pulled = status["data"]["replication"]["pulled"].as_u64()?;
+            (pulled >= files_on_writer.len() as u64).then_some(status)
+        })
+        .await;
         eprintln!(
             "{name}: counts {samples:?}; {} files like the writer's; replication {}",
             files_on_writer.len(),
             replication_status(&status)
-        );
-        assert!(
-            status["data"]["replication"]["pulled"].as_u64() >= Some(files_on_writer.len() as u64),
-            "{status}"
         );
     }
     let manifest: Vec<String> = files_on_writer.iter().map(|(k, _)| k.clone()).collect();
@@ -666,16 +669,17 @@ async fn readers_swap_to_rewritten_files_and_delete_the_replaced_ones() {
     .await;
     let after = parquet_files(&reader_dir);
     assert_ne!(before, after);
-    let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+    // A file is gone from disk a moment before the puller counts it.
+    let status = eventually("the deletions counted", SETTLE, || async {
+        let (_, status) = get_json(reader, "/api/v1/cluster/status").await;
+        (status["data"]["replication"]["files_deleted"].as_u64() > Some(0)).then_some(status)
+    })
+    .await;
     eprintln!(
         "after deleting {deleted} rows: {} files before, {} after; replication {}",
         before.len(),
         after.len(),
         replication_status(&status)
-    );
-    assert!(
-        status["data"]["replication"]["files_deleted"].as_u64() > Some(0),
-        "{status}"
     );
 }
 
