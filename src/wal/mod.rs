@@ -647,31 +647,33 @@ mod tests {
         let (_, recovery) = collect(dir.path());
         // Tiny segments: every group rotates.
         let wal = Wal::start(options(dir.path(), 1), 1, recovery).unwrap();
-        for lsn in 1..=4 {
-            wal.append(lsn, vec![Bytes::from_static(b"x")])
-                .await
-                .unwrap()
-                .unwrap();
-        }
+        append_each(&wal, 1..=4, Bytes::from_static(b"x")).await;
         wal.release_through(2);
         wal.close().await;
         let (entries, recovery) = collect(dir.path());
-        let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
-        assert_eq!(lsns, vec![3, 4]);
+        assert_eq!(lsns_of(&entries), vec![3, 4]);
         assert_eq!(recovery.spares.len(), 2);
 
         // Spares are overwritten by later segments; their stale entries never come back.
         let wal = Wal::start(options(dir.path(), 1), 5, recovery).unwrap();
-        for lsn in 5..=7 {
-            wal.append(lsn, vec![Bytes::from_static(b"y")])
+        append_each(&wal, 5..=7, Bytes::from_static(b"y")).await;
+        wal.close().await;
+        let (entries, _) = collect(dir.path());
+        assert_eq!(lsns_of(&entries), vec![3, 4, 5, 6, 7]);
+    }
+
+    /// Appends `payload` under each of `lsns`, one group each.
+    async fn append_each(wal: &Wal, lsns: std::ops::RangeInclusive<Lsn>, payload: Bytes) {
+        for lsn in lsns {
+            wal.append(lsn, vec![payload.clone()])
                 .await
                 .unwrap()
                 .unwrap();
         }
-        wal.close().await;
-        let (entries, _) = collect(dir.path());
-        let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
-        assert_eq!(lsns, vec![3, 4, 5, 6, 7]);
+    }
+
+    fn lsns_of(entries: &[(Lsn, Vec<u8>)]) -> Vec<Lsn> {
+        entries.iter().map(|(lsn, _)| *lsn).collect()
     }
 
     #[tokio::test]
@@ -680,27 +682,19 @@ mod tests {
         let (_, recovery) = collect(dir.path());
         // One 196-byte record per segment; three of them become spares.
         let wal = Wal::start(options(dir.path(), 200), 1, recovery).unwrap();
-        for lsn in 1..=4 {
-            wal.append(lsn, vec![Bytes::from(vec![0xab; 180])])
-                .await
-                .unwrap()
-                .unwrap();
-        }
+        append_each(&wal, 1..=4, Bytes::from(vec![0xab; 180])).await;
         wal.release_through(3);
         wal.close().await;
         let (_, recovery) = collect(dir.path());
         // Smaller segments of small records: each reused spare is cut mid old record.
         let wal = Wal::start(options(dir.path(), 100), 5, recovery).unwrap();
-        for lsn in 5..=14 {
-            wal.append(lsn, vec![Bytes::from_static(b"0123456789")])
-                .await
-                .unwrap()
-                .unwrap();
-        }
+        append_each(&wal, 5..=14, Bytes::from_static(b"0123456789")).await;
         wal.close().await;
         let (entries, _) = collect(dir.path());
-        let lsns: Vec<Lsn> = entries.iter().map(|(lsn, _)| *lsn).collect();
-        assert_eq!(lsns, [4].into_iter().chain(5..=14).collect::<Vec<_>>());
+        assert_eq!(
+            lsns_of(&entries),
+            [4].into_iter().chain(5..=14).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]

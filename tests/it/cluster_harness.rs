@@ -203,6 +203,13 @@ impl<'a> NodeSpec<'a> {
             extra_env: Vec::new(),
         }
     }
+
+    /// The same node with more `ARC_*` settings (later ones win).
+    pub fn with(mut self, settings: &[(&'a str, &str)]) -> NodeSpec<'a> {
+        self.extra_env
+            .extend(settings.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        self
+    }
 }
 
 /// Where the nodes keep their Parquet files.

@@ -272,12 +272,8 @@ async fn every_node_serves_the_same_manifest_in_every_storage_mode() {
 /// with 503 instead of hanging, does not die, and registers everything once the quorum is back.
 #[tokio::test]
 async fn a_writer_rides_out_a_cluster_without_quorum() {
-    let flush_wait = ("ARC_INGEST_FLUSH_TIMEOUT_SECONDS", "2".to_owned());
-    let with_wait = |name, role| {
-        let mut spec = node(name, role);
-        spec.extra_env.push(flush_wait.clone());
-        spec
-    };
+    let with_wait =
+        |name, role| node(name, role).with(&[("ARC_INGEST_FLUSH_TIMEOUT_SECONDS", "2")]);
     let mut cluster = TestCluster::start(vec![
         with_wait("writer-01", "writer"),
         with_wait("reader-01", "reader"),
@@ -414,12 +410,7 @@ async fn a_request_forwarded_to_a_silent_node_is_answered_and_a_query_tries_anot
 /// it acknowledged are all there once it is back.
 #[tokio::test]
 async fn a_black_holed_node_answers_metadata_changes_and_stops_on_sigterm_without_loss() {
-    let grace = ("ARC_SERVER_SHUTDOWN_TIMEOUT", "5".to_owned());
-    let with_grace = |name, role| {
-        let mut spec = node(name, role);
-        spec.extra_env.push(grace.clone());
-        spec
-    };
+    let with_grace = |name, role| node(name, role).with(&[("ARC_SERVER_SHUTDOWN_TIMEOUT", "5")]);
     let mut cluster = TestCluster::start(vec![
         with_grace("writer-01", "writer"),
         with_grace("reader-01", "reader"),

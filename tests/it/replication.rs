@@ -190,11 +190,10 @@ async fn readers_count_acknowledged_rows_before_any_flush_and_exactly_once_throu
 /// rows were in files).
 #[tokio::test]
 async fn readers_converge_after_reader_kills_pauses_and_a_writer_restart() {
-    let mut small_segments = node("writer-01", "writer");
     // A short window and small segments, so the start of the log is soon released.
-    small_segments.extra_env.extend([
-        ("ARC_WAL_MAX_SIZE_MB", "1".to_owned()),
-        ("ARC_CLUSTER_REPLICATION_BUFFER_SIZE", "20".to_owned()),
+    let small_segments = node("writer-01", "writer").with(&[
+        ("ARC_WAL_MAX_SIZE_MB", "1"),
+        ("ARC_CLUSTER_REPLICATION_BUFFER_SIZE", "20"),
     ]);
     let mut cluster = TestCluster::start(vec![
         small_segments,
@@ -393,10 +392,7 @@ async fn a_gated_reader_answers_only_complete_counts_or_the_catch_up_503() {
         new_reader_ip,
         crate::cluster_harness::Link::Slow(Duration::from_millis(20)),
     );
-    let mut gated = node("reader-02", "reader");
-    gated
-        .extra_env
-        .push(("ARC_CLUSTER_QUERY_GATE_ON_CATCHUP", "true".into()));
+    let gated = node("reader-02", "reader").with(&[("ARC_CLUSTER_QUERY_GATE_ON_CATCHUP", "true")]);
     cluster.spawn(gated).await;
     assert_eq!(cluster.nodes[2].ip, new_reader_ip);
     let reader = &mut cluster.node_mut("reader-02").server;
@@ -605,14 +601,8 @@ async fn readers_with_own_disks_converge_after_a_kill_mid_catch_up_and_a_partiti
 /// manifest's files (the replaced ones deleted).
 #[tokio::test]
 async fn readers_swap_to_rewritten_files_and_delete_the_replaced_ones() {
-    let with_deletes = |name, role| {
-        let mut spec = node(name, role);
-        spec.extra_env.extend([
-            ("ARC_DELETE_ENABLED", "true".to_owned()),
-            ("ARC_QUERY_TIMEOUT", "2".to_owned()),
-        ]);
-        spec
-    };
+    let settings = [("ARC_DELETE_ENABLED", "true"), ("ARC_QUERY_TIMEOUT", "2")];
+    let with_deletes = |name, role| node(name, role).with(&settings);
     let cluster = TestCluster::start_with(
         StorageMode::OwnDirectories,
         vec![
@@ -714,14 +704,11 @@ async fn a_node_on_other_storage_than_the_cluster_is_refused() {
 /// inputs after `query.timeout`.
 #[tokio::test]
 async fn nodes_with_own_disks_take_the_compactors_output_and_drop_its_inputs() {
-    let compacting = |name, role| {
-        let mut spec = node(name, role);
-        spec.extra_env.extend([
-            ("ARC_COMPACTION_HOURLY_MIN_FILES", "3".to_owned()),
-            ("ARC_QUERY_TIMEOUT", "2".to_owned()),
-        ]);
-        spec
-    };
+    let settings = [
+        ("ARC_COMPACTION_HOURLY_MIN_FILES", "3"),
+        ("ARC_QUERY_TIMEOUT", "2"),
+    ];
+    let compacting = |name, role| node(name, role).with(&settings);
     let cluster = TestCluster::start_with(
         StorageMode::OwnDirectories,
         vec![
