@@ -617,6 +617,9 @@ pub struct ClusterConfig {
     pub replication_lag_limit: u64,
     /// Entries kept by the sender for readers to resume from.
     pub replication_buffer_size: usize,
+    /// Ours: flushed WAL segments a writer keeps for readers still behind them; beyond this a
+    /// reader takes the oldest of those rows from files.
+    pub replication_wal_retention: ByteSize,
     /// Milliseconds between reader acknowledgements.
     pub replication_ack_interval: u64,
     pub replication_pull_workers: usize,
@@ -684,6 +687,7 @@ impl Default for ClusterConfig {
             replication_ack: ReplicationAck::None,
             replication_lag_limit: 5_000,
             replication_buffer_size: 10_000,
+            replication_wal_retention: ByteSize(1 << 30),
             replication_ack_interval: 100,
             replication_pull_workers: 4,
             replication_queue_size: 1_024,
@@ -1913,6 +1917,7 @@ mod tests {
             ("ARC_WAL_ENABLED", "0"),
             ("ARC_CLUSTER_QUERY_GATE_ON_CATCHUP", "TRUE"),
             ("ARC_CLUSTER_REPLICATION_CATCHUP_QUEUE_HIGH_WATER", "0.5"),
+            ("ARC_CLUSTER_REPLICATION_WAL_RETENTION", "256MB"),
             ("ARC_CLUSTER_SEEDS", "a:9100, b:9100"),
             ("ARC_STORAGE_BACKEND", "minio"),
             ("ARC_STORAGE_S3_BUCKET", "arc data"),
@@ -1930,6 +1935,7 @@ mod tests {
         assert!(!config.wal.enabled);
         assert!(config.cluster.query_gate_on_catchup);
         assert_eq!(config.cluster.replication_catchup_queue_high_water, 0.5);
+        assert_eq!(config.cluster.replication_wal_retention.bytes(), 256 << 20);
         assert_eq!(config.cluster.seeds, ["a:9100", "b:9100"]);
         assert_eq!(config.storage.backend, StorageBackend::Minio);
         assert_eq!(config.storage.s3_bucket, "arc data");

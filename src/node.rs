@@ -30,7 +30,7 @@ use crate::ingest::{IngestLimits, Ingester, replay_entry};
 use crate::meta::{Meta, MetaError};
 use crate::query::QueryEngine;
 use crate::reclaim;
-use crate::replication::{Follower, Puller, ReplicaView, ReplicationStats};
+use crate::replication::{Follower, Puller, ReadBarrier, ReplicaView, ReplicationStats};
 use crate::retention;
 use crate::schedule::CronSchedule;
 use crate::storage::{Storage, StorageError};
@@ -311,6 +311,7 @@ async fn start_services(
             feed: serves_replicas.then_some(FeedLimits {
                 max_entries: config.cluster.replication_buffer_size.max(1),
                 max_bytes: REPLICATION_WINDOW_BYTES,
+                max_held_bytes: config.cluster.replication_wal_retention.bytes(),
             }),
         };
         let (replay_buffers, replay_meta, dir) =
@@ -353,9 +354,24 @@ async fn start_services(
              the gate is disabled, since it would never open"
         );
     }
-    let stats = Arc::new(ReplicationStats::new(
-        gated && config.cluster.replication_catchup_enabled,
-    ));
+    let gated = gated && config.cluster.replication_catchup_enabled;
+    let stats = Arc::new(ReplicationStats::new(gated));
+    let read_barrier =
+        cluster
+            .as_ref()
+            .zip(view.as_ref())
+            .filter(|_| gated)
+            .map(|(cluster, view)| {
+                Arc::new(ReadBarrier {
+                    cluster: Arc::clone(cluster),
+                    meta: Arc::clone(&meta),
+                    view: Arc::clone(view),
+                    stats: Arc::clone(&stats),
+                    timeout: Duration::from_millis(
+                        config.cluster.replication_catchup_barrier_timeout_ms,
+                    ),
+                })
+            });
     let follower = cluster
         .as_ref()
         .filter(|_| follows)
@@ -366,6 +382,7 @@ async fn start_services(
             stats: Arc::clone(&stats),
             view: view.clone(),
             max_buffered_bytes: MAX_BUFFERED_BYTES,
+            ack_interval: Duration::from_millis(config.cluster.replication_ack_interval.max(1)),
         });
     // Only a reader's queries read through the view; the others read the manifest.
     let query_view = view.clone().filter(|_| follows);
@@ -454,6 +471,7 @@ async fn start_services(
             continuous_queries,
             cluster,
             replication: (follower.is_some() || puller.is_some()).then_some(stats),
+            read_barrier,
         },
         wal,
         follower,

@@ -18,6 +18,7 @@ use crate::cluster::{
     Capability, Cluster, ClusterError, FORWARDED_HEADER, NodeState, NodeStatus, role_can,
 };
 use crate::config::NodeRole;
+use crate::replication::CatchupStatus;
 
 fn cluster(state: &AppState) -> Result<&Arc<Cluster>, ApiError> {
     state.services()?.cluster.as_ref().ok_or_else(|| {
@@ -74,24 +75,44 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Value>,
 }
 
 /// Holds queries back with the seeds' 503 while a reader's start-up catch-up has not settled
-/// (`cluster.query_gate_on_catchup`), so no query answers from a partial set of files.
+/// (`cluster.query_gate_on_catchup`), so no query answers from a partial set of files; after
+/// that, each query first passes the read barrier (it waits until the reader holds everything
+/// the manifest held when the query began, or answers the same 503).
 pub async fn catch_up_gate(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let closed = state
-        .services()
-        .ok()
-        .and_then(|s| s.replication.as_ref())
-        .and_then(|r| r.gate_closed());
-    let Some(catchup_status) = closed else {
+    let Some(services) = state.services().ok() else {
         return next.run(request).await;
     };
+    let Some(replication) = services.replication.as_ref() else {
+        return next.run(request).await;
+    };
+    if let Some(catchup_status) = replication.gate_closed() {
+        return catching_up(
+            "Reader is still catching up on replicated files. Retry shortly or check /api/v1/cluster for catch-up progress.",
+            catchup_status,
+        );
+    }
+    if let Some(barrier) = &services.read_barrier
+        && let Err(err) = barrier.wait().await
+    {
+        replication.barrier_refused(&err);
+        return catching_up(
+            &format!("Reader has not caught up with the manifest: {err}. Retry shortly."),
+            replication.catchup_status(),
+        );
+    }
+    next.run(request).await
+}
+
+/// The seeds' 503 for a reader that cannot answer completely yet.
+fn catching_up(message: &str, catchup_status: CatchupStatus) -> Response {
     let body = json!({
         "success": false,
         "error": "replication_catch_up_in_progress",
-        "message": "Reader is still catching up on replicated files. Retry shortly or check /api/v1/cluster for catch-up progress.",
+        "message": message,
         "catchup_status": catchup_status,
     });
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();

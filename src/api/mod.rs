@@ -53,6 +53,8 @@ pub struct Services {
     pub cluster: Option<Arc<Cluster>>,
     /// Present on a reader that follows the writer's WAL.
     pub replication: Option<Arc<crate::replication::ReplicationStats>>,
+    /// Present on a gated reader with its own storage: queries wait for the whole manifest.
+    pub read_barrier: Option<Arc<crate::replication::ReadBarrier>>,
 }
 
 const STARTING: u8 = 0;

@@ -20,6 +20,7 @@ impl Cluster {
                 }
             }
             self.beat(false, interval).await;
+            self.hold_wal_for_readers();
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.wait_for(|s| *s) => return,

@@ -53,6 +53,10 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
         .route(REMOVE_PATH, post(remove))
         .route(STREAM_PATH, post(super::replication::serve_stream))
         .route(
+            super::replication::ACK_PATH,
+            post(super::replication::record_ack),
+        )
+        .route(
             super::replication::FETCH_PATH,
             post(super::replication::serve_file),
         )

@@ -94,6 +94,9 @@ pub struct Cluster {
     stream_readers: Arc<crate::replication::ReaderPositions>,
     /// This node's storage, once it serves its files to peers.
     file_storage: std::sync::OnceLock<crate::storage::Storage>,
+    /// `cluster.replication_serve_timeout_ms`: longest time one file is served; a copy cut off
+    /// by it resumes from where it stopped.
+    serve_timeout: Duration,
     runtime: tokio::runtime::Handle,
     next_target: AtomicUsize,
 }

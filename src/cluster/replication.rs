@@ -1,7 +1,9 @@
 //! Pattern B on the coordinator port: a writer serves its WAL stream and every node its copies
 //! of manifest files; a reader opens the one and fetches the others.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -9,13 +11,23 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::internal::Peer;
+use super::protocol::Empty;
 use super::{Cluster, ClusterError, NodeState};
 use crate::replication::{ReaderStatus, STREAM_PATH, StreamRequest, entry_stream};
 use crate::storage::Storage;
-use crate::wal::Feed;
+use crate::wal::{Feed, Lsn};
+
+/// Coordinator-port path of a reader's acknowledgements.
+pub const ACK_PATH: &str = "/internal/replication/ack";
+
+/// A reader applied every entry through `applied_lsn`.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct AckRequest {
+    pub applied_lsn: Lsn,
+}
 
 impl Cluster {
     /// The readers streaming (or that have streamed) from this writer, and how far behind each is.
@@ -34,12 +46,37 @@ impl Cluster {
         }
     }
 
+    /// Keeps the WAL segments the member readers still need (members only: a removed reader
+    /// holds nothing).
+    pub(super) fn hold_wal_for_readers(&self) {
+        if let Some(feed) = self.wal_feed.get() {
+            let members: HashSet<String> = self.nodes().into_iter().map(|n| n.id).collect();
+            feed.hold_from(self.stream_readers.needed_from(&members));
+        }
+    }
+
+    /// Tells the writer at `writer_addr` (a coordinator address) this reader applied every
+    /// entry through `applied_lsn`.
+    pub async fn ack_applied(
+        &self,
+        writer_addr: &str,
+        applied_lsn: Lsn,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let _: Empty = self
+            .client
+            .call(writer_addr, ACK_PATH, &AckRequest { applied_lsn }, timeout)
+            .await
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
     /// Opens the stream of the writer's entries from `request.from_lsn` on; returns the
-    /// writer's name and the response whose body carries the frames.
+    /// writer's name and coordinator address, and the response whose body carries the frames.
     pub async fn open_wal_stream(
         &self,
         request: &StreamRequest,
-    ) -> Result<(String, reqwest::Response), ClusterError> {
+    ) -> Result<(String, String, reqwest::Response), ClusterError> {
         let mut writers: Vec<_> = self
             .nodes()
             .into_iter()
@@ -56,7 +93,7 @@ impl Cluster {
             .open(&writer.address, STREAM_PATH, request, self.request_timeout)
             .await
             .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        Ok((writer.id, response))
+        Ok((writer.id, writer.address, response))
     }
 }
 
@@ -81,13 +118,28 @@ pub(super) async fn serve_stream(
         reader,
         Arc::clone(&cluster.stream_readers),
     );
+    cluster.hold_wal_for_readers();
     Body::from_stream(stream).into_response()
 }
 
-/// What a reader asks a peer for: one manifest file.
+/// `POST /internal/replication/ack`.
+pub(super) async fn record_ack(
+    State(cluster): State<Arc<Cluster>>,
+    Extension(Peer(reader)): Extension<Peer>,
+    Json(ack): Json<AckRequest>,
+) -> Json<Empty> {
+    cluster.stream_readers.acked(&reader, ack.applied_lsn);
+    cluster.hold_wal_for_readers();
+    Json(Empty {})
+}
+
+/// What a reader asks a peer for: one manifest file, from byte `offset` on (the rest of an
+/// interrupted copy).
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 pub struct FetchRequest {
     pub path: String,
+    #[serde(default)]
+    pub offset: u64,
 }
 
 impl Cluster {
@@ -98,15 +150,17 @@ impl Cluster {
         }
     }
 
-    /// Asks the peer at `addr` (a coordinator address) for a manifest file; the response body
-    /// carries its bytes.
+    /// Asks the peer at `addr` (a coordinator address) for a manifest file from byte `offset`
+    /// on; the response body carries those bytes.
     pub async fn fetch_file(
         &self,
         addr: &str,
         path: &str,
+        offset: u64,
     ) -> Result<reqwest::Response, ClusterError> {
         let request = FetchRequest {
             path: path.to_owned(),
+            offset,
         };
         self.client
             .open(addr, FETCH_PATH, &request, self.request_timeout)
@@ -150,21 +204,35 @@ pub(super) async fn serve_file(
         );
     };
     // Only manifest files: a peer must not read anything else from this node's storage.
-    let live = cluster
+    let size = cluster
         .applied
         .state
         .read()
         .unwrap()
         .file(&request.path)
-        .is_some();
-    if !live {
+        .map(|f| f.size_bytes);
+    let Some(size) = size else {
         return refuse(
             StatusCode::NOT_FOUND,
             format!("{} is not a live manifest file", request.path),
         );
+    };
+    if request.offset >= size {
+        return refuse(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!(
+                "offset {} is not inside {} ({size} bytes)",
+                request.offset, request.path
+            ),
+        );
     }
-    match storage.get_stream(&request.path).await {
-        Ok(stream) => Body::from_stream(stream.map_err(std::io::Error::other)).into_response(),
+    match storage.get_stream(&request.path, request.offset).await {
+        Ok(stream) => {
+            let served = stream
+                .map_err(std::io::Error::other)
+                .take_until(tokio::time::sleep(cluster.serve_timeout));
+            Body::from_stream(served).into_response()
+        }
         Err(err) => refuse(StatusCode::NOT_FOUND, err.to_string()),
     }
 }

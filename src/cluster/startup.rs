@@ -117,6 +117,7 @@ impl Cluster {
             wal_feed: std::sync::OnceLock::new(),
             stream_readers: Arc::default(),
             file_storage: std::sync::OnceLock::new(),
+            serve_timeout: Duration::from_millis(config.replication_serve_timeout_ms.max(1)),
             runtime: tokio::runtime::Handle::current(),
             next_target: AtomicUsize::new(0),
         });

@@ -133,13 +133,23 @@ impl Cluster {
 
     /// Waits until this node has applied everything the leader had committed when asked.
     pub(super) async fn catch_up(&self) -> Result<(), MetaError> {
+        self.sync_metadata(self.request_timeout).await
+    }
+
+    /// Waits, for at most `timeout`, until this node has applied everything the leader had
+    /// committed when asked: reads after it see every change acknowledged before it began.
+    pub async fn sync_metadata(&self, timeout: Duration) -> Result<(), MetaError> {
+        let deadline = Instant::now() + timeout;
         match self
-            .on_leader(BARRIER_PATH, &Empty {}, self.request_timeout, || {
+            .on_leader(BARRIER_PATH, &Empty {}, timeout, || {
                 self.read_index_as_leader()
             })
             .await
         {
-            LeaderAnswer::Done(index) => self.wait_applied(index, self.request_timeout).await,
+            LeaderAnswer::Done(index) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.wait_applied(index, left).await
+            }
             _ => Err(MetaError::Unavailable("leader not reachable".into())),
         }
     }

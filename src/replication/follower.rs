@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use super::ReplicaView;
@@ -34,6 +34,70 @@ pub struct Follower {
     pub view: Option<Arc<ReplicaView>>,
     /// Buffered bytes above which the stream is not read until flushes release rows.
     pub max_buffered_bytes: usize,
+    /// `cluster.replication_ack_interval`: how often the writer hears what this reader applied.
+    pub ack_interval: Duration,
+}
+
+/// A reader's acknowledgements to its writer: at most one in flight, sent at each tick when
+/// the applied LSN moved.
+struct Acks {
+    ticks: tokio::time::Interval,
+    interval: Duration,
+    sent: Lsn,
+    in_flight: Option<tokio::task::JoinHandle<bool>>,
+}
+
+impl Acks {
+    fn new(interval: Duration) -> Acks {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Acks {
+            ticks,
+            interval,
+            sent: 0,
+            in_flight: None,
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.ticks.tick().await;
+    }
+
+    fn send_due(&mut self, cluster: &Arc<Cluster>, writer_addr: &str, applied: Lsn) {
+        if let Some(task) = self.in_flight.take() {
+            if !task.is_finished() {
+                self.in_flight = Some(task);
+                return;
+            }
+            // A lost ack keeps a little more WAL on the writer; the next one says it again.
+            if !matches!(task.now_or_never(), Some(Ok(true))) {
+                self.sent = 0;
+            }
+        }
+        if applied <= self.sent {
+            return;
+        }
+        self.sent = applied;
+        let (cluster, writer_addr) = (Arc::clone(cluster), writer_addr.to_owned());
+        let timeout = (self.interval * 10).max(Duration::from_secs(1));
+        self.in_flight = Some(tokio::spawn(async move {
+            match cluster.ack_applied(&writer_addr, applied, timeout).await {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::debug!(error = %err, "replication ack not delivered");
+                    false
+                }
+            }
+        }));
+    }
+}
+
+impl Drop for Acks {
+    fn drop(&mut self) {
+        if let Some(task) = self.in_flight.take() {
+            task.abort();
+        }
+    }
 }
 
 /// Where a reader's queries take rows from files rather than buffers.
@@ -85,7 +149,7 @@ impl Follower {
         let request = StreamRequest {
             from_lsn: self.stats.applied_lsn() + 1,
         };
-        let (writer, response) = self
+        let (writer, writer_addr, response) = self
             .cluster
             .open_wal_stream(&request)
             .await
@@ -94,13 +158,24 @@ impl Follower {
         self.stats.connected(&writer);
         let mut body = response.bytes_stream();
         let mut decoder = FrameDecoder::default();
+        let mut acks = Acks::new(self.ack_interval);
+        let mut silent_at = tokio::time::Instant::now() + IDLE_LIMIT;
         loop {
             self.release_flushed();
             while self.buffers.lock().buffered_bytes() > self.max_buffered_bytes {
                 tokio::time::sleep(BACK_PRESSURE_PAUSE).await;
                 self.release_flushed();
+                acks.send_due(&self.cluster, &writer_addr, self.stats.applied_lsn());
             }
-            let chunk = match tokio::time::timeout(IDLE_LIMIT, body.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(silent_at, body.next()) => next,
+                _ = acks.tick() => {
+                    acks.send_due(&self.cluster, &writer_addr, self.stats.applied_lsn());
+                    continue;
+                }
+            };
+            silent_at = tokio::time::Instant::now() + IDLE_LIMIT;
+            let chunk = match next {
                 Err(_) => return Err(ReplicationError::Silent { writer }),
                 Ok(None) => {
                     return Err(ReplicationError::Broken {
@@ -144,9 +219,7 @@ impl Follower {
                         }
                         if lsn > expected {
                             // The writer no longer holds these entries: their rows are in files.
-                            stats
-                                .gaps
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            stats.skipped(expected, lsn - 1);
                             tracing::info!(
                                 from = expected,
                                 to = lsn - 1,
@@ -172,6 +245,7 @@ impl Follower {
                     }
                 }
             }
+            stats.progressed();
             Ok(())
         })
         .await

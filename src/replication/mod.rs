@@ -14,6 +14,7 @@
 //! sequence number is an LSN and whose payload starts with a kind byte: an entry (the WAL
 //! payload follows) or a keep-alive (the writer's durable LSN, sent while there is nothing new).
 
+mod barrier;
 mod follower;
 mod puller;
 mod source;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 
+pub use barrier::{BarrierError, Coverage, ReadBarrier, covered};
 pub use follower::Follower;
 pub use puller::Puller;
 pub use source::{ReaderPositions, ReaderStatus, entry_stream};
@@ -150,6 +152,7 @@ pub struct ReplicationStats {
     files_missing: AtomicU64,
     files_pulled: AtomicU64,
     bytes_pulled: AtomicU64,
+    copies_resumed: AtomicU64,
     checksum_mismatches: AtomicU64,
     pull_failures: AtomicU64,
     files_deleted: AtomicU64,
@@ -160,7 +163,16 @@ pub struct ReplicationStats {
     gated: bool,
     gate_fires: AtomicU64,
     gate_warned_at: Mutex<Option<Instant>>,
+    barrier_refusals: AtomicU64,
+    /// Entries the stream skipped (inclusive ranges, oldest first): their rows are only in files.
+    gaps_skipped: Mutex<Vec<(Lsn, Lsn)>>,
+    /// Woken when entries were applied or the view moved on, for the read barrier.
+    progress: tokio::sync::Notify,
 }
+
+/// Skipped ranges remembered; beyond this the oldest two are merged (a wider range only makes
+/// the read barrier wait for more files).
+const MAX_GAP_RANGES: usize = 64;
 
 /// The start-up catch-up: the first pass of the puller over the whole manifest.
 #[derive(Debug, Default)]
@@ -234,6 +246,8 @@ pub struct ReplicationStatus {
     #[serde(rename = "pulled")]
     pub files_pulled: u64,
     pub bytes_pulled: u64,
+    /// Copies that went on from the bytes an interrupted one left.
+    pub copies_resumed: u64,
     #[serde(rename = "checksum_mismatch")]
     pub checksum_mismatches: u64,
     /// Copies that failed (each peer tried counts), under Arc's key.
@@ -247,6 +261,8 @@ pub struct ReplicationStatus {
     pub catchup: CatchupStatus,
     /// Queries answered 503 by the catch-up gate so far.
     pub gate_fires: u64,
+    /// Queries answered 503 because the read barrier timed out.
+    pub barrier_refusals: u64,
 }
 
 impl ReplicationStats {
@@ -260,6 +276,26 @@ impl ReplicationStats {
         self.entries_applied.fetch_add(1, Ordering::Relaxed);
         self.rows_applied.fetch_add(rows as u64, Ordering::Relaxed);
         self.note_position();
+    }
+
+    /// The stream skipped the entries `from..=to`.
+    fn skipped(&self, from: Lsn, to: Lsn) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
+        let mut ranges = self.gaps_skipped.lock().unwrap();
+        ranges.push((from, to));
+        if ranges.len() > MAX_GAP_RANGES {
+            let (first, _) = ranges.remove(0);
+            ranges[0].0 = first;
+        }
+    }
+
+    pub fn gap_ranges(&self) -> Vec<(Lsn, Lsn)> {
+        self.gaps_skipped.lock().unwrap().clone()
+    }
+
+    /// Entries were applied, or the files a query reads changed.
+    pub fn progressed(&self) {
+        self.progress.notify_waiters();
     }
 
     fn heard(&self, durable_lsn: Lsn) {
@@ -311,6 +347,7 @@ impl ReplicationStats {
             files_missing: self.files_missing.load(Ordering::Relaxed),
             files_pulled: self.files_pulled.load(Ordering::Relaxed),
             bytes_pulled: self.bytes_pulled.load(Ordering::Relaxed),
+            copies_resumed: self.copies_resumed.load(Ordering::Relaxed),
             checksum_mismatches: self.checksum_mismatches.load(Ordering::Relaxed),
             pull_failures: self.pull_failures.load(Ordering::Relaxed),
             dropped: 0,
@@ -318,6 +355,7 @@ impl ReplicationStats {
             files_deleted: self.files_deleted.load(Ordering::Relaxed),
             catchup: self.catchup_status(),
             gate_fires: self.gate_fires.load(Ordering::Relaxed),
+            barrier_refusals: self.barrier_refusals.load(Ordering::Relaxed),
         }
     }
 
@@ -357,6 +395,16 @@ impl ReplicationStats {
             );
         }
         Some(status)
+    }
+
+    /// A query was refused because the read barrier did not pass; warns at most once a second.
+    pub fn barrier_refused(&self, error: &BarrierError) {
+        self.barrier_refusals.fetch_add(1, Ordering::Relaxed);
+        let mut warned = self.gate_warned_at.lock().unwrap();
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *warned = Some(Instant::now());
+            tracing::warn!(error = %error, "query refused: the reader is behind the manifest");
+        }
     }
 
     fn catchup_started(&self, walked: usize, skipped_local: usize, missing: &[String]) {

@@ -7,20 +7,53 @@
 //! reading them).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::{ReplicaView, ReplicationStats};
 use crate::cluster::Cluster;
 use crate::meta::{FileEntry, Meta};
 use crate::storage::Storage;
+
+/// Why receiving a copy stopped: the peer (try again, from it or another) or this node.
+enum Received {
+    Peer(String),
+    Local(String),
+}
+
+/// Where a copy into `work` resumes: the digest of the bytes already there and their count.
+/// A work file that cannot be the start of the file (as long as it or longer) is discarded.
+async fn resume_point(work: &Path, size: u64) -> std::io::Result<(Sha256, u64)> {
+    let mut digest = Sha256::new();
+    let held = match tokio::fs::metadata(work).await {
+        Ok(meta) if meta.len() < size => meta.len(),
+        Ok(_) => {
+            tokio::fs::remove_file(work).await?;
+            0
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(err) => return Err(err),
+    };
+    if held > 0 {
+        let mut input = tokio::fs::File::open(work).await?;
+        let mut chunk = vec![0; 1 << 20];
+        loop {
+            let read = input.read(&mut chunk).await?;
+            if read == 0 {
+                break;
+            }
+            digest.update(&chunk[..read]);
+        }
+    }
+    Ok((digest, held))
+}
 
 /// Pause before asking again for files that could not be copied.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -117,6 +150,7 @@ impl Puller {
                         local.insert(file.path.clone());
                         self.stats.files_missing.fetch_sub(1, Ordering::Relaxed);
                         self.view.refresh(&self.meta.state(), &local);
+                        self.stats.progressed();
                     }
                     Err(err) => {
                         tracing::warn!(path = %file.path, error = %err, "could not copy a manifest file; will retry");
@@ -125,6 +159,7 @@ impl Puller {
             }
             drop(copies);
             self.view.refresh(&self.meta.state(), &local);
+            self.stats.progressed();
             let listed: HashSet<&str> = manifest.iter().map(|f| f.path.as_str()).collect();
             self.stats.catchup_round_done(&listed, first);
             first = false;
@@ -149,9 +184,6 @@ impl Puller {
                 match self.copy_from(&peer, &addr, file).await {
                     Ok(()) => {
                         self.stats.files_pulled.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .bytes_pulled
-                            .fetch_add(file.size_bytes, Ordering::Relaxed);
                         return Ok(());
                     }
                     Err(err) => {
@@ -170,6 +202,8 @@ impl Puller {
         Err(last)
     }
 
+    /// Copies `file` from `peer` into place. An interrupted copy leaves its work file behind,
+    /// and the next attempt (from any peer) asks only for the bytes after it.
     async fn copy_from(&self, peer: &str, addr: &str, file: &FileEntry) -> Result<(), PullError> {
         let peer_err = |message: String| PullError::Peer {
             peer: peer.to_owned(),
@@ -179,72 +213,115 @@ impl Puller {
             path: file.path.clone(),
             message,
         };
-        let response = self
-            .cluster
-            .fetch_file(addr, &file.path)
-            .await
-            .map_err(|e| peer_err(e.to_string()))?;
         let work = self
             .work_dir
             .join(format!("{:x}.copy", Sha256::digest(file.path.as_bytes())));
-        let mut out = tokio::fs::File::create(&work)
+        let (mut digest, held) = resume_point(&work, file.size_bytes)
             .await
             .map_err(|e| local_err(e.to_string()))?;
-        let mut digest = Sha256::new();
-        let mut size = 0u64;
-        let mut body = response.bytes_stream();
-        let copied: Result<(), PullError> = async {
-            loop {
-                let chunk = match tokio::time::timeout(self.fetch_timeout, body.next()).await {
-                    Err(_) => return Err(peer_err("the copy stalled".into())),
-                    Ok(None) => return Ok(()),
-                    Ok(Some(Err(err))) => return Err(peer_err(err.to_string())),
-                    Ok(Some(Ok(chunk))) => chunk,
-                };
-                digest.update(&chunk);
-                size += chunk.len() as u64;
-                out.write_all(&chunk)
-                    .await
-                    .map_err(|e| local_err(e.to_string()))?;
-            }
+        let copied = self
+            .receive(addr, file, &work, &mut digest, held)
+            .await
+            .map_err(|failure| match failure {
+                Received::Peer(message) => peer_err(message),
+                Received::Local(message) => local_err(message),
+            });
+        if held > 0 {
+            self.stats.copies_resumed.fetch_add(1, Ordering::Relaxed);
         }
-        .await;
-        let checked = copied.and_then(|()| {
-            let sha256: String = digest
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            if size == file.size_bytes && (file.sha256.is_empty() || sha256 == file.sha256) {
-                Ok(())
-            } else {
-                Err(PullError::Mismatch {
-                    peer: peer.to_owned(),
-                    path: file.path.clone(),
-                    size,
-                    sha256,
-                    want_size: file.size_bytes,
-                    want_sha256: file.sha256.clone(),
-                })
-            }
-        });
-        let stored = match checked {
-            Ok(()) => {
-                let flushed = out.flush().await.map_err(|e| local_err(e.to_string()));
-                match flushed {
-                    Ok(()) => self
-                        .storage
-                        .put_file(&file.path, &work)
-                        .await
-                        .map_err(|e| local_err(e.to_string())),
-                    Err(err) => Err(err),
+        let size = match copied {
+            Ok(size) => size,
+            Err(err) => {
+                // Bytes that arrived are kept for the next attempt; an attempt that added
+                // nothing starts the next one afresh, in case what is held is the trouble.
+                let size = tokio::fs::metadata(&work).await.map_or(0, |m| m.len());
+                if size <= held || matches!(err, PullError::Local { .. }) {
+                    let _ = tokio::fs::remove_file(&work).await;
                 }
+                return Err(err);
             }
-            Err(err) => Err(err),
         };
-        drop(out);
+        if size < file.size_bytes {
+            return Err(peer_err(format!(
+                "the copy ended after {size} of {} bytes",
+                file.size_bytes
+            )));
+        }
+        let sha256: String = digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let stored = if size == file.size_bytes && (file.sha256.is_empty() || sha256 == file.sha256)
+        {
+            self.storage
+                .put_file(&file.path, &work)
+                .await
+                .map_err(|e| local_err(e.to_string()))
+        } else {
+            Err(PullError::Mismatch {
+                peer: peer.to_owned(),
+                path: file.path.clone(),
+                size,
+                sha256,
+                want_size: file.size_bytes,
+                want_sha256: file.sha256.clone(),
+            })
+        };
         let _ = tokio::fs::remove_file(&work).await;
         stored
+    }
+
+    /// Appends the peer's bytes after `held` to `work`, hashing them; returns the work file's
+    /// size once the peer's body ends.
+    async fn receive(
+        &self,
+        addr: &str,
+        file: &FileEntry,
+        work: &Path,
+        digest: &mut Sha256,
+        held: u64,
+    ) -> Result<u64, Received> {
+        let response = self
+            .cluster
+            .fetch_file(addr, &file.path, held)
+            .await
+            .map_err(|e| Received::Peer(e.to_string()))?;
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(work)
+            .await
+            .map_err(|e| Received::Local(e.to_string()))?;
+        let mut size = held;
+        let mut body = response.bytes_stream();
+        let ended = loop {
+            let chunk = match tokio::time::timeout(self.fetch_timeout, body.next()).await {
+                Err(_) => break Err(Received::Peer("the copy stalled".into())),
+                Ok(None) => break Ok(()),
+                Ok(Some(Err(err))) => break Err(Received::Peer(err.to_string())),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            if size + chunk.len() as u64 > file.size_bytes {
+                break Err(Received::Peer(format!(
+                    "sent more than the manifest's {} bytes",
+                    file.size_bytes
+                )));
+            }
+            if let Err(err) = out.write_all(&chunk).await {
+                break Err(Received::Local(err.to_string()));
+            }
+            digest.update(&chunk);
+            size += chunk.len() as u64;
+            self.stats
+                .bytes_pulled
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        };
+        // What was written is kept either way: a later attempt resumes after it.
+        out.flush()
+            .await
+            .map_err(|e| Received::Local(e.to_string()))?;
+        ended.map(|()| size)
     }
 
     /// Deletes local copies of files the manifest dropped, once no view shows them and the

@@ -1,8 +1,9 @@
 //! The writer's side of the stream: durable entries from an LSN on, as the feed has them, with
-//! keep-alives while there is nothing new. The writer keeps each reader's position (the last
-//! entry sent) for its status.
+//! keep-alives while there is nothing new. The writer keeps each reader's position: the last
+//! entry sent, for its status, and the last entry the reader said it applied, so the WAL keeps
+//! what the reader would ask for again after a reconnect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,6 +28,7 @@ pub struct ReaderPositions {
 #[derive(Debug)]
 struct Position {
     sent_lsn: Lsn,
+    acked_lsn: Lsn,
     streams: usize,
     caught_up_at: Instant,
 }
@@ -37,6 +39,7 @@ pub struct ReaderStatus {
     pub reader: String,
     pub connected: bool,
     pub sent_lsn: Lsn,
+    pub acked_lsn: Lsn,
     pub lag_entries: u64,
     pub lag_seconds: f64,
 }
@@ -54,6 +57,7 @@ impl ReaderPositions {
                     reader: reader.clone(),
                     connected: position.streams > 0,
                     sent_lsn: position.sent_lsn,
+                    acked_lsn: position.acked_lsn,
                     lag_entries,
                     lag_seconds: if lag_entries == 0 {
                         0.0
@@ -65,13 +69,37 @@ impl ReaderPositions {
             .collect()
     }
 
+    /// The lowest LSN one of `readers` (the current members) still needs: the one after the
+    /// last it applied. `Lsn::MAX` when none has streamed.
+    pub fn needed_from(&self, readers: &HashSet<String>) -> Lsn {
+        self.readers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(reader, _)| readers.contains(*reader))
+            .map(|(_, position)| position.acked_lsn + 1)
+            .min()
+            .unwrap_or(Lsn::MAX)
+    }
+
+    /// `reader` applied every entry through `lsn`.
+    pub fn acked(&self, reader: &str, lsn: Lsn) {
+        if let Some(position) = self.readers.lock().unwrap().get_mut(reader) {
+            position.acked_lsn = position.acked_lsn.max(lsn);
+        }
+    }
+
     fn opened(&self, reader: &str, from: Lsn) {
         let mut readers = self.readers.lock().unwrap();
         let position = readers.entry(reader.to_owned()).or_insert(Position {
-            sent_lsn: from.saturating_sub(1),
+            sent_lsn: 0,
+            acked_lsn: 0,
             streams: 0,
             caught_up_at: Instant::now(),
         });
+        // A reader that restarted lost what it had applied: it holds what it asks after.
+        position.sent_lsn = from.saturating_sub(1);
+        position.acked_lsn = from.saturating_sub(1);
         position.streams += 1;
     }
 

@@ -19,7 +19,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -225,15 +226,21 @@ impl Storage {
         result.bytes().await.map_err(err)
     }
 
-    /// An object's bytes as they arrive, for relaying without holding it whole.
+    /// An object's bytes from byte `from` on as they arrive, for relaying without holding it
+    /// whole.
     pub async fn get_stream(
         &self,
         key: &str,
+        from: u64,
     ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, object_store::Error>>, StorageError>
     {
+        let options = GetOptions {
+            range: (from > 0).then_some(GetRange::Offset(from)),
+            ..GetOptions::default()
+        };
         let result = self
             .store
-            .get(&ObjectPath::from(key))
+            .get_opts(&ObjectPath::from(key), options)
             .await
             .map_err(|source| StorageError::Backend {
                 operation: "get",

@@ -4,10 +4,15 @@
 //! make room: an entry that has left the window is still in its segment until a flush has put
 //! its rows in registered files, and a replica that asks for an entry even older than that
 //! learns where the log now starts (the rows in between are in files).
+//!
+//! Replicas also hold segments back: the writer keeps a flushed segment while some replica
+//! still needs its entries ([`Feed::hold_from`]), up to [`FeedLimits::max_held_bytes`] of them;
+//! past that the oldest go and that replica takes those rows from files.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -20,6 +25,8 @@ pub struct FeedLimits {
     /// `cluster.replication_buffer_size`.
     pub max_entries: usize,
     pub max_bytes: usize,
+    /// Flushed segments kept for replicas that still need them, in bytes.
+    pub max_held_bytes: u64,
 }
 
 /// One durable entry: its LSN and its payload (in parts, as the WAL writes them).
@@ -47,6 +54,8 @@ pub struct Feed {
     limits: FeedLimits,
     window: Mutex<Window>,
     durable: watch::Sender<Lsn>,
+    /// The lowest LSN a replica still needs; `Lsn::MAX` while none does.
+    needed_from: AtomicU64,
 }
 
 impl Feed {
@@ -60,7 +69,22 @@ impl Feed {
                 bytes: 0,
             }),
             durable: watch::Sender::new(durable_lsn),
+            needed_from: AtomicU64::new(Lsn::MAX),
         }
+    }
+
+    pub fn limits(&self) -> FeedLimits {
+        self.limits
+    }
+
+    /// Replicas need the entries from `lsn` on (`Lsn::MAX`: none is following); the writer
+    /// keeps flushed segments holding them, within [`FeedLimits::max_held_bytes`].
+    pub fn hold_from(&self, lsn: Lsn) {
+        self.needed_from.store(lsn, Ordering::Relaxed);
+    }
+
+    pub(super) fn needed_from(&self) -> Lsn {
+        self.needed_from.load(Ordering::Relaxed)
     }
 
     /// Called by the writer thread with a group it has just made durable, in LSN order.

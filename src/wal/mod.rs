@@ -86,6 +86,32 @@ pub struct WalOptions {
 pub struct ClosedSegment {
     path: PathBuf,
     last_lsn: Option<Lsn>,
+    bytes: u64,
+}
+
+/// How many of the oldest closed segments may go: those whose entries are all in registered
+/// files (`last ≤ flushed_through`), except the ones holding entries a replica still needs
+/// (`last ≥ needed_from`), which are kept while they add up to at most `max_held_bytes`.
+fn segments_to_release(
+    closed: &[ClosedSegment],
+    flushed_through: Lsn,
+    needed_from: Lsn,
+    max_held_bytes: u64,
+) -> usize {
+    let flushed = closed
+        .iter()
+        .take_while(|s| s.last_lsn.is_none_or(|last| last <= flushed_through))
+        .count();
+    let mut count = closed[..flushed]
+        .iter()
+        .take_while(|s| s.last_lsn.is_none_or(|last| last < needed_from))
+        .count();
+    let mut held: u64 = closed[count..flushed].iter().map(|s| s.bytes).sum();
+    while held > max_held_bytes && count < flushed {
+        held -= closed[count].bytes;
+        count += 1;
+    }
+    count
 }
 
 /// What replay found on disk.
@@ -161,7 +187,11 @@ pub fn replay(
         if last_lsn.is_some() {
             recovery.last_lsn = last_lsn;
         }
-        recovery.segments.push(ClosedSegment { path, last_lsn });
+        recovery.segments.push(ClosedSegment {
+            path,
+            last_lsn,
+            bytes: (segment::HEADER_LEN + contents.valid_len) as u64,
+        });
     }
     Ok(recovery)
 }
@@ -221,6 +251,7 @@ impl Wal {
             size: segment::HEADER_LEN as u64,
             opened_at: Instant::now(),
             segment_last_lsn: None,
+            flushed_through: 0,
             closed,
             spares,
             buf: Vec::with_capacity(1 << 20),
@@ -290,6 +321,8 @@ struct Writer {
     opened_at: Instant,
     /// Last entry written to the current segment; `None` while it is empty.
     segment_last_lsn: Option<Lsn>,
+    /// Every entry at or below this is in registered files.
+    flushed_through: Lsn,
     closed: Vec<ClosedSegment>,
     spares: Vec<PathBuf>,
     buf: Vec<u8>,
@@ -304,6 +337,8 @@ impl Writer {
                 Ok(command) => command,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.rotate_if_due();
+                    // Replicas that caught up may have let go of held segments.
+                    self.release(self.flushed_through);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return self.finish(),
@@ -410,6 +445,7 @@ impl Writer {
         self.closed.push(ClosedSegment {
             path: old_path,
             last_lsn: self.segment_last_lsn.take(),
+            bytes: self.size,
         });
         self.size = segment::HEADER_LEN as u64;
         self.opened_at = Instant::now();
@@ -417,10 +453,21 @@ impl Writer {
     }
 
     fn release(&mut self, through: Lsn) {
-        let (released, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed)
-            .into_iter()
-            .partition(|closed| closed.last_lsn.is_none_or(|last| last <= through));
-        self.closed = kept;
+        self.flushed_through = self.flushed_through.max(through);
+        let (needed_from, max_held_bytes) = match &self.feed {
+            Some(feed) => (feed.needed_from(), feed.limits().max_held_bytes),
+            None => (Lsn::MAX, 0),
+        };
+        let count = segments_to_release(
+            &self.closed,
+            self.flushed_through,
+            needed_from,
+            max_held_bytes,
+        );
+        if count == 0 {
+            return;
+        }
+        let released: Vec<ClosedSegment> = self.closed.drain(..count).collect();
         for closed in released {
             let outcome = if self.spares.len() < MAX_SPARES {
                 segment::make_spare(&closed.path).map(|spare| self.spares.push(spare))
@@ -464,6 +511,7 @@ mod tests {
             feed: Some(FeedLimits {
                 max_entries: 3,
                 max_bytes: 1 << 20,
+                max_held_bytes: 0,
             }),
             // Three 23-byte records fill a segment: segments hold LSNs 1-3, 4-6, 7-9, ...
             ..options(dir.path(), 60)
@@ -493,6 +541,77 @@ mod tests {
             (7..=12).collect::<Vec<_>>()
         );
         wal.close().await;
+    }
+
+    #[tokio::test]
+    async fn segments_a_replica_still_needs_outlive_their_flush_within_the_held_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        // Records are 23 bytes (24 from LSN 10), so segments hold LSNs 1-3, 4-6 and 7-9 (81
+        // bytes each), then 10-11, 12-13, ... (60 bytes each).
+        let segment_bytes = (segment::HEADER_LEN + 3 * 23) as u64;
+        let options = WalOptions {
+            feed: Some(FeedLimits {
+                max_entries: 1,
+                max_bytes: 1 << 20,
+                max_held_bytes: 2 * segment_bytes + 3,
+            }),
+            ..options(dir.path(), 60)
+        };
+        let wal = Wal::start(options, 1, Recovery::default()).unwrap();
+        let feed = Arc::clone(wal.feed().unwrap());
+        let mut next = 1;
+        let mut append = async |count: u64| {
+            for _ in 0..count {
+                wal.append(next, vec![Bytes::from(format!("entry-{next}"))])
+                    .await
+                    .unwrap()
+                    .unwrap();
+                next += 1;
+            }
+        };
+        let first_held = |feed: &Feed| feed.read_from(1, usize::MAX).unwrap()[0].lsn;
+        append(10).await;
+        feed.hold_from(5);
+        wal.release_through(9);
+        // Releases are carried out after the group they arrived with.
+        append(2).await;
+        assert_eq!(first_held(&feed), 4, "the segment holding LSN 5 is kept");
+
+        // Past the held bytes the oldest go: of 4-6, 7-9 and 10-11, the last two fit.
+        wal.release_through(12);
+        append(2).await;
+        assert_eq!(first_held(&feed), 7);
+
+        feed.hold_from(Lsn::MAX);
+        wal.release_through(13);
+        append(2).await;
+        assert_eq!(
+            first_held(&feed),
+            14,
+            "nothing is held once no replica needs it"
+        );
+        wal.close().await;
+    }
+
+    #[test]
+    fn release_keeps_unflushed_segments_and_what_replicas_need_up_to_the_limit() {
+        let closed: Vec<ClosedSegment> = [Some(3), None, Some(6), Some(9), Some(12)]
+            .into_iter()
+            .map(|last_lsn| ClosedSegment {
+                path: PathBuf::new(),
+                last_lsn,
+                bytes: 10,
+            })
+            .collect();
+        assert_eq!(segments_to_release(&closed, 0, Lsn::MAX, 0), 0);
+        assert_eq!(segments_to_release(&closed, 8, Lsn::MAX, 0), 3);
+        assert_eq!(segments_to_release(&closed, 12, Lsn::MAX, 0), 5);
+        // A replica at LSN 5 holds 4-6, 7-9 and 10-12 while they fit.
+        assert_eq!(segments_to_release(&closed, 12, 5, 30), 2);
+        assert_eq!(segments_to_release(&closed, 12, 5, 25), 3);
+        assert_eq!(segments_to_release(&closed, 12, 5, 0), 5);
+        // Unflushed segments stay whatever the replicas need.
+        assert_eq!(segments_to_release(&closed, 8, 1, 0), 3);
     }
 
     fn collect(dir: &Path) -> (Vec<(Lsn, Vec<u8>)>, Recovery) {
