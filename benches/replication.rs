@@ -5,7 +5,9 @@
 //!    load and the final flush, so buffered rows are paid for);
 //! 2. freshness: from the writer's 204 for a probe row to the first query on a reader that counts
 //!    it, p50/p99/max, while a paced load runs;
-//! 3. catch-up of a reader started after the files exist: files/s and MB/s.
+//! 3. catch-up of a reader started after the files exist: files/s and MB/s;
+//! 4. ingest and per-request latency with `cluster.replication_ack` none, one and quorum, each on
+//!    a fresh writer with two readers.
 //!
 //! ```text
 //! cargo bench --bench replication -- [--seconds 10] [--workers 4] [--batch 5000]
@@ -65,6 +67,15 @@ fn free_port() -> Result<u16> {
 
 /// A cluster node; the first (no seed) starts the cluster.
 async fn start_node(name: &str, role: &str, seed: Option<&str>) -> Result<(LocalServer, String)> {
+    start_node_with(name, role, seed, &[]).await
+}
+
+async fn start_node_with(
+    name: &str,
+    role: &str,
+    seed: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<(LocalServer, String)> {
     let coordinator = format!("127.0.0.1:{}", free_port()?);
     let mut env: Vec<(String, String)> = [
         ("ARC_CLUSTER_ENABLED", "true"),
@@ -81,6 +92,11 @@ async fn start_node(name: &str, role: &str, seed: Option<&str>) -> Result<(Local
     if let Some(seed) = seed {
         env.push(("ARC_CLUSTER_SEEDS".into(), seed.into()));
     }
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     Ok((LocalServer::start(&env).await?, coordinator))
 }
 
@@ -105,8 +121,13 @@ fn bodies(batch: usize) -> Vec<bytes::Bytes> {
 }
 
 /// Posts batches from `workers` clients for `seconds` (at most `rate` rows/s in all when
-/// given); returns the rows acknowledged.
-async fn load(url: &str, options: &Options, seconds: u64, rate: Option<u64>) -> Result<u64> {
+/// given); returns the rows acknowledged and each request's latency in ms.
+async fn load(
+    url: &str,
+    options: &Options,
+    seconds: u64,
+    rate: Option<u64>,
+) -> Result<(u64, Vec<f64>)> {
     let client = common::client_builder().build()?;
     let bodies = std::sync::Arc::new(bodies(options.batch));
     let until = Instant::now() + Duration::from_secs(seconds);
@@ -122,7 +143,7 @@ async fn load(url: &str, options: &Options, seconds: u64, rate: Option<u64>) -> 
         );
         let batch = options.batch as u64;
         tasks.push(tokio::spawn(async move {
-            let mut rows = 0;
+            let (mut rows, mut latencies) = (0, Vec::new());
             let mut next = worker;
             while Instant::now() < until {
                 let sent = Instant::now();
@@ -136,27 +157,32 @@ async fn load(url: &str, options: &Options, seconds: u64, rate: Option<u64>) -> 
                     bail!("write failed: {}", response.text().await?);
                 }
                 rows += batch;
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
                 if let Some(pause) = per_request.and_then(|p| p.checked_sub(sent.elapsed())) {
                     tokio::time::sleep(pause).await;
                 }
             }
-            Ok::<_, anyhow::Error>(rows)
+            Ok::<_, anyhow::Error>((rows, latencies))
         }));
     }
-    let mut rows = 0;
+    let (mut rows, mut latencies) = (0, Vec::new());
     for task in tasks {
-        rows += task.await??;
+        let (task_rows, task_latencies) = task.await??;
+        rows += task_rows;
+        latencies.extend(task_latencies);
     }
-    Ok(rows)
+    latencies.sort_by(f64::total_cmp);
+    Ok((rows, latencies))
 }
 
-/// Sustained rows/s: the load, then the flush of what it left buffered.
-async fn sustained(url: &str, options: &Options) -> Result<f64> {
+/// Sustained rows/s (the load, then the flush of what it left buffered) and the requests'
+/// sorted latencies.
+async fn sustained(url: &str, options: &Options) -> Result<(f64, Vec<f64>)> {
     let client = common::client_builder().build()?;
     let started = Instant::now();
-    let rows = load(url, options, options.seconds, None).await?;
+    let (rows, latencies) = load(url, options, options.seconds, None).await?;
     common::flush(&client, url).await?;
-    Ok(rows as f64 / started.elapsed().as_secs_f64())
+    Ok((rows as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
 async fn count(client: &reqwest::Client, url: &str, sql: &str) -> Result<Option<u64>> {
@@ -226,12 +252,12 @@ async fn main() -> Result<()> {
         "replication benchmark: {} workers × {} rows per request, {} s per load",
         options.workers, options.batch, options.seconds
     );
-    let alone = sustained(&writer.url, &options).await?;
+    let (alone, _) = sustained(&writer.url, &options).await?;
     println!("ingest, writer alone:            {alone:>12.0} rows/s");
 
     let (reader_1, _) = start_node("reader-01", "reader", Some(&seed)).await?;
     let (reader_2, _) = start_node("reader-02", "reader", Some(&seed)).await?;
-    let replicated = sustained(&writer.url, &options).await?;
+    let (replicated, _) = sustained(&writer.url, &options).await?;
     println!(
         "ingest, writer + 2 readers:      {replicated:>12.0} rows/s ({:.2} of alone)",
         replicated / alone
@@ -243,7 +269,7 @@ async fn main() -> Result<()> {
         tokio::spawn(async move { load(&url, &background, seconds, Some(background.rate)).await })
     };
     let latencies = freshness(&writer.url, &reader_1.url, options.probes).await?;
-    let paced_rows = paced.await??;
+    let (paced_rows, _) = paced.await??;
     println!(
         "freshness under a paced load ({} rows acknowledged meanwhile): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} probes",
         paced_rows,
@@ -281,5 +307,43 @@ async fn main() -> Result<()> {
         bytes as f64 / 1e6 / elapsed
     );
     drop((reader_1, reader_2, reader_3, writer));
+
+    for mode in ["none", "one", "quorum"] {
+        let ack = [("ARC_CLUSTER_REPLICATION_ACK", mode)];
+        let (writer, seed) = start_node_with("writer-01", "writer", None, &ack).await?;
+        let (reader_1, _) = start_node("reader-01", "reader", Some(&seed)).await?;
+        let (reader_2, _) = start_node("reader-02", "reader", Some(&seed)).await?;
+        // Writes wait for readers' streams to be open (or are refused under one and quorum).
+        let client = common::client_builder().build()?;
+        let started = Instant::now();
+        loop {
+            let status: Value = client
+                .get(format!("{}/api/v1/cluster/status", writer.url))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let readers = status["data"]["replication_readers"].as_array().cloned();
+            let connected = readers
+                .unwrap_or_default()
+                .iter()
+                .filter(|r| r["connected"] == true)
+                .count();
+            if connected == 2 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the readers did not connect: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (rate, latencies) = sustained(&writer.url, &options).await?;
+        println!(
+            "replication_ack = {mode:<6}: {rate:>12.0} rows/s, request p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99)
+        );
+        drop((reader_1, reader_2, writer));
+    }
     Ok(())
 }

@@ -21,16 +21,16 @@ use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::compact::Compactor;
-use crate::config::{Config, NodeRole, StorageBackend};
+use crate::config::{Config, NodeRole, ReplicationAck, StorageBackend};
 use crate::continuous::{self, CqRunner};
 use crate::crash_hook::CrashHook;
 use crate::delete::{self, Deleter};
 use crate::flush::{Flusher, PendingUploads};
-use crate::ingest::{IngestLimits, Ingester, replay_entry};
+use crate::ingest::{IngestLimits, Ingester, replay_entry, replicate_entry};
 use crate::meta::{Meta, MetaError};
 use crate::query::QueryEngine;
 use crate::reclaim;
-use crate::replication::{Follower, Puller, ReadBarrier, ReplicaView, ReplicationStats};
+use crate::replication::{AckPolicy, Follower, Puller, ReadBarrier, ReplicaView, ReplicationStats};
 use crate::retention;
 use crate::schedule::CronSchedule;
 use crate::storage::{Storage, StorageError};
@@ -302,6 +302,13 @@ async fn start_services(
             "cluster.replication_enabled needs wal.enabled on a writer; readers get no WAL stream"
         );
     }
+    let replicas = config.cluster.replication_enabled;
+    let follows = cluster.is_some() && replicas && config.cluster.role == NodeRole::Reader;
+    // On local storage every node holds a copy of every manifest file (a compactor merges
+    // them, a writer rewrites them for deletes, a reader queries them); on an object store all
+    // read them where they were put.
+    let copies_files = replicas && config.storage.backend == StorageBackend::Local;
+    let mut replayed_through = 0;
     let wal = if config.wal.enabled {
         let options = WalOptions {
             dir: config.wal.directory.clone().into(),
@@ -319,7 +326,21 @@ async fn start_services(
         let recovery = tokio::task::spawn_blocking(move || {
             let state = replay_meta.state();
             wal::replay(&dir, |lsn, payload| {
-                replay_entry(&replay_buffers, &state, lsn, payload).map(|_| ())
+                if follows {
+                    // A reader's log mirrors its writer's. Its view of local files starts
+                    // empty, so (on local storage) every entry's rows are buffered until the
+                    // puller's copies cover them.
+                    let flushed = |database: &str, measurement: &str| {
+                        if copies_files {
+                            0
+                        } else {
+                            state.flushed_through(database, measurement)
+                        }
+                    };
+                    replicate_entry(&replay_buffers, flushed, lsn, payload).map(|_| ())
+                } else {
+                    replay_entry(&replay_buffers, &state, lsn, payload).map(|_| ())
+                }
             })
         })
         .await
@@ -329,7 +350,8 @@ async fn start_services(
             truncated_segments = recovery.truncated_segments,
             "WAL replayed"
         );
-        let next_lsn = buffers.lock().last_lsn() + 1;
+        replayed_through = recovery.last_lsn.unwrap_or(0);
+        let next_lsn = buffers.lock().last_lsn().max(replayed_through) + 1;
         Some(Arc::new(Wal::start(options, next_lsn, recovery)?))
     } else {
         None
@@ -337,15 +359,9 @@ async fn start_services(
     if let (Some(cluster), Some(feed)) = (&cluster, wal.as_ref().and_then(|w| w.feed())) {
         cluster.serve_wal(Arc::clone(feed));
     }
-    let replicas = config.cluster.replication_enabled;
     if let (Some(cluster), true) = (&cluster, replicas) {
         cluster.serve_files(storage.clone());
     }
-    let follows = replicas && config.cluster.role == NodeRole::Reader;
-    // On local storage every node holds a copy of every manifest file (a compactor merges
-    // them, a writer rewrites them for deletes, a reader queries them); on an object store all
-    // read them where they were put.
-    let copies_files = replicas && config.storage.backend == StorageBackend::Local;
     let view = copies_files.then(|| Arc::new(ReplicaView::default()));
     let gated = follows && view.is_some() && config.cluster.query_gate_on_catchup;
     if gated && !config.cluster.replication_catchup_enabled {
@@ -356,6 +372,9 @@ async fn start_services(
     }
     let gated = gated && config.cluster.replication_catchup_enabled;
     let stats = Arc::new(ReplicationStats::new(gated));
+    if follows {
+        stats.resume_from(replayed_through);
+    }
     let read_barrier =
         cluster
             .as_ref()
@@ -383,6 +402,7 @@ async fn start_services(
             view: view.clone(),
             max_buffered_bytes: MAX_BUFFERED_BYTES,
             ack_interval: Duration::from_millis(config.cluster.replication_ack_interval.max(1)),
+            wal: wal.clone(),
         });
     // Only a reader's queries read through the view; the others read the manifest.
     let query_view = view.clone().filter(|_| follows);
@@ -451,7 +471,19 @@ async fn start_services(
     if let Err(err) = deleter.remove_leftovers().await {
         tracing::warn!(error = %err, "could not remove an interrupted delete's files");
     }
-    let ingester = Arc::new(Ingester::new(buffers, wal.clone(), flush_tx, limits));
+    let replica_acks = cluster
+        .as_ref()
+        .filter(|_| serves_replicas && config.cluster.replication_ack != ReplicationAck::None)
+        .map(|cluster| {
+            Arc::new(AckPolicy {
+                cluster: Arc::clone(cluster),
+                mode: config.cluster.replication_ack,
+                timeout: Duration::from_millis(config.cluster.route_timeout),
+            })
+        });
+    let ingester = Arc::new(
+        Ingester::new(buffers, wal.clone(), flush_tx, limits).with_replica_acks(replica_acks),
+    );
     let continuous_queries = Arc::new(CqRunner {
         meta: Arc::clone(&meta),
         query: Arc::clone(&query),

@@ -70,6 +70,7 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Value>,
         },
         "leader": raft.leader_id,
         "raft": raft,
+        "writer": services.meta.state().nodes().writer().clone(),
         "replication_catchup_status": services.replication.as_ref().map(|r| r.catchup_status()),
     })))
 }

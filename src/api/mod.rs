@@ -453,7 +453,9 @@ impl From<IngestError> for ApiError {
             | IngestError::Decode(_)
             | IngestError::Schema(_) => StatusCode::BAD_REQUEST,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::BufferFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::BufferFull { .. } | IngestError::NotReplicated(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             IngestError::Wal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, err.to_string())

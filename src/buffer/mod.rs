@@ -334,6 +334,16 @@ impl BufferSet {
         released
     }
 
+    /// On a replica: every entry at or below this LSN that it applied has its rows in files
+    /// it queries (none of them is buffered any more); `applied` when nothing is buffered.
+    pub fn replicated_through(&self, applied: Lsn) -> Lsn {
+        self.tables
+            .values()
+            .filter_map(|t| t.replicated.front().map(|c| c.min_lsn))
+            .min()
+            .map_or(applied, |oldest| applied.min(oldest - 1))
+    }
+
     /// Memory held by buffered rows, flushed or not yet.
     pub fn buffered_bytes(&self) -> usize {
         self.bytes

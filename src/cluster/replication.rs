@@ -16,7 +16,8 @@ use futures::{StreamExt, TryStreamExt};
 use super::internal::Peer;
 use super::protocol::Empty;
 use super::{Cluster, ClusterError, NodeState};
-use crate::replication::{ReaderStatus, STREAM_PATH, StreamRequest, entry_stream};
+use crate::config::NodeRole;
+use crate::replication::{ReaderPositions, ReaderStatus, STREAM_PATH, StreamRequest, entry_stream};
 use crate::storage::Storage;
 use crate::wal::{Feed, Lsn};
 
@@ -44,6 +45,20 @@ impl Cluster {
         if self.wal_feed.set(feed).is_err() {
             tracing::warn!("the WAL feed was already being served");
         }
+    }
+
+    /// The registered readers, by name.
+    pub fn registered_readers(&self) -> HashSet<String> {
+        self.nodes()
+            .into_iter()
+            .filter(|n| n.role == NodeRole::Reader)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Where each reader's stream from this writer is.
+    pub fn stream_positions(&self) -> &ReaderPositions {
+        &self.stream_readers
     }
 
     /// Keeps the WAL segments the member readers still need (members only: a removed reader

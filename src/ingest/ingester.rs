@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::buffer::{Buffers, MeasurementKey, SchemaConflict};
 use crate::meta::MetaState;
+use crate::replication::{AckError, AckPolicy};
 use crate::wal::{Lsn, Wal, WalError};
 
 use super::{DecodeError, MeasurementBatch, Precision, line_protocol, msgpack, names};
@@ -42,6 +43,8 @@ pub enum IngestError {
     BufferFull { bytes: usize },
     #[error("write-ahead log failure: {0}")]
     Wal(#[from] WalError),
+    #[error(transparent)]
+    NotReplicated(#[from] AckError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +78,8 @@ pub struct Ingester {
     wal: Option<Arc<Wal>>,
     flush_requests: mpsc::UnboundedSender<MeasurementKey>,
     limits: IngestLimits,
+    /// `cluster.replication_ack` other than `none`: readers that must hold each write.
+    replica_acks: Option<Arc<AckPolicy>>,
 }
 
 impl Ingester {
@@ -89,7 +94,14 @@ impl Ingester {
             wal,
             flush_requests,
             limits,
+            replica_acks: None,
         }
+    }
+
+    /// Acknowledges writes only once readers hold them as `policy` says.
+    pub fn with_replica_acks(mut self, policy: Option<Arc<AckPolicy>>) -> Ingester {
+        self.replica_acks = policy;
+        self
     }
 
     /// Stores a write. Returns once its WAL entry is durable (per `wal.sync_mode`); on error
@@ -113,7 +125,10 @@ impl Ingester {
             decode_request(&request, caps)?
         };
         let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
-        let (durable, full) = {
+        if let Some(policy) = &self.replica_acks {
+            policy.check_ready()?;
+        }
+        let (lsn, durable, full) = {
             let mut buffers = self.buffers.lock();
             let bytes = buffers.buffered_bytes();
             if bytes > self.limits.max_buffered_bytes {
@@ -126,13 +141,16 @@ impl Ingester {
                 .as_ref()
                 .map(|wal| wal.append(lsn, encode_entry(&request)));
             let full = buffers.insert(lsn, prepared, self.limits.max_buffer_rows);
-            (durable, full)
+            (lsn, durable, full)
         };
         for key in full {
             let _ = self.flush_requests.send(key);
         }
         if let Some(durable) = durable {
             durable.await.map_err(|_| WalError::Closed)??;
+        }
+        if let Some(policy) = &self.replica_acks {
+            policy.confirmed(lsn).await?;
         }
         Ok(rows)
     }

@@ -82,11 +82,39 @@ pub enum NodeError {
         other: String,
         other_storage: String,
     },
+    #[error(
+        "promotion to writer epoch {requested} is stale: the writer epoch is already {current}"
+    )]
+    StaleEpoch { requested: u64, current: u64 },
+    #[error("node {name} cannot be promoted to writer: {why}")]
+    NotPromotable { name: String, why: String },
+}
+
+/// Which node takes the writes, under which epoch. The epoch grows by one with every
+/// promotion, so whatever a replaced writer still sends carries an epoch that is no longer
+/// current.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterAssignment {
+    /// `None` before an ingesting node registered, and after the writer was removed.
+    pub node: Option<String>,
+    pub epoch: u64,
+    pub last_failover: Option<Failover>,
+}
+
+/// One change of writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    pub at_us: i64,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRegistry {
     nodes: BTreeMap<String, NodeRecord>,
+    #[serde(default)]
+    writer: WriterAssignment,
 }
 
 impl NodeRegistry {
@@ -135,12 +163,67 @@ impl NodeRegistry {
         Ok(())
     }
 
+    /// Registers `name`; the first ingesting node becomes the writer under epoch 1 (or the
+    /// next epoch, after a writer was removed).
     pub fn register(&mut self, name: &str, record: &NodeRecord) {
         self.nodes.insert(name.to_owned(), record.clone());
+        if record.role.ingests() && self.writer.node.is_none() {
+            self.writer.node = Some(name.to_owned());
+            self.writer.epoch += 1;
+        }
     }
 
     pub fn remove(&mut self, name: &str) {
         self.nodes.remove(name);
+        if self.writer.node.as_deref() == Some(name) {
+            self.writer.node = None;
+        }
+    }
+
+    pub fn writer(&self) -> &WriterAssignment {
+        &self.writer
+    }
+
+    /// Whether reader `name` may become the writer under `epoch`, the one after the current.
+    pub fn check_promote(&self, name: &str, epoch: u64) -> Result<(), NodeError> {
+        if epoch != self.writer.epoch + 1 {
+            return Err(NodeError::StaleEpoch {
+                requested: epoch,
+                current: self.writer.epoch,
+            });
+        }
+        let not_promotable = |why: String| NodeError::NotPromotable {
+            name: name.to_owned(),
+            why,
+        };
+        match self.nodes.get(name) {
+            None => Err(not_promotable("it is not registered".into())),
+            Some(record) if record.role != NodeRole::Reader => Err(not_promotable(format!(
+                "it is a {}, and only a reader holds the writer's log",
+                record.role
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Makes `failover.to` the writer under `epoch`; the previous writer becomes a reader.
+    pub fn promote(&mut self, epoch: u64, failover: &Failover) {
+        if let Some(previous) = self
+            .writer
+            .node
+            .as_ref()
+            .and_then(|n| self.nodes.get_mut(n))
+        {
+            previous.role = NodeRole::Reader;
+        }
+        if let Some(promoted) = self.nodes.get_mut(&failover.to) {
+            promoted.role = NodeRole::Writer;
+        }
+        self.writer = WriterAssignment {
+            node: Some(failover.to.clone()),
+            epoch,
+            last_failover: Some(failover.clone()),
+        };
     }
 
     pub fn get(&self, name: &str) -> Option<&NodeRecord> {
@@ -253,6 +336,65 @@ mod tests {
             cluster.check_register("reader-01", &record(NodeRole::Writer)),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_promotion_takes_the_next_epoch_and_swaps_the_writer_and_the_reader() {
+        let mut cluster = registry(&[
+            ("writer-01", record(NodeRole::Writer)),
+            ("reader-01", record(NodeRole::Reader)),
+            ("compactor-01", record(NodeRole::Compactor)),
+        ]);
+        assert_eq!(cluster.writer().node.as_deref(), Some("writer-01"));
+        assert_eq!(cluster.writer().epoch, 1);
+        for (name, epoch) in [("reader-01", 1), ("reader-01", 3)] {
+            let refused = cluster.check_promote(name, epoch).unwrap_err();
+            assert!(
+                matches!(refused, NodeError::StaleEpoch { current: 1, .. }),
+                "{refused}"
+            );
+        }
+        for name in ["writer-01", "compactor-01", "nobody"] {
+            let refused = cluster.check_promote(name, 2).unwrap_err();
+            assert!(
+                matches!(refused, NodeError::NotPromotable { .. }),
+                "{refused}"
+            );
+        }
+        assert_eq!(cluster.check_promote("reader-01", 2), Ok(()));
+        let failover = Failover {
+            at_us: 7,
+            from: Some("writer-01".into()),
+            to: "reader-01".into(),
+            reason: "writer-01 unhealthy for 30s".into(),
+        };
+        cluster.promote(2, &failover);
+        assert_eq!(cluster.writer().node.as_deref(), Some("reader-01"));
+        assert_eq!(cluster.writer().epoch, 2);
+        assert_eq!(cluster.writer().last_failover.as_ref(), Some(&failover));
+        assert_eq!(cluster.get("reader-01").unwrap().role, NodeRole::Writer);
+        assert_eq!(cluster.get("writer-01").unwrap().role, NodeRole::Reader);
+        // Still one ingesting node: the old writer cannot come back as a second one.
+        assert!(matches!(
+            cluster.check_register("writer-01", &record(NodeRole::Writer)),
+            Err(NodeError::RoleChanged { .. })
+        ));
+    }
+
+    #[test]
+    fn the_first_ingesting_node_is_the_writer_and_a_removed_one_frees_the_epoch() {
+        let mut cluster = registry(&[("reader-01", record(NodeRole::Reader))]);
+        assert_eq!(cluster.writer(), &WriterAssignment::default());
+        cluster.register("writer-01", &record(NodeRole::Writer));
+        assert_eq!(cluster.writer().node.as_deref(), Some("writer-01"));
+        // A restart re-registers; the assignment stays.
+        cluster.register("writer-01", &record(NodeRole::Writer));
+        assert_eq!(cluster.writer().epoch, 1);
+        cluster.remove("writer-01");
+        assert_eq!(cluster.writer().node, None);
+        cluster.register("writer-02", &record(NodeRole::Writer));
+        assert_eq!(cluster.writer().node.as_deref(), Some("writer-02"));
+        assert_eq!(cluster.writer().epoch, 2);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::admin::{AdminCommand, AdminError, AdminState};
-use super::nodes::{NodeError, NodeRecord, NodeRegistry};
+use super::nodes::{Failover, NodeError, NodeRecord, NodeRegistry};
 use crate::wal::Lsn;
 
 /// Column types a stored file can have (the ingest decoders produce only these).
@@ -82,6 +82,9 @@ pub enum MetaCommand {
     RegisterNode { name: String, node: NodeRecord },
     /// A node was removed from the cluster; its name and role are free again.
     RemoveNode { name: String },
+    /// A reader takes over the writes under the next writer epoch; the previous writer becomes a
+    /// reader.
+    PromoteWriter { epoch: u64, failover: Failover },
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +188,9 @@ impl MetaState {
             MetaCommand::RegisterNode { name, node } => {
                 Ok(self.nodes.check_register(name, node)?)
             }
+            MetaCommand::PromoteWriter { epoch, failover } => {
+                Ok(self.nodes.check_promote(&failover.to, *epoch)?)
+            }
         }
     }
 
@@ -250,6 +256,10 @@ impl MetaState {
                 self.nodes.remove(name);
                 Ok(())
             }
+            MetaCommand::PromoteWriter { epoch, failover } => {
+                self.nodes.promote(*epoch, failover);
+                Ok(())
+            }
         }
     }
 
@@ -303,6 +313,10 @@ impl MetaState {
             }
             MetaCommand::RegisterNode { name, node } => self.nodes.get(name) == Some(node),
             MetaCommand::RemoveNode { name } => self.nodes.get(name).is_none(),
+            MetaCommand::PromoteWriter { epoch, failover } => {
+                self.nodes.writer().epoch >= *epoch
+                    && self.nodes.writer().last_failover.as_ref() == Some(failover)
+            }
             MetaCommand::Admin(_) => false,
         }
     }

@@ -14,7 +14,7 @@ use crate::buffer::{Buffers, MeasurementKey};
 use crate::cluster::Cluster;
 use crate::ingest::replicate_entry;
 use crate::meta::{Meta, MetaState};
-use crate::wal::Lsn;
+use crate::wal::{Lsn, Wal};
 
 /// Pause before reconnecting after the stream ended or failed, doubling while connecting fails.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
@@ -34,8 +34,11 @@ pub struct Follower {
     pub view: Option<Arc<ReplicaView>>,
     /// Buffered bytes above which the stream is not read until flushes release rows.
     pub max_buffered_bytes: usize,
-    /// `cluster.replication_ack_interval`: how often the writer hears what this reader applied.
+    /// `cluster.replication_ack_interval`: how often, at the least, the writer hears what this
+    /// reader holds durably.
     pub ack_interval: Duration,
+    /// This node's WAL, which mirrors the writer's: entries are acknowledged once durable here.
+    pub wal: Option<Arc<Wal>>,
 }
 
 /// A reader's acknowledgements to its writer: at most one in flight, sent at each tick when
@@ -165,12 +168,12 @@ impl Follower {
             while self.buffers.lock().buffered_bytes() > self.max_buffered_bytes {
                 tokio::time::sleep(BACK_PRESSURE_PAUSE).await;
                 self.release_flushed();
-                acks.send_due(&self.cluster, &writer_addr, self.stats.applied_lsn());
+                acks.send_due(&self.cluster, &writer_addr, self.stats.mirrored_lsn());
             }
             let next = tokio::select! {
                 next = tokio::time::timeout_at(silent_at, body.next()) => next,
                 _ = acks.tick() => {
-                    acks.send_due(&self.cluster, &writer_addr, self.stats.applied_lsn());
+                    acks.send_due(&self.cluster, &writer_addr, self.stats.mirrored_lsn());
                     continue;
                 }
             };
@@ -196,6 +199,8 @@ impl Follower {
                 writer: writer.clone(),
             })?;
             self.apply(&writer, frames).await?;
+            // At once, not at the next tick: a writer with `replication_ack` waits for it.
+            acks.send_due(&self.cluster, &writer_addr, self.stats.mirrored_lsn());
         }
     }
 
@@ -207,8 +212,10 @@ impl Follower {
             Arc::clone(&self.stats),
             self.view.clone(),
         );
-        let writer = writer.to_owned();
-        tokio::task::spawn_blocking(move || {
+        let writer_name = writer.to_owned();
+        let wal = self.wal.clone();
+        let mirrored = tokio::task::spawn_blocking(move || {
+            let mut last_written = None;
             for frame in frames {
                 match frame {
                     Frame::KeepAlive { durable_lsn } => stats.heard(durable_lsn),
@@ -226,6 +233,9 @@ impl Follower {
                                 "replication skipped entries the writer already flushed"
                             );
                         }
+                        if let Some(wal) = &wal {
+                            last_written = Some((lsn, wal.append(lsn, vec![payload.clone()])));
+                        }
                         let state = meta.state();
                         let flushed = |database: &str, measurement: &str| {
                             let key = MeasurementKey {
@@ -236,7 +246,7 @@ impl Follower {
                         };
                         let rows = replicate_entry(&buffers, flushed, lsn, &payload).map_err(
                             |reason| ReplicationError::Unapplicable {
-                                writer: writer.clone(),
+                                writer: writer_name.clone(),
                                 lsn,
                                 reason,
                             },
@@ -246,10 +256,33 @@ impl Follower {
                 }
             }
             stats.progressed();
-            Ok(())
+            Ok(last_written)
         })
         .await
-        .expect("replication apply task panicked")
+        .expect("replication apply task panicked")?;
+        match mirrored {
+            // The log syncs in order: once the last entry is durable, all of them are.
+            Some((lsn, durable)) => match durable.await {
+                Ok(Ok(())) => self.stats.mirrored(lsn),
+                Ok(Err(err)) => {
+                    return Err(ReplicationError::Unapplicable {
+                        writer: writer.to_owned(),
+                        lsn,
+                        reason: format!("this node's WAL refused it: {err}"),
+                    });
+                }
+                Err(_) => {
+                    return Err(ReplicationError::Unapplicable {
+                        writer: writer.to_owned(),
+                        lsn,
+                        reason: "this node's WAL is closed".into(),
+                    });
+                }
+            },
+            None if self.wal.is_none() => self.stats.mirrored(self.stats.applied_lsn()),
+            None => {}
+        }
+        Ok(())
     }
 
     /// Drops buffered rows that registered files now hold.
@@ -267,7 +300,17 @@ impl Follower {
                 })
                 .collect()
         };
-        let released = self.buffers.lock().release_flushed(&flushed);
+        let (released, through) = {
+            let mut buffers = self.buffers.lock();
+            let released = buffers.release_flushed(&flushed);
+            (
+                released,
+                buffers.replicated_through(self.stats.mirrored_lsn()),
+            )
+        };
+        if let Some(wal) = &self.wal {
+            wal.release_through(through);
+        }
         self.stats
             .chunks_released
             .fetch_add(released as u64, std::sync::atomic::Ordering::Relaxed);

@@ -14,6 +14,7 @@
 //! sequence number is an LSN and whose payload starts with a kind byte: an entry (the WAL
 //! payload follows) or a keep-alive (the writer's durable LSN, sent while there is nothing new).
 
+mod acks;
 mod barrier;
 mod follower;
 mod puller;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 
+pub use acks::{AckError, AckPolicy, readers_needed};
 pub use barrier::{BarrierError, Coverage, ReadBarrier, covered};
 pub use follower::Follower;
 pub use puller::Puller;
@@ -143,6 +145,8 @@ impl FrameDecoder {
 #[derive(Debug, Default)]
 pub struct ReplicationStats {
     applied_lsn: AtomicU64,
+    /// Applied and durable in this node's own WAL (the same as applied without one).
+    mirrored_lsn: AtomicU64,
     writer_lsn: AtomicU64,
     entries_applied: AtomicU64,
     rows_applied: AtomicU64,
@@ -231,6 +235,8 @@ pub struct ReplicationStatus {
     pub writer: Option<String>,
     pub connected: bool,
     pub applied_lsn: Lsn,
+    /// Held durably in this node's WAL: what the writer is told.
+    pub durable_lsn: Lsn,
     pub writer_lsn: Lsn,
     pub lag_entries: u64,
     pub lag_seconds: f64,
@@ -268,6 +274,22 @@ pub struct ReplicationStatus {
 impl ReplicationStats {
     pub fn applied_lsn(&self) -> Lsn {
         self.applied_lsn.load(Ordering::Acquire)
+    }
+
+    pub fn mirrored_lsn(&self) -> Lsn {
+        self.mirrored_lsn.load(Ordering::Acquire)
+    }
+
+    fn mirrored(&self, lsn: Lsn) {
+        self.mirrored_lsn.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    /// A reader restarted with the entries through `lsn` replayed from its own WAL: its stream
+    /// goes on after them.
+    pub fn resume_from(&self, lsn: Lsn) {
+        self.applied_lsn.fetch_max(lsn, Ordering::AcqRel);
+        self.mirrored_lsn.fetch_max(lsn, Ordering::AcqRel);
+        self.writer_lsn.fetch_max(lsn, Ordering::Relaxed);
     }
 
     fn applied(&self, lsn: Lsn, rows: usize) {
@@ -335,6 +357,7 @@ impl ReplicationStats {
             writer: state.writer.clone(),
             connected: state.connected,
             applied_lsn,
+            durable_lsn: self.mirrored_lsn(),
             writer_lsn,
             lag_entries,
             lag_seconds,

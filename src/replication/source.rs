@@ -23,6 +23,8 @@ const BATCH_BYTES: usize = 4 << 20;
 #[derive(Debug, Default)]
 pub struct ReaderPositions {
     readers: Mutex<BTreeMap<String, Position>>,
+    /// Woken by every acknowledgement.
+    acks: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -82,11 +84,29 @@ impl ReaderPositions {
             .unwrap_or(Lsn::MAX)
     }
 
-    /// `reader` applied every entry through `lsn`.
+    /// `reader` holds every entry through `lsn` durably.
     pub fn acked(&self, reader: &str, lsn: Lsn) {
         if let Some(position) = self.readers.lock().unwrap().get_mut(reader) {
             position.acked_lsn = position.acked_lsn.max(lsn);
         }
+        self.acks.notify_waiters();
+    }
+
+    /// How many of `readers` hold entry `lsn` durably, and how many are streaming now.
+    pub fn holding(&self, readers: &HashSet<String>, lsn: Lsn) -> (usize, usize) {
+        let positions = self.readers.lock().unwrap();
+        let members = positions.iter().filter(|(r, _)| readers.contains(*r));
+        members.fold((0, 0), |(holding, streaming), (_, p)| {
+            (
+                holding + usize::from(p.acked_lsn >= lsn),
+                streaming + usize::from(p.streams > 0),
+            )
+        })
+    }
+
+    /// Resolves at the next acknowledgement (create it before checking, so none is missed).
+    pub fn next_ack(&self) -> tokio::sync::futures::Notified<'_> {
+        self.acks.notified()
     }
 
     fn opened(&self, reader: &str, from: Lsn) {

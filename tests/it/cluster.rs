@@ -65,6 +65,11 @@ async fn three_nodes_started_from_seed_variables_form_a_cluster() {
             json!({"writer": 1, "reader": 2, "compactor": 0})
         );
         assert!(data["leader"].is_string(), "{body}");
+        assert_eq!(
+            data["writer"],
+            json!({"node": "writer-01", "epoch": 1, "last_failover": null}),
+            "{body}"
+        );
     }
     let server = &cluster.node("reader-01").server;
     let count = |path: &'static str| async move {

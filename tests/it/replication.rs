@@ -474,6 +474,144 @@ async fn a_gated_reader_behind_the_manifest_waits_for_its_files_instead_of_answe
     );
 }
 
+/// A reader writes every entry it applies to its own WAL, so one killed and restarted replays
+/// them and goes on after the last: it counts the rows at once, is sent none of them again and
+/// skips nothing.
+#[tokio::test]
+async fn a_restarted_reader_replays_its_own_log_instead_of_streaming_it_again() {
+    let mut cluster = writer_and_two_readers().await;
+    let table = "mirror.rows";
+    for batch in 0..10 {
+        write_rows(
+            &cluster.node("writer-01").server,
+            table,
+            batch * 100..(batch + 1) * 100,
+        )
+        .await;
+    }
+    let reader_counts = async |cluster: &TestCluster, rows: u64| {
+        let reader = &cluster.node("reader-01").server;
+        eventually("reader-01 counts every row", SETTLE, || async {
+            (count(reader, table).await == Some(rows)).then_some(())
+        })
+        .await;
+    };
+    reader_counts(&cluster, 1000).await;
+    cluster.kill9("reader-01");
+    cluster.restart("reader-01").await;
+    reader_counts(&cluster, 1000).await;
+    let (_, status) = get_json(&cluster.node("reader-01").server, "/api/v1/cluster/status").await;
+    let replication = &status["data"]["replication"];
+    eprintln!("reader-01 after its restart: {replication}");
+    assert_eq!(
+        replication["entries_applied"], 0,
+        "entries were streamed again"
+    );
+    assert_eq!(replication["gaps"], 0);
+    assert!(
+        replication["durable_lsn"].as_u64() >= Some(10),
+        "{replication}"
+    );
+
+    write_rows(&cluster.node("writer-01").server, table, 1000..1100).await;
+    reader_counts(&cluster, 1100).await;
+}
+
+/// With `replication_ack = one` a write is answered 204 only once a reader holds it: right
+/// after each 204 some reader already counts it, without waiting. With no reader following,
+/// writes are refused with 503 and nothing is stored; they succeed again once readers are back.
+#[tokio::test]
+async fn with_replication_ack_one_every_acknowledged_write_is_on_a_reader_already() {
+    let acked_writer = node("writer-01", "writer").with(&[("ARC_CLUSTER_REPLICATION_ACK", "one")]);
+    let cluster = TestCluster::start(vec![
+        acked_writer,
+        node("reader-01", "reader"),
+        node("reader-02", "reader"),
+    ])
+    .await;
+    let table = "acked.rows";
+    let (writer, readers) = (
+        &cluster.node("writer-01").server,
+        [
+            &cluster.node("reader-01").server,
+            &cluster.node("reader-02").server,
+        ],
+    );
+    // The readers' streams are open before the first write.
+    eventually("both readers follow", SETTLE, || async {
+        let (_, status) = get_json(writer, "/api/v1/cluster/status").await;
+        let readers = status["data"]["replication_readers"].as_array()?.clone();
+        (readers.iter().filter(|r| r["connected"] == true).count() == 2).then_some(())
+    })
+    .await;
+    let post = async |ids: std::ops::Range<u64>| {
+        let lines: String = ids
+            .map(|id| {
+                format!(
+                    "rows,host=h{} id={id}i {}\n",
+                    id % 7,
+                    1_700_000_000_000_000_000 + id
+                )
+            })
+            .collect();
+        writer
+            .post(&format!("/write?db={}", "acked"), &[], lines)
+            .await
+    };
+    let started = Instant::now();
+    for batch in 0..20 {
+        let (status, body) = post(batch * 50..(batch + 1) * 50).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        let written = (batch + 1) * 50;
+        let mut counts = Vec::new();
+        for reader in readers {
+            counts.push(count(reader, table).await.unwrap_or(0));
+        }
+        assert!(
+            counts.contains(&written),
+            "after the 204 for {written} rows the readers count {counts:?}"
+        );
+    }
+    eprintln!("20 writes confirmed by a reader in {:?}", started.elapsed());
+
+    cluster.partition(&["reader-01", "reader-02"], Link::Refused);
+    let mut refused = None;
+    for attempt in 0..200 {
+        let first = 10_000 + attempt * 10;
+        let (status, body) = post(first..first + 10).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE && body.contains("nothing was written") {
+            refused = Some(first);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("writes were still accepted with no reader following");
+    cluster.heal();
+    eventually("writes are accepted again", SETTLE, || async {
+        let (status, _) = post(20_000..20_010).await;
+        (status == StatusCode::NO_CONTENT).then_some(())
+    })
+    .await;
+    let sql = format!(
+        "SELECT count(*) AS n FROM {table} WHERE id >= {refused} AND id < {}",
+        refused + 10
+    );
+    let answer: serde_json::Value = writer
+        .client
+        .post(writer.url("/api/v1/query"))
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["data"][0][0], 0,
+        "a refused write was stored: {answer}"
+    );
+}
+
 /// Parquet files under `dir`, as storage keys, with their SHA-256.
 fn parquet_files(dir: &std::path::Path) -> Vec<(String, String)> {
     use sha2::{Digest, Sha256};
