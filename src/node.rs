@@ -374,6 +374,9 @@ async fn start_services(
     let stats = Arc::new(ReplicationStats::new(gated));
     if follows {
         stats.resume_from(replayed_through);
+        if let Some(cluster) = &cluster {
+            cluster.report_replication(Arc::clone(&stats));
+        }
     }
     let read_barrier =
         cluster

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::wal::Lsn;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
@@ -77,6 +79,7 @@ struct PeerRecord {
     known_since: Instant,
     last_heartbeat: Option<(Instant, DateTime<Utc>)>,
     leaving: bool,
+    replicated_lsn: Option<Lsn>,
 }
 
 /// What this node has heard from each peer (by name).
@@ -93,6 +96,8 @@ pub struct PeerHealth {
     pub silent_for: Duration,
     pub leaving: bool,
     pub last_heartbeat: Option<DateTime<Utc>>,
+    /// What its last heartbeat said it replicated (readers only).
+    pub replicated_lsn: Option<Lsn>,
 }
 
 impl HealthBook {
@@ -110,17 +115,26 @@ impl HealthBook {
             known_since: now,
             last_heartbeat: None,
             leaving: false,
+            replicated_lsn: None,
         });
     }
 
-    pub fn record_heartbeat(&mut self, peer: &str, leaving: bool, now: Instant) {
+    pub fn record_heartbeat(
+        &mut self,
+        peer: &str,
+        leaving: bool,
+        replicated_lsn: Option<Lsn>,
+        now: Instant,
+    ) {
         let record = self.peers.entry(peer.to_owned()).or_insert(PeerRecord {
             known_since: now,
             last_heartbeat: None,
             leaving,
+            replicated_lsn,
         });
         record.last_heartbeat = Some((now, Utc::now()));
         record.leaving = leaving;
+        record.replicated_lsn = replicated_lsn;
     }
 
     pub fn peer(&self, peer: &str, now: Instant) -> PeerHealth {
@@ -135,6 +149,7 @@ impl HealthBook {
             silent_for: now.saturating_duration_since(since),
             leaving: record.is_some_and(|r| r.leaving),
             last_heartbeat: last.map(|(_, wall)| wall),
+            replicated_lsn: record.and_then(|r| r.replicated_lsn),
         }
     }
 }
@@ -176,11 +191,12 @@ mod tests {
         let mut book = HealthBook::new(start);
         let later = start + Duration::from_secs(5);
         assert_eq!(book.peer("a", later).silent_for, Duration::from_secs(5));
-        book.record_heartbeat("a", true, later);
+        book.record_heartbeat("a", true, Some(7), later);
         let peer = book.peer("a", later + Duration::from_secs(1));
         assert_eq!(peer.silent_for, Duration::from_secs(1));
         assert!(peer.leaving && peer.last_heartbeat.is_some());
-        book.record_heartbeat("a", false, later);
+        assert_eq!(peer.replicated_lsn, Some(7));
+        book.record_heartbeat("a", false, None, later);
         assert!(!book.peer("a", later).leaving);
 
         book.note_member("b", later);

@@ -8,6 +8,8 @@ use tokio::sync::watch;
 use super::Cluster;
 use super::network::PeerError;
 use super::protocol::{Empty, HEARTBEAT_PATH, Heartbeat};
+use crate::replication::ReplicationStats;
+use crate::wal::Lsn;
 
 impl Cluster {
     pub(super) async fn send_heartbeats(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -29,7 +31,10 @@ impl Cluster {
     }
 
     pub(super) async fn beat(&self, leaving: bool, timeout: Duration) {
-        let beat = Heartbeat { leaving };
+        let beat = Heartbeat {
+            leaving,
+            replicated_lsn: self.replicated.get().map(|stats| stats.mirrored_lsn()),
+        };
         let calls = self.peers().into_iter().map(|peer| {
             let beat = &beat;
             async move {
@@ -54,10 +59,17 @@ impl Cluster {
         }
     }
 
-    pub(super) fn record_heartbeat(&self, peer: &str, leaving: bool) {
+    pub(super) fn record_heartbeat(&self, peer: &str, leaving: bool, replicated_lsn: Option<Lsn>) {
         self.health
             .lock()
             .unwrap()
-            .record_heartbeat(peer, leaving, Instant::now());
+            .record_heartbeat(peer, leaving, replicated_lsn, Instant::now());
+    }
+
+    /// Heartbeats from now on say how much of the writer's log this reader holds.
+    pub fn report_replication(&self, stats: Arc<ReplicationStats>) {
+        if self.replicated.set(stats).is_err() {
+            tracing::warn!("replication was already being reported");
+        }
     }
 }

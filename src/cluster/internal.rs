@@ -189,7 +189,7 @@ async fn heartbeat(
     Extension(Peer(sender)): Extension<Peer>,
     Json(beat): Json<Heartbeat>,
 ) -> Json<Empty> {
-    cluster.record_heartbeat(&sender, beat.leaving);
+    cluster.record_heartbeat(&sender, beat.leaving, beat.replicated_lsn);
     Json(Empty {})
 }
 

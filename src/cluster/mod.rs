@@ -90,6 +90,8 @@ pub struct Cluster {
     forbidden: Mutex<Option<String>>,
     /// This writer's durable entries, once its WAL is open and replication is enabled.
     wal_feed: std::sync::OnceLock<Arc<crate::wal::Feed>>,
+    /// On a reader: its replication, reported in heartbeats.
+    replicated: std::sync::OnceLock<Arc<crate::replication::ReplicationStats>>,
     /// Each reader's position in this writer's stream.
     stream_readers: Arc<crate::replication::ReaderPositions>,
     /// This node's storage, once it serves its files to peers.

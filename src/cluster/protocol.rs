@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{CommandOutcome, NodeInfo};
 use crate::meta::MetaCommand;
+use crate::wal::Lsn;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct JoinRequest {
@@ -56,6 +57,9 @@ pub(super) struct Applied {
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Heartbeat {
     pub(super) leaving: bool,
+    /// On a reader: the last entry of the writer's log it holds durably.
+    #[serde(default)]
+    pub(super) replicated_lsn: Option<Lsn>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

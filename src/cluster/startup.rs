@@ -116,6 +116,7 @@ impl Cluster {
             forbidden: Mutex::new(None),
             wal_feed: std::sync::OnceLock::new(),
             stream_readers: Arc::default(),
+            replicated: std::sync::OnceLock::new(),
             file_storage: std::sync::OnceLock::new(),
             serve_timeout: Duration::from_millis(config.replication_serve_timeout_ms.max(1)),
             runtime: tokio::runtime::Handle::current(),

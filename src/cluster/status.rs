@@ -13,6 +13,7 @@ use super::health::{NodeState, node_state};
 use super::types::RaftId;
 use crate::config::NodeRole;
 use crate::meta::nodes::{Capability, role_can};
+use crate::wal::Lsn;
 
 /// A member as the cluster API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +26,8 @@ pub struct NodeStatus {
     pub last_heartbeat: Option<String>,
     pub is_leader: bool,
     pub is_local: bool,
+    /// On a reader: the last entry of the writer's log it holds durably, as it last reported.
+    pub replicated_lsn: Option<Lsn>,
 }
 
 /// Raft's view from this node.
@@ -55,18 +58,19 @@ impl Cluster {
             .map(|(id, info)| {
                 let is_local = *id == self.local_id;
                 let is_voter = voters.contains(id);
-                let (state, last_heartbeat) = if is_local {
+                let (state, last_heartbeat, replicated_lsn) = if is_local {
                     let state = if is_voter {
                         NodeState::Healthy
                     } else {
                         NodeState::Joining
                     };
-                    (state, Some(chrono::Utc::now()))
+                    let replicated = self.replicated.get().map(|s| s.mirrored_lsn());
+                    (state, Some(chrono::Utc::now()), replicated)
                 } else {
                     let peer = health.peer(&info.name, now);
                     let state =
                         node_state(peer.silent_for, is_voter, peer.leaving, self.thresholds);
-                    (state, peer.last_heartbeat)
+                    (state, peer.last_heartbeat, peer.replicated_lsn)
                 };
                 // The registry says what a node is and where it serves now; membership data
                 // only what it joined as.
@@ -83,6 +87,7 @@ impl Cluster {
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                     is_leader: metrics.current_leader == Some(*id),
                     is_local,
+                    replicated_lsn,
                 }
             })
             .collect();

@@ -515,6 +515,18 @@ async fn a_restarted_reader_replays_its_own_log_instead_of_streaming_it_again() 
 
     write_rows(&cluster.node("writer-01").server, table, 1000..1100).await;
     reader_counts(&cluster, 1100).await;
+    // Heartbeats tell every member how much of the log each reader holds.
+    let writer = &cluster.node("writer-01").server;
+    eventually("the writer hears the readers' positions", SETTLE, || async {
+        let (_, nodes) = get_json(writer, "/api/v1/cluster/nodes?role=reader").await;
+        let lsns: Vec<u64> = nodes["data"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["replicated_lsn"].as_u64())
+            .collect();
+        (lsns == [11, 11]).then_some(())
+    })
+    .await;
 }
 
 /// With `replication_ack = one` a write is answered 204 only once a reader holds it: right
