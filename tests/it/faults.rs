@@ -99,10 +99,13 @@ async fn writes_and_metadata_through_any_node_survive_kills_pauses_and_partition
     };
     let seed = seed(11);
     let history = History::new(seed);
+    // Pattern B's stream runs throughout: readers answer from the writer's WAL as well as from
+    // files, and each keeps its own copy of the log.
+    let replicating = [("ARC_CLUSTER_REPLICATION_ENABLED", "true")];
     let mut cluster = TestCluster::start(vec![
-        node("writer-01", "writer"),
-        node("reader-01", "reader"),
-        node("reader-02", "reader"),
+        node("writer-01", "writer").with(&replicating),
+        node("reader-01", "reader").with(&replicating),
+        node("reader-02", "reader").with(&replicating),
     ])
     .await;
     every_node_healthy(&cluster).await;
