@@ -232,10 +232,9 @@ impl Puller {
         let size = match copied {
             Ok(size) => size,
             Err(err) => {
-                // Bytes that arrived are kept for the next attempt; an attempt that added
-                // nothing starts the next one afresh, in case what is held is the trouble.
-                let size = tokio::fs::metadata(&work).await.map_or(0, |m| m.len());
-                if size <= held || matches!(err, PullError::Local { .. }) {
+                // Bytes that arrived are kept for the next attempt, from whichever peer; a
+                // wrong start is caught by the digest once the copy is complete.
+                if matches!(err, PullError::Local { .. }) {
                     let _ = tokio::fs::remove_file(&work).await;
                 }
                 return Err(err);
