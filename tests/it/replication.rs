@@ -517,15 +517,19 @@ async fn a_restarted_reader_replays_its_own_log_instead_of_streaming_it_again() 
     reader_counts(&cluster, 1100).await;
     // Heartbeats tell every member how much of the log each reader holds.
     let writer = &cluster.node("writer-01").server;
-    eventually("the writer hears the readers' positions", SETTLE, || async {
-        let (_, nodes) = get_json(writer, "/api/v1/cluster/nodes?role=reader").await;
-        let lsns: Vec<u64> = nodes["data"]
-            .as_array()?
-            .iter()
-            .filter_map(|n| n["replicated_lsn"].as_u64())
-            .collect();
-        (lsns == [11, 11]).then_some(())
-    })
+    eventually(
+        "the writer hears the readers' positions",
+        SETTLE,
+        || async {
+            let (_, nodes) = get_json(writer, "/api/v1/cluster/nodes?role=reader").await;
+            let lsns: Vec<u64> = nodes["data"]
+                .as_array()?
+                .iter()
+                .filter_map(|n| n["replicated_lsn"].as_u64())
+                .collect();
+            (lsns == [11, 11]).then_some(())
+        },
+    )
     .await;
 }
 
