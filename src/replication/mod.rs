@@ -409,9 +409,7 @@ impl ReplicationStats {
             return None;
         }
         self.gate_fires.fetch_add(1, Ordering::Relaxed);
-        let mut warned = self.gate_warned_at.lock().unwrap();
-        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            *warned = Some(Instant::now());
+        if self.refusal_warning_due() {
             tracing::warn!(
                 pending = status.catchup_inflight + status.catchup_failed,
                 "query refused: replication catch-up in progress"
@@ -423,11 +421,19 @@ impl ReplicationStats {
     /// A query was refused because the read barrier did not pass; warns at most once a second.
     pub fn barrier_refused(&self, error: &BarrierError) {
         self.barrier_refusals.fetch_add(1, Ordering::Relaxed);
-        let mut warned = self.gate_warned_at.lock().unwrap();
-        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            *warned = Some(Instant::now());
+        if self.refusal_warning_due() {
             tracing::warn!(error = %error, "query refused: the reader is behind the manifest");
         }
+    }
+
+    /// Refused queries are logged at most once a second, however many arrive.
+    fn refusal_warning_due(&self) -> bool {
+        let mut warned = self.gate_warned_at.lock().unwrap();
+        let due = warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if due {
+            *warned = Some(Instant::now());
+        }
+        due
     }
 
     fn catchup_started(&self, walked: usize, skipped_local: usize, missing: &[String]) {
