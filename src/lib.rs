@@ -11,7 +11,8 @@
 //! A request is acknowledged once its WAL entry is durable. A flush writes Parquet files, registers
 //! them in `meta` through a durable command log, and only then lets the WAL release the entries.
 //! In a cluster with `replication_enabled`, `replication` streams the writer's durable entries to
-//! every reader, which applies them to its own buffers until the registered files hold them.
+//! every reader, which applies them to its own buffers until the registered files hold them;
+//! `handover` moves the writes to a promoted reader when the writer is lost.
 
 pub mod api;
 pub mod auth;
@@ -24,6 +25,7 @@ pub mod crash_hook;
 pub mod delete;
 pub mod flush;
 pub mod frame;
+pub mod handover;
 pub mod ingest;
 pub mod meta;
 pub mod node;

@@ -59,9 +59,24 @@ fn init_logging(level: &str, format: LogFormat) {
 fn serve(config: config::Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        arcdb::node::run(config, shutdown_signal())
-            .await
-            .context("node failed")
+        let (requested, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = requested.send(true);
+        });
+        loop {
+            let mut shutdown = shutdown.clone();
+            let signalled = async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            };
+            match arcdb::node::run(config.clone(), signalled)
+                .await
+                .context("node failed")?
+            {
+                arcdb::node::RunEnd::Stopped => return Ok(()),
+                arcdb::node::RunEnd::Restart => tracing::info!("starting again"),
+            }
+        }
     })
 }
 

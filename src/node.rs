@@ -26,6 +26,7 @@ use crate::continuous::{self, CqRunner};
 use crate::crash_hook::CrashHook;
 use crate::delete::{self, Deleter};
 use crate::flush::{Flusher, PendingUploads};
+use crate::handover;
 use crate::ingest::{IngestLimits, Ingester, replay_entry, replicate_entry};
 use crate::meta::{Meta, MetaError};
 use crate::query::QueryEngine;
@@ -55,6 +56,8 @@ pub enum NodeError {
     PendingUploads(std::io::Error),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error("cannot set aside or mark the WAL of a replaced writer: {0}")]
+    ReplacedLog(std::io::Error),
     #[error(
         "{} holds a standalone node's metadata, which a cluster node would not see (its files \
          and tokens would seem gone); start cluster nodes with an empty meta.directory",
@@ -75,7 +78,7 @@ const REPLICATION_WINDOW_BYTES: usize = 256 << 20;
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), NodeError> {
+) -> Result<RunEnd, NodeError> {
     let host = if config.server.host.is_empty() {
         "::"
     } else {
@@ -113,7 +116,7 @@ pub async fn run(
         _ = shutdown_rx.wait_for(|s| *s) => {
             tracing::info!("shutdown requested during start-up");
             let _ = stop_http.send(true);
-            return Ok(());
+            return Ok(RunEnd::Stopped);
         }
     };
     let Started {
@@ -124,53 +127,68 @@ pub async fn run(
         flush_requests,
         meta,
         storage,
+        role,
+        wal_dir,
     } = started;
     let cluster = services.cluster.clone();
-    // Retention, continuous queries and object reclaim change shared data: in a cluster only
-    // nodes that ingest run them.
-    let runs_file_upkeep = !config.cluster.enabled || config.cluster.role.ingests();
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
         tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped.clone()));
-    let retention_scheduler = (config.retention.enabled && runs_file_upkeep).then(|| {
-        let schedule: CronSchedule = config
-            .scheduler
-            .retention_schedule
-            .parse()
-            .expect("validated with the configuration");
-        tokio::spawn(retention::run_scheduled(
-            Arc::clone(&meta),
-            schedule,
-            flusher_stopped.clone(),
-        ))
-    });
-    let cq_scheduler = (config.continuous_query.enabled && runs_file_upkeep).then(|| {
-        tokio::spawn(continuous::run_scheduled(
+    // Retention, continuous queries and object reclaim change shared data: in a cluster only
+    // the node that ingests runs them (a promoted reader starts them when it takes over).
+    let upkeep_tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let start_upkeep: handover::StartUpkeep = {
+        let (config, meta, storage) = (config.clone(), Arc::clone(&meta), storage.clone());
+        let (continuous_queries, stopped) = (
             Arc::clone(&services.continuous_queries),
             flusher_stopped.clone(),
-        ))
-    });
-    let reclaimer = runs_file_upkeep.then(|| {
-        tokio::spawn(reclaim::run(
-            meta,
-            storage,
-            Duration::from_secs(config.query.timeout),
-            flusher_stopped.clone(),
-        ))
-    });
-    let follower = follower.map(|follower| tokio::spawn(follower.run(flusher_stopped.clone())));
+        );
+        let tasks = Arc::clone(&upkeep_tasks);
+        Box::new(move || {
+            let started = spawn_upkeep(&config, meta, storage, continuous_queries, stopped);
+            tasks.lock().unwrap().extend(started);
+        })
+    };
+    let start_upkeep = if !config.cluster.enabled || role.ingests() {
+        start_upkeep();
+        None
+    } else {
+        Some(start_upkeep)
+    };
+    let (stop_following, following_stopped) = watch::channel(false);
+    let follower = Arc::new(std::sync::Mutex::new(
+        follower.map(|follower| tokio::spawn(follower.run(following_stopped))),
+    ));
     let puller = puller.map(|puller| tokio::spawn(puller.run(flusher_stopped.clone())));
     let schedules = services
         .compactor
         .clone()
-        .map(|compactor| tokio::spawn(compactor.run_schedules(flusher_stopped)));
+        .map(|compactor| tokio::spawn(compactor.run_schedules(flusher_stopped.clone())));
+    let (restart_tx, mut restart_rx) = watch::channel(false);
+    let role_watch = cluster.as_ref().map(|cluster| {
+        let watch = handover::RoleWatch {
+            cluster: Arc::clone(cluster),
+            buffers: Arc::clone(services.ingester.buffers()),
+            meta: Arc::clone(&services.meta),
+            flusher: Arc::clone(&services.flusher),
+            wal_dir: wal_dir.clone(),
+            stop_follower: stop_following.clone(),
+            follower: Arc::clone(&follower),
+            start_upkeep,
+            restart: restart_tx,
+        };
+        tokio::spawn(watch.run(flusher_stopped.clone()))
+    });
     let flusher = Arc::clone(&services.flusher);
     let meta = Arc::clone(&services.meta);
     state.set_ready(services);
     tracing::info!("ready");
 
-    let _ = shutdown_rx.wait_for(|s| *s).await;
-    tracing::info!("shutting down: draining requests");
+    let restart = tokio::select! {
+        _ = shutdown_rx.wait_for(|s| *s) => false,
+        _ = restart_rx.wait_for(|r| *r) => true,
+    };
+    tracing::info!(restart, "shutting down: draining requests");
     // Work waiting for the cluster to settle a change gives up after its next attempt; what it
     // leaves is reconciled at the next start.
     meta.stop_retrying();
@@ -184,23 +202,26 @@ pub async fn run(
         Err(_) => tracing::warn!("requests still running after shutdown_timeout; stopping anyway"),
     }
     let _ = stop_flusher.send(true);
+    let _ = stop_following.send(true);
     let _ = background.await;
-    if let Some(reclaimer) = reclaimer {
-        let _ = reclaimer.await;
+    let follower = follower.lock().unwrap().take();
+    let upkeep = std::mem::take(&mut *upkeep_tasks.lock().unwrap());
+    let tasks = [follower, puller, schedules, role_watch]
+        .into_iter()
+        .flatten()
+        .chain(upkeep);
+    for task in tasks {
+        let _ = task.await;
     }
-    for replication in [follower, puller].into_iter().flatten() {
-        let _ = replication.await;
-    }
-    if let Some(schedules) = schedules {
-        let _ = schedules.await;
-    }
-    for scheduler in [retention_scheduler, cq_scheduler].into_iter().flatten() {
-        let _ = scheduler.await;
-    }
-    match flusher.flush_all().await {
-        Ok(files) => tracing::info!(files, "buffers flushed"),
-        Err(err) => {
-            tracing::error!(error = %err, "final flush failed; the rows stay in the WAL for the next start")
+    if restart {
+        // A replaced writer's rows are not flushed: its log is set aside at the next start.
+        tracing::info!("restarting without a final flush");
+    } else {
+        match flusher.flush_all().await {
+            Ok(files) => tracing::info!(files, "buffers flushed"),
+            Err(err) => {
+                tracing::error!(error = %err, "final flush failed; the rows stay in the WAL for the next start")
+            }
         }
     }
     if let Some(wal) = wal {
@@ -211,7 +232,51 @@ pub async fn run(
     }
     let _ = stop_cluster.send(true);
     tracing::info!("stopped");
-    Ok(())
+    Ok(if restart { RunEnd::Restart } else { RunEnd::Stopped })
+}
+
+/// How a node's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Shutdown was requested.
+    Stopped,
+    /// Its role changed in a way the running services cannot follow: start them again.
+    Restart,
+}
+
+fn spawn_upkeep(
+    config: &Config,
+    meta: Arc<Meta>,
+    storage: Storage,
+    continuous_queries: Arc<CqRunner>,
+    stopped: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if config.retention.enabled {
+        let schedule: CronSchedule = config
+            .scheduler
+            .retention_schedule
+            .parse()
+            .expect("validated with the configuration");
+        tasks.push(tokio::spawn(retention::run_scheduled(
+            Arc::clone(&meta),
+            schedule,
+            stopped.clone(),
+        )));
+    }
+    if config.continuous_query.enabled {
+        tasks.push(tokio::spawn(continuous::run_scheduled(
+            continuous_queries,
+            stopped.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(reclaim::run(
+        meta,
+        storage,
+        Duration::from_secs(config.query.timeout),
+        stopped,
+    )));
+    tasks
 }
 
 /// Disables Nagle's algorithm on an accepted connection. A streamed response ends with a small
@@ -246,6 +311,10 @@ struct Started {
     flush_requests: mpsc::UnboundedReceiver<crate::buffer::MeasurementKey>,
     meta: Arc<Meta>,
     storage: Storage,
+    /// What this node is: its configured role, or in a cluster the one it is registered with
+    /// (a failover swaps a writer's and a reader's).
+    role: NodeRole,
+    wal_dir: Option<std::path::PathBuf>,
 }
 
 async fn start_services(
@@ -295,19 +364,41 @@ async fn start_services(
         let state = meta.state();
         Arc::new(Buffers::new(&state, state.max_flushed_lsn()))
     };
-    let serves_replicas =
-        cluster.is_some() && config.cluster.replication_enabled && config.cluster.role.ingests();
-    if serves_replicas && !config.wal.enabled {
+    let role = cluster.as_ref().map_or(config.cluster.role, |c| c.role());
+    let replicas = config.cluster.replication_enabled;
+    if cluster.is_some() && replicas && role.ingests() && !config.wal.enabled {
         tracing::warn!(
             "cluster.replication_enabled needs wal.enabled on a writer; readers get no WAL stream"
         );
     }
-    let replicas = config.cluster.replication_enabled;
-    let follows = cluster.is_some() && replicas && config.cluster.role == NodeRole::Reader;
+    // Every node that may write keeps its log's latest entries for readers: a reader's log
+    // mirrors its writer's, so once promoted it serves the same entries.
+    let serves_replicas = cluster.is_some() && replicas;
+    let follows = cluster.is_some() && replicas && role == NodeRole::Reader;
     // On local storage every node holds a copy of every manifest file (a compactor merges
     // them, a writer rewrites them for deletes, a reader queries them); on an object store all
     // read them where they were put.
     let copies_files = replicas && config.storage.backend == StorageBackend::Local;
+    let writes_under = cluster.as_ref().and_then(|c| c.writes_under());
+    let wal_dir = config
+        .wal
+        .enabled
+        .then(|| std::path::PathBuf::from(&config.wal.directory));
+    if let (Some(dir), true) = (&wal_dir, cluster.is_some()) {
+        let mark = handover::writer_mark(dir);
+        if handover::log_is_replaced(mark, follows) {
+            let aside = handover::set_aside(dir).map_err(NodeError::ReplacedLog)?;
+            tracing::warn!(
+                epoch = mark,
+                aside = %aside.display(),
+                "this node wrote its log as a writer that was since replaced: the log is set \
+                 aside (entries its successor lacks were never acknowledged) and not replayed"
+            );
+        }
+        if let Some(epoch) = writes_under {
+            handover::mark_writer(dir, epoch).map_err(NodeError::ReplacedLog)?;
+        }
+    }
     let mut replayed_through = 0;
     let wal = if config.wal.enabled {
         let options = WalOptions {
@@ -449,7 +540,13 @@ async fn start_services(
         config.ingest.clone(),
         node_id.clone(),
     ));
-    let compactor = (config.compaction.enabled && config.cluster.role.compacts()).then(|| {
+    if let Some(epoch) = writes_under {
+        flusher.write_under_epoch(epoch);
+        if let Some(cluster) = &cluster {
+            cluster.writer_ready(epoch);
+        }
+    }
+    let compactor = (config.compaction.enabled && role.compacts()).then(|| {
         Arc::new(Compactor::new(
             config.compaction.clone(),
             config.ingest.clone(),
@@ -474,13 +571,18 @@ async fn start_services(
     if let Err(err) = deleter.remove_leftovers().await {
         tracing::warn!(error = %err, "could not remove an interrupted delete's files");
     }
+    let acks_replicated = replicas && config.cluster.replication_ack != ReplicationAck::None;
     let replica_acks = cluster
         .as_ref()
-        .filter(|_| serves_replicas && config.cluster.replication_ack != ReplicationAck::None)
+        .filter(|_| acks_replicated || config.cluster.failover_enabled)
         .map(|cluster| {
             Arc::new(AckPolicy {
                 cluster: Arc::clone(cluster),
-                mode: config.cluster.replication_ack,
+                mode: if replicas {
+                    config.cluster.replication_ack
+                } else {
+                    ReplicationAck::None
+                },
                 timeout: Duration::from_millis(config.cluster.route_timeout),
             })
         });
@@ -514,6 +616,8 @@ async fn start_services(
         flush_requests: flush_rx,
         meta,
         storage,
+        role,
+        wal_dir,
     })
 }
 

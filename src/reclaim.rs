@@ -147,6 +147,7 @@ mod tests {
             measurement: "cpu".into(),
             files: paths.iter().map(|p| entry(p)).collect(),
             flushed_through_lsn: 1,
+            writer_epoch: None,
         })
         .unwrap();
         for (path, at_us) in [(paths[0], 1_000), (paths[1], 1_000), (paths[2], 50_000_000)] {

@@ -178,6 +178,7 @@ mod tests {
                 origin_node: "n".into(),
             }],
             flushed_through_lsn: lsn,
+            writer_epoch: None,
         }
     }
 

@@ -334,6 +334,36 @@ impl BufferSet {
         released
     }
 
+    /// On a reader promoted to writer: the rows it received from the previous writer become
+    /// its own, merged per measurement into the rows a flush writes next; those that files
+    /// already hold by `flushed` (the manifest's positions) are dropped. Returns the rows kept.
+    pub fn adopt_replicated(&mut self, flushed: &HashMap<MeasurementKey, Lsn>) -> usize {
+        let mut adopted = 0;
+        for (key, table) in &mut self.tables {
+            let flushed = flushed.get(key).copied().unwrap_or(0);
+            for chunk in std::mem::take(&mut table.replicated) {
+                if chunk.max_lsn <= flushed {
+                    self.bytes -= chunk.bytes;
+                    continue;
+                }
+                adopted += chunk.rows;
+                match &mut table.active {
+                    None => table.active = Some(chunk),
+                    Some(active) => {
+                        active.batches.extend(chunk.batches);
+                        active.tags.extend(chunk.tags);
+                        active.rows += chunk.rows;
+                        active.bytes += chunk.bytes;
+                        active.min_lsn = active.min_lsn.min(chunk.min_lsn);
+                        active.max_lsn = active.max_lsn.max(chunk.max_lsn);
+                        active.created_at = active.created_at.min(chunk.created_at);
+                    }
+                }
+            }
+        }
+        adopted
+    }
+
     /// On a replica: every entry at or below this LSN that it applied has its rows in files
     /// it queries (none of them is buffered any more); `applied` when nothing is buffered.
     pub fn replicated_through(&self, applied: Lsn) -> Lsn {
@@ -574,5 +604,34 @@ mod tests {
         assert_eq!(set.durable_through(), 12);
         assert_eq!(set.buffered_bytes(), 0);
         assert!(set.with_data().is_empty());
+    }
+
+    #[test]
+    fn a_promoted_reader_flushes_the_replicated_rows_files_do_not_hold_yet() {
+        let buffers = Buffers::new(&MetaState::default(), 0);
+        let mut set = buffers.lock();
+        let key = MeasurementKey {
+            database: "db".into(),
+            measurement: "cpu".into(),
+        };
+        for lsn in 1..=4 {
+            let prepared = set
+                .prepare("db", vec![batch("cpu", "v", floats(&[lsn as f64]))])
+                .unwrap();
+            set.insert_replicated(lsn, prepared);
+        }
+        assert!(set.due_for_flush(POLICY, Instant::now()).is_empty());
+        let bytes = set.buffered_bytes();
+        // The previous writer's files hold entries 1 and 2 already.
+        let adopted = set.adopt_replicated(&HashMap::from([(key.clone(), 2)]));
+        assert_eq!(adopted, 2);
+        assert!(set.buffered_bytes() < bytes);
+        assert_eq!(set.replicated_through(4), 4);
+        let (chunk, was_active) = set.next_flush_chunk(&key).unwrap();
+        assert!(was_active);
+        assert_eq!((chunk.min_lsn, chunk.max_lsn, chunk.rows), (3, 4, 2));
+        set.chunk_flushed(&key, &chunk);
+        assert_eq!(set.buffered_bytes(), 0);
+        assert_eq!(set.allocate_lsn(), 5);
     }
 }

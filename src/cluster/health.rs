@@ -137,6 +137,18 @@ impl HealthBook {
         record.replicated_lsn = replicated_lsn;
     }
 
+    /// `peer` was heard from by other means than a heartbeat: it is alive, and nothing else
+    /// about it changed.
+    pub fn record_contact(&mut self, peer: &str, now: Instant) {
+        let record = self.peers.entry(peer.to_owned()).or_insert(PeerRecord {
+            known_since: now,
+            last_heartbeat: None,
+            leaving: false,
+            replicated_lsn: None,
+        });
+        record.last_heartbeat = Some((now, Utc::now()));
+    }
+
     pub fn peer(&self, peer: &str, now: Instant) -> PeerHealth {
         let record = self.peers.get(peer);
         let last = record.and_then(|r| r.last_heartbeat);
@@ -198,6 +210,9 @@ mod tests {
         assert_eq!(peer.replicated_lsn, Some(7));
         book.record_heartbeat("a", false, None, later);
         assert!(!book.peer("a", later).leaving);
+        let contact = later + Duration::from_secs(3);
+        book.record_contact("a", contact);
+        assert_eq!(book.peer("a", contact).silent_for, Duration::ZERO);
 
         book.note_member("b", later);
         let much_later = later + Duration::from_secs(2);

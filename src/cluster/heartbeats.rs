@@ -66,6 +66,14 @@ impl Cluster {
             .record_heartbeat(peer, leaving, replicated_lsn, Instant::now());
     }
 
+    /// `peer` was heard from, though not by a heartbeat.
+    pub(super) fn record_contact(&self, peer: &str) {
+        self.health
+            .lock()
+            .unwrap()
+            .record_contact(peer, Instant::now());
+    }
+
     /// Heartbeats from now on say how much of the writer's log this reader holds.
     pub fn report_replication(&self, stats: Arc<ReplicationStats>) {
         if self.replicated.set(stats).is_err() {

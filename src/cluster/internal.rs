@@ -53,6 +53,10 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
         .route(REMOVE_PATH, post(remove))
         .route(STREAM_PATH, post(super::replication::serve_stream))
         .route(
+            super::protocol::POSITION_PATH,
+            post(super::failover::serve_position),
+        )
+        .route(
             super::replication::ACK_PATH,
             post(super::replication::record_ack),
         )
@@ -175,7 +179,12 @@ async fn forward(
     )
 }
 
-async fn barrier(State(cluster): State<Arc<Cluster>>) -> Json<LeaderAnswer<u64>> {
+async fn barrier(
+    State(cluster): State<Arc<Cluster>>,
+    Extension(Peer(sender)): Extension<Peer>,
+) -> Json<LeaderAnswer<u64>> {
+    // A writer renews its lease this way: the leader must count it as heard from.
+    cluster.record_contact(&sender);
     if !cluster.is_leader() {
         return Json(LeaderAnswer::NotLeader {
             leader: cluster.leader(),

@@ -13,6 +13,7 @@ use super::protocol::{
 };
 use super::types::{NodeInfo, raft_id};
 use super::{Cluster, ClusterError, RETRY_PAUSE};
+use crate::config::NodeRole;
 use crate::meta::nodes::NodeRecord;
 use crate::meta::{MetaCommand, MetaError};
 
@@ -34,9 +35,20 @@ impl Cluster {
         &self,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ClusterError> {
+        let mut node = self.record(&self.local);
+        // A failover swaps a writer and a reader: each keeps the role it was given, whatever
+        // its configuration says.
+        let registered = self.applied.state.read().unwrap().nodes().get(&self.local.name).map(|r| r.role);
+        if let Some(role) = registered
+            && role != node.role
+            && [role, node.role].iter().all(|r| matches!(r, NodeRole::Writer | NodeRole::Reader))
+        {
+            tracing::info!(configured = %node.role, registered = %role, "a failover changed this node's role; running as registered");
+            node.role = role;
+        }
         let command = MetaCommand::RegisterNode {
             name: self.local.name.clone(),
-            node: self.record(&self.local),
+            node,
         };
         loop {
             if self.applied.state.read().unwrap().reflects(&command) {

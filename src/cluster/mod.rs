@@ -7,9 +7,11 @@
 //! forwarded to the leader; the caller returns once its own node has applied the change.
 
 mod addresses;
+mod failover;
 mod health;
 mod heartbeats;
 mod internal;
+mod lease;
 mod membership;
 mod network;
 pub mod peer_auth;
@@ -30,6 +32,7 @@ use tokio::sync::watch;
 
 pub use addresses::api_address;
 pub use health::NodeState;
+pub use lease::LeaseError;
 use health::{HealthBook, Thresholds};
 use network::PeerClient;
 use peer_auth::PeerAuth;
@@ -38,7 +41,7 @@ use store::AppliedState;
 use types::{NodeInfo, RaftId, TypeConfig};
 
 use crate::config::NodeRole;
-pub use crate::meta::nodes::{Capability, role_can};
+pub use crate::meta::nodes::{Capability, WriterAssignment, role_can};
 use crate::meta::{Meta, Replicator};
 
 /// Header marking a client request one node forwarded to another; it is never forwarded again.
@@ -99,6 +102,10 @@ pub struct Cluster {
     /// `cluster.replication_serve_timeout_ms`: longest time one file is served; a copy cut off
     /// by it resumes from where it stopped.
     serve_timeout: Duration,
+    /// With failover on: how long a confirmation of the writer's assignment lets it
+    /// acknowledge writes.
+    lease_duration: Option<Duration>,
+    lease: Mutex<lease::Lease>,
     runtime: tokio::runtime::Handle,
     next_target: AtomicUsize,
 }
@@ -116,8 +123,27 @@ impl Cluster {
         &self.local.name
     }
 
+    /// What this node is now: its registered role, which a failover changes; the configured
+    /// one until it is registered.
     pub fn role(&self) -> NodeRole {
-        self.local.role
+        self.applied
+            .state
+            .read()
+            .unwrap()
+            .nodes()
+            .get(&self.local.name)
+            .map_or(self.local.role, |record| record.role)
+    }
+
+    /// Who takes the writes now, under which epoch.
+    pub fn writer_assignment(&self) -> WriterAssignment {
+        self.applied.state.read().unwrap().nodes().writer().clone()
+    }
+
+    /// Whether this node is the assigned writer (and under which epoch).
+    pub fn writes_under(&self) -> Option<u64> {
+        let assignment = self.writer_assignment();
+        (assignment.node.as_deref() == Some(self.local.name.as_str())).then_some(assignment.epoch)
     }
 
     pub fn cluster_name(&self) -> &str {

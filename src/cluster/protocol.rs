@@ -62,6 +62,13 @@ pub(super) struct Heartbeat {
     pub(super) replicated_lsn: Option<Lsn>,
 }
 
+/// A reader's answer to the failover controller.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Position {
+    /// The last entry of the writer's log this node holds durably; `None` on a non-reader.
+    pub(super) replicated_lsn: Option<Lsn>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct RemoveRequest {
     pub(super) name: String,
@@ -75,3 +82,4 @@ pub(super) const FORWARD_PATH: &str = "/internal/forward";
 pub(super) const BARRIER_PATH: &str = "/internal/barrier";
 pub(super) const HEARTBEAT_PATH: &str = "/internal/heartbeat";
 pub(super) const REMOVE_PATH: &str = "/internal/remove";
+pub(super) const POSITION_PATH: &str = "/internal/replication/position";

@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::internal::Peer;
 use super::protocol::Empty;
-use super::{Cluster, ClusterError, NodeState};
+use super::{Cluster, ClusterError};
 use crate::config::NodeRole;
 use crate::replication::{ReaderPositions, ReaderStatus, STREAM_PATH, StreamRequest, entry_stream};
 use crate::storage::Storage;
@@ -92,17 +92,17 @@ impl Cluster {
         &self,
         request: &StreamRequest,
     ) -> Result<(String, String, reqwest::Response), ClusterError> {
-        let mut writers: Vec<_> = self
+        let assigned = self
+            .writer_assignment()
+            .node
+            .ok_or_else(|| ClusterError::Unavailable("no writer is assigned".into()))?;
+        let writer = self
             .nodes()
             .into_iter()
-            .filter(|n| !n.is_local && n.role.ingests())
-            .collect();
-        // A healthy writer first; an unhealthy one may only be slow.
-        writers.sort_by_key(|n| n.state != NodeState::Healthy);
-        let writer = writers
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClusterError::Unavailable("no writer is registered".into()))?;
+            .find(|n| n.id == assigned && !n.is_local)
+            .ok_or_else(|| {
+                ClusterError::Unavailable(format!("the writer {assigned} is not a peer"))
+            })?;
         let response = self
             .client
             .open(&writer.address, STREAM_PATH, request, self.request_timeout)
@@ -118,7 +118,11 @@ pub(super) async fn serve_stream(
     Extension(Peer(reader)): Extension<Peer>,
     Json(request): Json<StreamRequest>,
 ) -> Response {
-    let Some(feed) = cluster.wal_feed.get() else {
+    let feed = cluster
+        .wal_feed
+        .get()
+        .filter(|_| cluster.writes_under().is_some());
+    let Some(feed) = feed else {
         let body = serde_json::json!({
             "error": format!(
                 "node {} does not serve a WAL stream (not a writer, or replication is disabled)",

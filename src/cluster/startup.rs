@@ -119,6 +119,10 @@ impl Cluster {
             replicated: std::sync::OnceLock::new(),
             file_storage: std::sync::OnceLock::new(),
             serve_timeout: Duration::from_millis(config.replication_serve_timeout_ms.max(1)),
+            lease_duration: config.failover_enabled.then(|| {
+                super::lease::lease_duration(Duration::from_secs(config.failover_timeout))
+            }),
+            lease: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
             next_target: AtomicUsize::new(0),
         });
@@ -148,6 +152,15 @@ impl Cluster {
             Duration::from_secs(config.raft_snapshot_interval.max(1)),
             stop.clone(),
         ));
+        if config.failover_enabled {
+            let settings = super::failover::FailoverSettings {
+                timeout: Duration::from_secs(config.failover_timeout),
+                cooldown: Duration::from_secs(config.failover_cooldown),
+            };
+            tokio::spawn(Arc::clone(&cluster).run_failover(settings, stop.clone()));
+            let lease = super::lease::lease_duration(settings.timeout);
+            tokio::spawn(Arc::clone(&cluster).renew_lease(lease, stop.clone()));
+        }
         cluster.wait_until_caught_up(stop.clone()).await?;
         cluster.register_self(stop).await?;
         Ok(cluster)

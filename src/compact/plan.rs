@@ -308,6 +308,7 @@ mod tests {
                     measurement: "cpu".into(),
                     files,
                     flushed_through_lsn: lsn,
+                    writer_epoch: None,
                 })
                 .unwrap();
         }

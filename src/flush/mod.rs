@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,6 +158,9 @@ pub struct Flusher {
     last_flush_ns: AtomicI64,
     /// Set once storage has been reconciled with the manifest; no flush may upload before.
     reconciled: tokio::sync::OnceCell<()>,
+    /// In a cluster: the writer epoch this node writes under (0 until it is the writer). Its
+    /// registrations carry it, so once another node took over they are refused.
+    writer_epoch: AtomicU64,
 }
 
 impl Flusher {
@@ -187,7 +190,13 @@ impl Flusher {
             workers: Semaphore::new(workers),
             last_flush_ns: AtomicI64::new(0),
             reconciled: tokio::sync::OnceCell::new(),
+            writer_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// From now on, files are registered as the cluster's writer under `epoch`.
+    pub fn write_under_epoch(&self, epoch: u64) {
+        self.writer_epoch.store(epoch, Ordering::SeqCst);
     }
 
     /// How long a client waits for a flush it asked for (`ingest.flush_timeout_seconds`).
@@ -338,6 +347,7 @@ impl Flusher {
             measurement: key.measurement.clone(),
             files: files.iter().map(|f| f.entry.clone()).collect(),
             flushed_through_lsn: chunk.max_lsn,
+            writer_epoch: Some(self.writer_epoch.load(Ordering::SeqCst)).filter(|e| *e > 0),
         };
         let meta = Arc::clone(&self.meta);
         // Rides out a stalled or leaderless cluster: the rows stay in the WAL and the buffer

@@ -98,6 +98,10 @@ impl Ingester {
         }
     }
 
+    pub fn buffers(&self) -> &Arc<Buffers> {
+        &self.buffers
+    }
+
     /// Acknowledges writes only once readers hold them as `policy` says.
     pub fn with_replica_acks(mut self, policy: Option<Arc<AckPolicy>>) -> Ingester {
         self.replica_acks = policy;

@@ -61,6 +61,10 @@ pub enum MetaCommand {
         measurement: String,
         files: Vec<FileEntry>,
         flushed_through_lsn: Lsn,
+        /// The writer epoch the flushing node holds; a flush from a replaced writer is refused.
+        /// `None` outside a cluster's writer (standalone nodes, retention's rewrites).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        writer_epoch: Option<u64>,
     },
     /// Tokens, databases, retention policies, continuous queries.
     Admin(AdminCommand),
@@ -110,6 +114,11 @@ pub enum ApplyError {
     FileTombstoned(String),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(
+        "flush under writer epoch {epoch} refused: the writer epoch is now {current}, so this \
+         node no longer writes for the cluster"
+    )]
+    StaleWriterEpoch { epoch: u64, current: u64 },
 }
 
 /// Per-measurement facts derived from its files.
@@ -144,7 +153,14 @@ impl MetaState {
                 measurement,
                 files,
                 flushed_through_lsn,
+                writer_epoch,
             } => {
+                let current = self.nodes.writer().epoch;
+                if let Some(epoch) = *writer_epoch
+                    && epoch != current
+                {
+                    return Err(ApplyError::StaleWriterEpoch { epoch, current });
+                }
                 self.check_new_paths(files)?;
                 // Every flush covers LSNs above the previous one: an equal or lower watermark
                 // is the same rows a second time.
@@ -217,6 +233,7 @@ impl MetaState {
                 measurement,
                 files,
                 flushed_through_lsn,
+                ..
             } => {
                 self.register(database, measurement, files)
                     .flushed_through_lsn = *flushed_through_lsn;
@@ -296,6 +313,7 @@ impl MetaState {
                 measurement,
                 files,
                 flushed_through_lsn,
+                ..
             } => {
                 // Flushes of a measurement register in LSN order, so a watermark at or past this
                 // one means this registration applied; its files may since have been compacted
@@ -426,6 +444,7 @@ mod tests {
             measurement: "cpu".into(),
             files: vec![file(path, lsn)],
             flushed_through_lsn: lsn,
+            writer_epoch: None,
         }
     }
 
@@ -474,6 +493,7 @@ mod tests {
             measurement: "cpu".into(),
             files: vec![other],
             flushed_through_lsn: 5,
+            writer_epoch: None,
         };
         assert!(!state.reflects(&conflicting), "same path, other file");
         assert!(!state.reflects(&add("b.parquet", 9)));
@@ -568,6 +588,7 @@ mod tests {
                 measurement: "mem".into(),
                 files: vec![other],
                 flushed_through_lsn: 7,
+                writer_epoch: None,
             })
             .unwrap();
         let before = state.clone();

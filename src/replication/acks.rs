@@ -2,12 +2,13 @@
 //! durable in the own WAL of one reader (`one`) or of a majority of the registered readers
 //! (`quorum`). With too few readers streaming a write is refused before anything is written;
 //! one whose confirmation does not arrive in time is answered 503 although it is stored here
-//! (the client cannot know whether a reader holds it, and is told so).
+//! (the client cannot know whether a reader holds it, and is told so). With failover on, the
+//! writer also acknowledges only while its lease holds.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, LeaseError};
 use crate::config::ReplicationAck;
 use crate::wal::Lsn;
 
@@ -34,6 +35,8 @@ pub enum AckError {
         holding: usize,
         waited: Duration,
     },
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
 /// Pure: readers that must hold a write out of `readers` registered ones.
@@ -55,6 +58,10 @@ pub struct AckPolicy {
 impl AckPolicy {
     /// Before a write: are enough readers following to confirm it?
     pub fn check_ready(&self) -> Result<(), AckError> {
+        self.cluster.check_write_lease()?;
+        if self.mode == ReplicationAck::None {
+            return Ok(());
+        }
         let readers = self.cluster.registered_readers();
         let needed = readers_needed(self.mode, readers.len());
         let (_, streaming) = self.cluster.stream_positions().holding(&readers, Lsn::MAX);
@@ -71,6 +78,16 @@ impl AckPolicy {
 
     /// After entry `lsn` is durable here: waits until enough readers hold it.
     pub async fn confirmed(&self, lsn: Lsn) -> Result<(), AckError> {
+        self.readers_hold(lsn).await?;
+        // A write that became durable after the lease ran out is not acknowledged: another
+        // node may be taking writes by now.
+        Ok(self.cluster.check_write_lease()?)
+    }
+
+    async fn readers_hold(&self, lsn: Lsn) -> Result<(), AckError> {
+        if self.mode == ReplicationAck::None {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let positions = self.cluster.stream_positions();
         loop {

@@ -140,8 +140,20 @@ impl Follower {
             } else {
                 (pause * 2).min(MAX_RECONNECT_PAUSE)
             };
+            // A new writer is dialled at once.
+            let tried = self.cluster.writer_assignment();
+            let mut changes = self.cluster.applied_changes();
+            let reassigned = async {
+                while changes.changed().await.is_ok() {
+                    if self.cluster.writer_assignment().epoch != tried.epoch {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await;
+            };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
+                _ = reassigned => pause = RECONNECT_PAUSE,
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
@@ -158,6 +170,8 @@ impl Follower {
             .await
             .map_err(|e| ReplicationError::NoWriter(e.to_string()))?;
         tracing::info!(%writer, from_lsn = request.from_lsn, "following the writer's WAL");
+        let epoch = self.cluster.writer_assignment().epoch;
+        let mut changes = self.cluster.applied_changes();
         self.stats.connected(&writer);
         let mut body = response.bytes_stream();
         let mut decoder = FrameDecoder::default();
@@ -174,6 +188,15 @@ impl Follower {
                 next = tokio::time::timeout_at(silent_at, body.next()) => next,
                 _ = acks.tick() => {
                     acks.send_due(&self.cluster, &writer_addr, self.stats.mirrored_lsn());
+                    continue;
+                }
+                _ = changes.changed() => {
+                    if self.cluster.writer_assignment().epoch != epoch {
+                        return Err(ReplicationError::Broken {
+                            writer,
+                            message: "another node was made the writer".into(),
+                        });
+                    }
                     continue;
                 }
             };
