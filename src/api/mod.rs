@@ -453,6 +453,9 @@ impl From<IngestError> for ApiError {
             | IngestError::Decode(_)
             | IngestError::Schema(_) => StatusCode::BAD_REQUEST,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // Durable here but unconfirmed: like a gateway that timed out, the client cannot
+            // know whether the write stays.
+            IngestError::NotReplicated(err) if err.maybe_stored() => StatusCode::GATEWAY_TIMEOUT,
             IngestError::BufferFull { .. } | IngestError::NotReplicated(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

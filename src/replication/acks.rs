@@ -37,6 +37,16 @@ pub enum AckError {
     },
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    #[error("the write is durable on this node, but it may not be acknowledged: {0}")]
+    LeaseLapsed(LeaseError),
+}
+
+impl AckError {
+    /// Whether the write may be stored although it was not acknowledged (the client cannot
+    /// tell, and must not take the refusal as "nothing was written").
+    pub fn maybe_stored(&self) -> bool {
+        matches!(self, AckError::Unconfirmed { .. } | AckError::LeaseLapsed(_))
+    }
 }
 
 /// Pure: readers that must hold a write out of `readers` registered ones.
@@ -81,7 +91,9 @@ impl AckPolicy {
         self.readers_hold(lsn).await?;
         // A write that became durable after the lease ran out is not acknowledged: another
         // node may be taking writes by now.
-        Ok(self.cluster.check_write_lease()?)
+        self.cluster
+            .check_write_lease()
+            .map_err(AckError::LeaseLapsed)
     }
 
     async fn readers_hold(&self, lsn: Lsn) -> Result<(), AckError> {

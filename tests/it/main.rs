@@ -9,6 +9,7 @@ mod continuous_queries;
 mod crash;
 mod databases;
 mod delete;
+mod failover;
 mod faults;
 mod garage;
 mod harness;

@@ -67,6 +67,8 @@ pub struct Ledger {
     next_id: AtomicI64,
     rows: Mutex<HashMap<i64, Outcome>>,
     requests: Mutex<BTreeMap<&'static str, [usize; 3]>>,
+    /// When each acknowledged request was sent and when its answer arrived, in arrival order.
+    acknowledged_at: Mutex<Vec<(Instant, Instant)>>,
 }
 
 impl Ledger {
@@ -79,11 +81,24 @@ impl Ledger {
         (first..first + count).collect()
     }
 
-    fn record(&self, ids: &[i64], format: Format, outcome: Outcome) {
+    fn record(&self, ids: &[i64], format: Format, outcome: Outcome, sent_at: Instant) {
         let mut rows = self.rows.lock().unwrap();
         rows.extend(ids.iter().map(|id| (*id, outcome)));
         let mut requests = self.requests.lock().unwrap();
         requests.entry(format.name()).or_default()[outcome as usize] += 1;
+        if outcome == Outcome::Acknowledged {
+            let acknowledged = (sent_at, Instant::now());
+            self.acknowledged_at.lock().unwrap().push(acknowledged);
+        }
+    }
+
+    /// When the first acknowledgement of a request sent after `instant` arrived.
+    pub fn first_acknowledged_after(&self, instant: Instant) -> Option<Instant> {
+        let acknowledged = self.acknowledged_at.lock().unwrap();
+        acknowledged
+            .iter()
+            .find(|(sent, _)| *sent > instant)
+            .map(|(_, at)| *at)
     }
 
     /// Requests per format: acknowledged, failed, indeterminate.
@@ -322,13 +337,14 @@ async fn run_client(
             format,
             compression,
         );
+        let sent_at = Instant::now();
         let response = request.timeout(options.timeout).send().await;
         let outcome = Outcome::of(&response);
         if let Ok(response) = response {
             // The whole answer is read, so an indeterminate outcome is never a half-read one.
             let _ = response.bytes().await;
         }
-        ledger.record(&ids, format, outcome);
+        ledger.record(&ids, format, outcome, sent_at);
         if outcome != Outcome::Acknowledged {
             target = (target + 1) % targets.len();
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -724,9 +740,9 @@ mod tests {
     #[test]
     fn the_checker_finds_lost_duplicated_and_invented_rows() {
         let ledger = Ledger::default();
-        ledger.record(&[1, 2], Format::InfluxV1, Outcome::Acknowledged);
-        ledger.record(&[3], Format::InfluxV1, Outcome::Indeterminate);
-        ledger.record(&[4], Format::InfluxV1, Outcome::Failed);
+        ledger.record(&[1, 2], Format::InfluxV1, Outcome::Acknowledged, Instant::now());
+        ledger.record(&[3], Format::InfluxV1, Outcome::Indeterminate, Instant::now());
+        ledger.record(&[4], Format::InfluxV1, Outcome::Failed, Instant::now());
         let stored = |pairs: &[(i64, usize)]| pairs.iter().copied().collect::<Stored>();
         let good = check(&ledger, &stored(&[(1, 1), (2, 1), (3, 1)])).unwrap();
         assert_eq!((good.acknowledged, good.indeterminate_stored), (2, 1));
