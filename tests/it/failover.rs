@@ -152,3 +152,140 @@ async fn a_killed_writer_is_replaced_by_the_most_caught_up_reader_and_nothing_ac
     );
     assert_converged(&cluster, &ledger, &table).await;
 }
+
+/// How the writer is cut off in a split-brain test.
+#[derive(Debug, Clone, Copy)]
+enum CutOff {
+    /// SIGSTOP: it is frozen, then resumes as if nothing happened.
+    Paused,
+    /// Every link to the other nodes holds bytes without answering.
+    BlackHoled,
+}
+
+/// Acceptance 2: a writer cut off past `failover_timeout` while clients still send to it: once
+/// its lease ran out it acknowledges nothing, a reader takes over, and when the old writer is
+/// back it learns it was replaced and rejoins as a reader of the new one.
+async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: CutOff) {
+    let mut cluster = three_nodes("1").await;
+    let table = Table::new("split", "rows");
+    let ledger = Ledger::new();
+    let targets = cluster.nodes.iter().map(|n| n.server.url("")).collect();
+    let options = WorkloadOptions {
+        clients: 3,
+        timeout: Duration::from_secs(5),
+        ..WorkloadOptions::default()
+    };
+    let writes = start_writes(&ledger, targets, table.clone(), options);
+    readers_follow(&cluster, "writer-01", 2).await;
+    let flowing = Instant::now();
+    eventually("writes acknowledged", SETTLE, || async {
+        ledger.first_acknowledged_after(flowing).map(|_| ())
+    })
+    .await;
+
+    // Writes sent straight to the old writer, never forwarded: any 2xx is its own.
+    let old_writer = cluster.node("writer-01").server.client.clone();
+    let old_writer_url = cluster.node("writer-01").server.url("/write?db=split");
+    let (stop_probes, probes_stopped) = tokio::sync::watch::channel(false);
+    let probes_acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acknowledged_count = std::sync::Arc::clone(&probes_acknowledged);
+    let probes = tokio::spawn(async move {
+        // (id, sent at, acknowledged)
+        let mut answers = Vec::new();
+        for id in 0i64.. {
+            if *probes_stopped.borrow() {
+                break;
+            }
+            let line = format!("probe,host=old id={id}i {}\n", 1_768_471_200_000_000_000i64 + id);
+            let sent_at = Instant::now();
+            let answer = old_writer
+                .post(&old_writer_url)
+                .header("x-arc-forwarded-by", "probe")
+                .body(line)
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            let answer = match answer {
+                Ok(answer) => format!("{} {}", answer.status(), answer.text().await.unwrap_or_default()),
+                Err(err) => err.to_string(),
+            };
+            let acknowledged = answer.starts_with('2');
+            if acknowledged {
+                acknowledged_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            answers.push((id, sent_at, acknowledged));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        answers
+    });
+
+    eventually("probes acknowledged by the writer", SETTLE, || async {
+        (probes_acknowledged.load(std::sync::atomic::Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await;
+    match cut_off {
+        CutOff::Paused => cluster.pause("writer-01"),
+        CutOff::BlackHoled => cluster.partition(&["writer-01"], crate::cluster_harness::Link::BlackHoled),
+    }
+    let cut_at = Instant::now();
+    let (promoted, epoch) = eventually("a reader promoted", SETTLE, || async {
+        writer_seen_by(&cluster, "reader-01")
+            .await
+            .filter(|(_, e)| *e > 1)
+    })
+    .await;
+    eprintln!(
+        "{cut_off:?}: {promoted} promoted under epoch {epoch} {:.2} s after the cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+    // The old writer stays cut off a while longer, with clients still at it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    match cut_off {
+        CutOff::Paused => cluster.resume("writer-01"),
+        CutOff::BlackHoled => cluster.heal(),
+    }
+    eventually("writer-01 rejoins as a reader", SETTLE, || async {
+        // It restarts its services meanwhile: connections may be refused.
+        let server = &cluster.node("writer-01").server;
+        let answer = server.client.get(server.url("/api/v1/cluster/local")).send().await.ok()?;
+        let body: serde_json::Value = answer.json().await.ok()?;
+        (body["data"]["role"] == "reader").then_some(())
+    })
+    .await;
+    readers_follow(&cluster, &promoted, 2).await;
+    let _ = stop_probes.send(true);
+    let answers = probes.await.unwrap();
+    writes.stop().await;
+    cluster.assert_running();
+    eprintln!("{cut_off:?}: {}; {} probes straight to the old writer", ledger.requests(), answers.len());
+    assert_converged(&cluster, &ledger, &table).await;
+    // Its lease (half of failover_timeout) may cover the first second after the cut; nothing
+    // sent to it later may be acknowledged.
+    let lease_end = cut_at + Duration::from_secs(1);
+    let late: Vec<i64> = answers
+        .iter()
+        .filter(|(_, sent_at, acked)| *acked && *sent_at > lease_end)
+        .map(|(id, _, _)| *id)
+        .collect();
+    assert!(late.is_empty(), "the old writer acknowledged probes {late:?} after its lease ran out");
+    let acknowledged: Vec<i64> = answers.iter().filter(|a| a.2).map(|a| a.0).collect();
+    assert!(!acknowledged.is_empty(), "the old writer acknowledged no probe before the cut");
+    let probe_table = Table::new("split", "probe");
+    for name in cluster.names() {
+        let stored = queried_ids(&cluster.node(&name).server, &probe_table)
+            .await
+            .unwrap();
+        let missing: Vec<&i64> = acknowledged.iter().filter(|id| !stored.contains_key(id)).collect();
+        assert!(missing.is_empty(), "{name} lacks acknowledged probes {missing:?}");
+        assert!(stored.values().all(|n| *n == 1), "{name} stores a probe twice");
+    }
+}
+#[tokio::test]
+async fn a_paused_writer_stops_acknowledging_and_rejoins_as_a_reader() {
+    a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(CutOff::Paused).await;
+}
+
+#[tokio::test]
+async fn a_black_holed_writer_stops_acknowledging_and_rejoins_as_a_reader() {
+    a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(CutOff::BlackHoled).await;
+}
