@@ -289,3 +289,51 @@ async fn a_paused_writer_stops_acknowledging_and_rejoins_as_a_reader() {
 async fn a_black_holed_writer_stops_acknowledging_and_rejoins_as_a_reader() {
     a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(CutOff::BlackHoled).await;
 }
+
+/// The last failover as `name` records it: (epoch, when in µs, to whom).
+async fn last_failover(cluster: &TestCluster, name: &str) -> Option<(u64, i64, String)> {
+    let (status, body) = get_json(&cluster.node(name).server, "/api/v1/cluster").await;
+    let writer = &body["data"]["writer"];
+    let failover = &writer["last_failover"];
+    (status == StatusCode::OK).then_some(())?;
+    Some((
+        writer["epoch"].as_u64()?,
+        failover["at_us"].as_i64()?,
+        failover["to"].as_str()?.to_owned(),
+    ))
+}
+
+/// Acceptance 3: a second writer failure within `failover_cooldown` of the first promotes no
+/// one until the cooldown has passed.
+#[tokio::test]
+async fn a_second_writer_failure_within_the_cooldown_waits_for_it() {
+    const COOLDOWN_S: i64 = 20;
+    let mut cluster = three_nodes("20").await;
+    readers_follow(&cluster, "writer-01", 2).await;
+    cluster.kill9("writer-01");
+    let (_, first_at, first) = eventually("the first promotion", SETTLE, || async {
+        last_failover(&cluster, "reader-02").await
+    })
+    .await;
+    // The replaced writer comes back as a reader, so a majority stays up after the next kill.
+    cluster.restart("writer-01").await;
+    cluster.kill9(&first);
+    let observer = if first == "reader-01" { "reader-02" } else { "reader-01" };
+    let (epoch, second_at, second) = eventually("the second promotion", SETTLE, || async {
+        last_failover(&cluster, observer)
+            .await
+            .filter(|(epoch, _, _)| *epoch == 3)
+    })
+    .await;
+    let apart = Duration::from_micros((second_at - first_at) as u64);
+    eprintln!(
+        "{first} promoted, killed; {second} promoted under epoch {epoch} {:.1} s after the first \
+         promotion (cooldown {COOLDOWN_S} s)",
+        apart.as_secs_f64()
+    );
+    assert!(
+        second_at - first_at >= COOLDOWN_S * 1_000_000,
+        "the second promotion came {apart:?} after the first, inside the cooldown"
+    );
+    assert_ne!(second, first);
+}
