@@ -52,10 +52,9 @@ pub fn log_is_replaced(mark: Option<u64>, is_reader: bool) -> bool {
 /// returns where it went.
 pub fn set_aside(wal_dir: &Path) -> std::io::Result<PathBuf> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
-    let name = wal_dir.file_name().map_or_else(
-        || "wal".to_owned(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = wal_dir
+        .file_name()
+        .map_or_else(|| "wal".to_owned(), |n| n.to_string_lossy().into_owned());
     let aside = wal_dir.with_file_name(format!("{name}.replaced-{stamp}"));
     std::fs::rename(wal_dir, &aside)?;
     std::fs::create_dir_all(wal_dir)?;
@@ -142,7 +141,12 @@ impl RoleWatch {
         if let Some(start) = self.start_upkeep.take() {
             start();
         }
-        tracing::warn!(epoch, adopted_rows = adopted, next_lsn = self.buffers.lock().last_lsn() + 1, "now the writer");
+        tracing::warn!(
+            epoch,
+            adopted_rows = adopted,
+            next_lsn = self.buffers.lock().last_lsn() + 1,
+            "now the writer"
+        );
     }
 }
 

@@ -232,7 +232,11 @@ pub async fn run(
     }
     let _ = stop_cluster.send(true);
     tracing::info!("stopped");
-    Ok(if restart { RunEnd::Restart } else { RunEnd::Stopped })
+    Ok(if restart {
+        RunEnd::Restart
+    } else {
+        RunEnd::Stopped
+    })
 }
 
 /// How a node's run ended.

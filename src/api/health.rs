@@ -48,3 +48,40 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Valu
         }
     }
 }
+
+/// 200 only on the node that accepts writes now (standalone, or the cluster's writer holding
+/// its lease): for a load balancer's pool of write targets.
+pub async fn ready_for_writes(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    let (ready, status) = ready(State(Arc::clone(&state))).await;
+    if ready != StatusCode::OK {
+        return (ready, status);
+    }
+    let refusal = match state.services().ok().and_then(|s| s.cluster.clone()) {
+        None => None,
+        Some(cluster) => cluster
+            .check_write_lease()
+            .err()
+            .map(|e| e.to_string())
+            .or_else(|| {
+                cluster
+                    .writes_under()
+                    .is_none()
+                    .then(|| format!("node {} is not the cluster's writer", cluster.name()))
+            }),
+    };
+    match refusal {
+        None => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "accepts_writes": true, "time": now() })),
+        ),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready",
+                "accepts_writes": false,
+                "reason": reason,
+                "time": now(),
+            })),
+        ),
+    }
+}

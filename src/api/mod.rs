@@ -137,6 +137,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/ready/write", get(health::ready_for_writes))
         .route("/api/v1/auth/verify", get(auth::verify))
         .merge(
             Router::new()

@@ -27,6 +27,8 @@ use crate::wal::Lsn;
 pub struct FailoverSettings {
     pub timeout: Duration,
     pub cooldown: Duration,
+    /// The writer's lease ([`super::lease::lease_duration`]).
+    pub lease: Duration,
 }
 
 /// What the leader knows about the writer when it considers a failover.
@@ -37,8 +39,8 @@ pub struct WriterWatch {
     pub writer_silent_for: Duration,
     /// Since the last writer failover, by the wall clock it was recorded with.
     pub since_last_failover: Option<Duration>,
-    /// How long this node has led: a writer's lease confirmed by an earlier leader may still
-    /// run for up to `failover_timeout` after this node took over.
+    /// How long this node has led: a writer's lease confirmed by an earlier leader (before this
+    /// node's term began) may still run for up to a lease after this node took over.
     pub leading_for: Duration,
 }
 
@@ -66,9 +68,9 @@ pub fn due(watch: &WriterWatch, settings: FailoverSettings) -> Due {
             remaining: settings.cooldown - since,
         };
     }
-    if watch.leading_for < settings.timeout {
+    if watch.leading_for < settings.lease {
         return Due::NewLeader {
-            remaining: settings.timeout - watch.leading_for,
+            remaining: settings.lease - watch.leading_for,
         };
     }
     Due::Choose
@@ -123,7 +125,10 @@ impl Cluster {
                 continue;
             };
             let decision = due(&watch, settings);
-            if decision != Due::Keep && last_said.as_ref().map(std::mem::discriminant) != Some(std::mem::discriminant(&decision)) {
+            if decision != Due::Keep
+                && last_said.as_ref().map(std::mem::discriminant)
+                    != Some(std::mem::discriminant(&decision))
+            {
                 tracing::info!(?decision, silent_for = ?watch.writer_silent_for, "writer missing");
             }
             last_said = Some(decision.clone());
@@ -179,7 +184,10 @@ impl Cluster {
         });
         let candidates = futures::future::join_all(asked).await;
         let Some(chosen) = choose(&candidates) else {
-            tracing::warn!(?candidates, "the writer is missing and no reader can take over");
+            tracing::warn!(
+                ?candidates,
+                "the writer is missing and no reader can take over"
+            );
             return;
         };
         let reason = format!(
@@ -240,6 +248,7 @@ mod tests {
     const SETTINGS: FailoverSettings = FailoverSettings {
         timeout: Duration::from_secs(30),
         cooldown: Duration::from_secs(60),
+        lease: Duration::from_secs(15),
     };
 
     fn watch(silent: u64) -> WriterWatch {
@@ -299,7 +308,7 @@ mod tests {
         assert_eq!(
             due(&new_leader, SETTINGS),
             Due::NewLeader {
-                remaining: Duration::from_secs(20)
+                remaining: Duration::from_secs(5)
             }
         );
     }

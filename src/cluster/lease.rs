@@ -1,9 +1,10 @@
 //! The writer's lease: with failover on, a writer acknowledges a write only while a Raft leader
 //! confirmed, less than [`lease_duration`] before the write's acknowledgement, that it is still
 //! the assigned writer. Each confirmation counts as contact with the leader, and a leader
-//! promotes another node only after `failover_timeout` without contact (and no sooner than
-//! `failover_timeout` after it became leader), which is longer than a lease: the lease ran out
-//! before anyone else may take writes, so two nodes never both acknowledge.
+//! promotes another node only after `failover_timeout` without contact, which is longer than a
+//! lease, and no sooner than a lease after it became leader (a lease its predecessor confirmed
+//! was asked for before this leader's term began): the lease ran out before anyone else may take
+//! writes, so two nodes never both acknowledge.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +73,9 @@ impl Cluster {
             });
         }
         let lease = self.lease.lock().unwrap();
-        let confirmed = lease.confirmed.filter(|(epoch, _)| Some(*epoch) == lease.ready);
+        let confirmed = lease
+            .confirmed
+            .filter(|(epoch, _)| Some(*epoch) == lease.ready);
         drop(lease);
         if lease_holds(confirmed, current, Instant::now(), duration) {
             Ok(())
@@ -128,17 +131,15 @@ mod tests {
         let at = Instant::now();
         let second = Duration::from_secs(1);
         assert!(lease_holds(Some((3, at)), Some(3), at, second));
-        assert!(lease_holds(
-            Some((3, at)),
-            Some(3),
-            at + second / 2,
-            second
-        ));
+        assert!(lease_holds(Some((3, at)), Some(3), at + second / 2, second));
         assert!(!lease_holds(Some((3, at)), Some(3), at + second, second));
         // Replaced, even if the confirmation is fresh.
         assert!(!lease_holds(Some((3, at)), Some(4), at, second));
         assert!(!lease_holds(Some((3, at)), None, at, second));
         assert!(!lease_holds(None, Some(3), at, second));
-        assert_eq!(lease_duration(Duration::from_secs(30)), Duration::from_secs(15));
+        assert_eq!(
+            lease_duration(Duration::from_secs(30)),
+            Duration::from_secs(15)
+        );
     }
 }

@@ -38,10 +38,19 @@ impl Cluster {
         let mut node = self.record(&self.local);
         // A failover swaps a writer and a reader: each keeps the role it was given, whatever
         // its configuration says.
-        let registered = self.applied.state.read().unwrap().nodes().get(&self.local.name).map(|r| r.role);
+        let registered = self
+            .applied
+            .state
+            .read()
+            .unwrap()
+            .nodes()
+            .get(&self.local.name)
+            .map(|r| r.role);
         if let Some(role) = registered
             && role != node.role
-            && [role, node.role].iter().all(|r| matches!(r, NodeRole::Writer | NodeRole::Reader))
+            && [role, node.role]
+                .iter()
+                .all(|r| matches!(r, NodeRole::Writer | NodeRole::Reader))
         {
             tracing::info!(configured = %node.role, registered = %role, "a failover changed this node's role; running as registered");
             node.role = role;

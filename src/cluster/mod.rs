@@ -32,8 +32,8 @@ use tokio::sync::watch;
 
 pub use addresses::api_address;
 pub use health::NodeState;
-pub use lease::LeaseError;
 use health::{HealthBook, Thresholds};
+pub use lease::LeaseError;
 use network::PeerClient;
 use peer_auth::PeerAuth;
 pub use status::{NodeStatus, RaftStatus};

@@ -156,10 +156,10 @@ impl Cluster {
             let settings = super::failover::FailoverSettings {
                 timeout: Duration::from_secs(config.failover_timeout),
                 cooldown: Duration::from_secs(config.failover_cooldown),
+                lease: super::lease::lease_duration(Duration::from_secs(config.failover_timeout)),
             };
             tokio::spawn(Arc::clone(&cluster).run_failover(settings, stop.clone()));
-            let lease = super::lease::lease_duration(settings.timeout);
-            tokio::spawn(Arc::clone(&cluster).renew_lease(lease, stop.clone()));
+            tokio::spawn(Arc::clone(&cluster).renew_lease(settings.lease, stop.clone()));
         }
         cluster.wait_until_caught_up(stop.clone()).await?;
         cluster.register_self(stop).await?;

@@ -45,7 +45,10 @@ impl AckError {
     /// Whether the write may be stored although it was not acknowledged (the client cannot
     /// tell, and must not take the refusal as "nothing was written").
     pub fn maybe_stored(&self) -> bool {
-        matches!(self, AckError::Unconfirmed { .. } | AckError::LeaseLapsed(_))
+        matches!(
+            self,
+            AckError::Unconfirmed { .. } | AckError::LeaseLapsed(_)
+        )
     }
 }
 

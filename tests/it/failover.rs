@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::cluster_harness::{NodeSpec, StorageMode, TestCluster, eventually, get_json};
-use crate::workload::{
-    Ledger, Table, WorkloadOptions, check, queried_ids, soak, start_writes,
-};
+use crate::workload::{Ledger, Table, WorkloadOptions, check, queried_ids, soak, start_writes};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -47,20 +45,28 @@ async fn writer_seen_by(cluster: &TestCluster, name: &str) -> Option<(String, u6
         return None;
     }
     let writer = &body["data"]["writer"];
-    Some((writer["node"].as_str()?.to_owned(), writer["epoch"].as_u64()?))
+    Some((
+        writer["node"].as_str()?.to_owned(),
+        writer["epoch"].as_u64()?,
+    ))
 }
 
 /// Waits until every running reader follows `writer`.
 async fn readers_follow(cluster: &TestCluster, writer: &str, readers: usize) {
-    eventually(&format!("{readers} readers follow {writer}"), SETTLE, || async {
-        let (_, status) = get_json(&cluster.node(writer).server, "/api/v1/cluster/status").await;
-        let following = status["data"]["replication_readers"]
-            .as_array()?
-            .iter()
-            .filter(|r| r["connected"] == true)
-            .count();
-        (following >= readers).then_some(())
-    })
+    eventually(
+        &format!("{readers} readers follow {writer}"),
+        SETTLE,
+        || async {
+            let (_, status) =
+                get_json(&cluster.node(writer).server, "/api/v1/cluster/status").await;
+            let following = status["data"]["replication_readers"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["connected"] == true)
+                .count();
+            (following >= readers).then_some(())
+        },
+    )
     .await;
 }
 
@@ -69,10 +75,14 @@ async fn readers_follow(cluster: &TestCluster, writer: &str, readers: usize) {
 async fn assert_converged(cluster: &TestCluster, ledger: &Ledger, table: &Table) {
     for name in cluster.names() {
         let server = &cluster.node(&name).server;
-        let verdict = eventually(&format!("{name} holds every acknowledged row once"), SETTLE, || async {
-            let stored = queried_ids(server, table).await.ok()?;
-            check(ledger, &stored).ok()
-        })
+        let verdict = eventually(
+            &format!("{name} holds every acknowledged row once"),
+            SETTLE,
+            || async {
+                let stored = queried_ids(server, table).await.ok()?;
+                check(ledger, &stored).ok()
+            },
+        )
         .await;
         eprintln!("{name}: {verdict}");
     }
@@ -107,11 +117,7 @@ async fn a_killed_writer_is_replaced_by_the_most_caught_up_reader_and_nothing_ac
         .await;
         let killed_at = Instant::now();
         cluster.kill9(&writer);
-        let survivor = cluster
-            .names()
-            .into_iter()
-            .find(|n| *n != writer)
-            .unwrap();
+        let survivor = cluster.names().into_iter().find(|n| *n != writer).unwrap();
         let (promoted, new_epoch) = eventually("a reader promoted", SETTLE, || async {
             writer_seen_by(&cluster, &survivor)
                 .await
@@ -133,6 +139,26 @@ async fn a_killed_writer_is_replaced_by_the_most_caught_up_reader_and_nothing_ac
         );
         assert_eq!(new_epoch, epoch + 1, "one promotion per failure");
         assert_ne!(promoted, writer);
+        // Load balancers' write pool follows: only the new writer is ready for writes.
+        let ready_for_writes = async |name: &str| {
+            let server = &cluster.node(name).server;
+            let answer = server.client.get(server.url("/ready/write")).send().await;
+            answer.map(|a| a.status()).ok()
+        };
+        eventually("the new writer ready for writes", SETTLE, || async {
+            (ready_for_writes(&promoted).await == Some(StatusCode::OK)).then_some(())
+        })
+        .await;
+        let other = cluster
+            .names()
+            .into_iter()
+            .find(|n| *n != writer && *n != promoted)
+            .unwrap();
+        assert_eq!(
+            ready_for_writes(&other).await,
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "{other} is a reader"
+        );
         takeovers.push(took);
         cluster.restart(&writer).await;
         writer = promoted;
@@ -196,7 +222,10 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
             if *probes_stopped.borrow() {
                 break;
             }
-            let line = format!("probe,host=old id={id}i {}\n", 1_768_471_200_000_000_000i64 + id);
+            let line = format!(
+                "probe,host=old id={id}i {}\n",
+                1_768_471_200_000_000_000i64 + id
+            );
             let sent_at = Instant::now();
             let answer = old_writer
                 .post(&old_writer_url)
@@ -206,7 +235,11 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
                 .send()
                 .await;
             let answer = match answer {
-                Ok(answer) => format!("{} {}", answer.status(), answer.text().await.unwrap_or_default()),
+                Ok(answer) => format!(
+                    "{} {}",
+                    answer.status(),
+                    answer.text().await.unwrap_or_default()
+                ),
                 Err(err) => err.to_string(),
             };
             let acknowledged = answer.starts_with('2');
@@ -225,7 +258,9 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
     .await;
     match cut_off {
         CutOff::Paused => cluster.pause("writer-01"),
-        CutOff::BlackHoled => cluster.partition(&["writer-01"], crate::cluster_harness::Link::BlackHoled),
+        CutOff::BlackHoled => {
+            cluster.partition(&["writer-01"], crate::cluster_harness::Link::BlackHoled)
+        }
     }
     let cut_at = Instant::now();
     let (promoted, epoch) = eventually("a reader promoted", SETTLE, || async {
@@ -247,7 +282,12 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
     eventually("writer-01 rejoins as a reader", SETTLE, || async {
         // It restarts its services meanwhile: connections may be refused.
         let server = &cluster.node("writer-01").server;
-        let answer = server.client.get(server.url("/api/v1/cluster/local")).send().await.ok()?;
+        let answer = server
+            .client
+            .get(server.url("/api/v1/cluster/local"))
+            .send()
+            .await
+            .ok()?;
         let body: serde_json::Value = answer.json().await.ok()?;
         (body["data"]["role"] == "reader").then_some(())
     })
@@ -257,7 +297,11 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
     let answers = probes.await.unwrap();
     writes.stop().await;
     cluster.assert_running();
-    eprintln!("{cut_off:?}: {}; {} probes straight to the old writer", ledger.requests(), answers.len());
+    eprintln!(
+        "{cut_off:?}: {}; {} probes straight to the old writer",
+        ledger.requests(),
+        answers.len()
+    );
     assert_converged(&cluster, &ledger, &table).await;
     // Its lease (half of failover_timeout) may cover the first second after the cut; nothing
     // sent to it later may be acknowledged.
@@ -267,17 +311,32 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
         .filter(|(_, sent_at, acked)| *acked && *sent_at > lease_end)
         .map(|(id, _, _)| *id)
         .collect();
-    assert!(late.is_empty(), "the old writer acknowledged probes {late:?} after its lease ran out");
+    assert!(
+        late.is_empty(),
+        "the old writer acknowledged probes {late:?} after its lease ran out"
+    );
     let acknowledged: Vec<i64> = answers.iter().filter(|a| a.2).map(|a| a.0).collect();
-    assert!(!acknowledged.is_empty(), "the old writer acknowledged no probe before the cut");
+    assert!(
+        !acknowledged.is_empty(),
+        "the old writer acknowledged no probe before the cut"
+    );
     let probe_table = Table::new("split", "probe");
     for name in cluster.names() {
         let stored = queried_ids(&cluster.node(&name).server, &probe_table)
             .await
             .unwrap();
-        let missing: Vec<&i64> = acknowledged.iter().filter(|id| !stored.contains_key(id)).collect();
-        assert!(missing.is_empty(), "{name} lacks acknowledged probes {missing:?}");
-        assert!(stored.values().all(|n| *n == 1), "{name} stores a probe twice");
+        let missing: Vec<&i64> = acknowledged
+            .iter()
+            .filter(|id| !stored.contains_key(id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{name} lacks acknowledged probes {missing:?}"
+        );
+        assert!(
+            stored.values().all(|n| *n == 1),
+            "{name} stores a probe twice"
+        );
     }
 }
 #[tokio::test]
@@ -318,7 +377,11 @@ async fn a_second_writer_failure_within_the_cooldown_waits_for_it() {
     // The replaced writer comes back as a reader, so a majority stays up after the next kill.
     cluster.restart("writer-01").await;
     cluster.kill9(&first);
-    let observer = if first == "reader-01" { "reader-02" } else { "reader-01" };
+    let observer = if first == "reader-01" {
+        "reader-02"
+    } else {
+        "reader-01"
+    };
     let (epoch, second_at, second) = eventually("the second promotion", SETTLE, || async {
         last_failover(&cluster, observer)
             .await

@@ -740,8 +740,18 @@ mod tests {
     #[test]
     fn the_checker_finds_lost_duplicated_and_invented_rows() {
         let ledger = Ledger::default();
-        ledger.record(&[1, 2], Format::InfluxV1, Outcome::Acknowledged, Instant::now());
-        ledger.record(&[3], Format::InfluxV1, Outcome::Indeterminate, Instant::now());
+        ledger.record(
+            &[1, 2],
+            Format::InfluxV1,
+            Outcome::Acknowledged,
+            Instant::now(),
+        );
+        ledger.record(
+            &[3],
+            Format::InfluxV1,
+            Outcome::Indeterminate,
+            Instant::now(),
+        );
         ledger.record(&[4], Format::InfluxV1, Outcome::Failed, Instant::now());
         let stored = |pairs: &[(i64, usize)]| pairs.iter().copied().collect::<Stored>();
         let good = check(&ledger, &stored(&[(1, 1), (2, 1), (3, 1)])).unwrap();
