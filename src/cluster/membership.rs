@@ -25,6 +25,7 @@ impl Cluster {
             api_addr: node.api_addr.clone(),
             shared_storage: self.shared_storage,
             storage: self.storage.clone(),
+            role_from_failover: false,
         }
     }
 

@@ -40,6 +40,10 @@ pub struct NodeRecord {
     /// [`StorageConfig::identity`](crate::config::StorageConfig::identity): where its files live.
     #[serde(default)]
     pub storage: String,
+    /// Its role was given by a failover, not by its configuration: it keeps it across restarts
+    /// whatever its configuration says (writer or reader).
+    #[serde(default)]
+    pub role_from_failover: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,9 +219,11 @@ impl NodeRegistry {
             .and_then(|n| self.nodes.get_mut(n))
         {
             previous.role = NodeRole::Reader;
+            previous.role_from_failover = true;
         }
         if let Some(promoted) = self.nodes.get_mut(&failover.to) {
             promoted.role = NodeRole::Writer;
+            promoted.role_from_failover = true;
         }
         self.writer = WriterAssignment {
             node: Some(failover.to.clone()),
@@ -242,6 +248,7 @@ mod tests {
             api_addr: "node:8000".into(),
             shared_storage: false,
             storage: "local".into(),
+            role_from_failover: false,
         }
     }
 
@@ -374,6 +381,7 @@ mod tests {
         assert_eq!(cluster.writer().last_failover.as_ref(), Some(&failover));
         assert_eq!(cluster.get("reader-01").unwrap().role, NodeRole::Writer);
         assert_eq!(cluster.get("writer-01").unwrap().role, NodeRole::Reader);
+        assert!(cluster.get("writer-01").unwrap().role_from_failover);
         // Still one ingesting node: the old writer cannot come back as a second one.
         assert!(matches!(
             cluster.check_register("writer-01", &record(NodeRole::Writer)),
