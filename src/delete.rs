@@ -492,6 +492,7 @@ impl Deleter {
             removed: affected.iter().map(|a| a.file.path.clone()).collect(),
             added: added.iter().map(|(e, _)| e.clone()).collect(),
             at_us: Utc::now().timestamp_micros(),
+            compactor_epoch: None,
         };
         let meta = Arc::clone(&self.meta);
         let swapped = tokio::task::spawn_blocking(move || meta.commit_until_settled(command))

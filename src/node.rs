@@ -186,7 +186,12 @@ pub async fn run(
 
     let restart = tokio::select! {
         _ = shutdown_rx.wait_for(|s| *s) => false,
-        _ = restart_rx.wait_for(|r| *r) => true,
+        // Without a cluster nothing asks for a restart (the sender is gone).
+        _ = async {
+            if restart_rx.wait_for(|r| *r).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } => true,
     };
     tracing::info!(restart, "shutting down: draining requests");
     // Work waiting for the cluster to settle a change gives up after its next attempt; what it
@@ -550,15 +555,20 @@ async fn start_services(
             cluster.writer_ready(epoch);
         }
     }
-    let compactor = (config.compaction.enabled && role.compacts()).then(|| {
-        Arc::new(Compactor::new(
-            config.compaction.clone(),
-            config.ingest.clone(),
-            Arc::clone(&meta),
-            storage.clone(),
-            Arc::clone(&flusher),
-            node_id.clone(),
-        ))
+    // A writer compacts when the compaction lease falls back to it (no compactor is healthy).
+    let may_compact = role.compacts() || (cluster.is_some() && role == NodeRole::Writer);
+    let compactor = (config.compaction.enabled && may_compact).then(|| {
+        Arc::new(
+            Compactor::new(
+                config.compaction.clone(),
+                config.ingest.clone(),
+                Arc::clone(&meta),
+                storage.clone(),
+                Arc::clone(&flusher),
+                node_id.clone(),
+            )
+            .with_lease(cluster.clone()),
+        )
     });
     let deleter = Arc::new(Deleter {
         meta: Arc::clone(&meta),

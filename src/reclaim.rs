@@ -157,6 +157,7 @@ mod tests {
                 removed: vec![path.into()],
                 added: vec![],
                 at_us,
+                compactor_epoch: None,
             })
             .unwrap();
         }

@@ -79,6 +79,7 @@ pub fn execute(
             removed: removed.clone(),
             added: Vec::new(),
             at_us: now_us,
+            compactor_epoch: None,
         });
         if result.is_err() {
             break;

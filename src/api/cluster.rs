@@ -71,8 +71,24 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Value>,
         "leader": raft.leader_id,
         "raft": raft,
         "writer": services.meta.state().nodes().writer().clone(),
+        "compactor": compactor_overview(&services.meta.state()),
         "replication_catchup_status": services.replication.as_ref().map(|r| r.catchup_status()),
     })))
+}
+
+/// The compaction lease, and whether any node could compact at all.
+fn compactor_overview(state: &crate::meta::MetaState) -> Value {
+    let lease = state.nodes().compactor();
+    json!({
+        "node": lease.node,
+        "epoch": lease.epoch,
+        "last_move": lease.last_move,
+        "status": if lease.node.is_some() {
+            "assigned"
+        } else {
+            "no node compacts: no compactor is registered (the writer takes the lease only from a compactor that failed)"
+        },
+    })
 }
 
 /// Holds queries back with the seeds' 503 while a reader's start-up catch-up has not settled

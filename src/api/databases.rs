@@ -184,6 +184,7 @@ pub async fn delete(
             removed,
             added: Vec::new(),
             at_us: now_us(),
+            compactor_epoch: None,
         };
         commit(services, command).await?;
     }

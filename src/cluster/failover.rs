@@ -99,6 +99,57 @@ pub fn choose(candidates: &[Candidate]) -> Option<&Candidate> {
         })
 }
 
+/// What the leader knows about the compaction lease.
+#[derive(Debug, Clone)]
+pub struct CompactorWatch {
+    /// The lease holder, how long it has been silent, and whether it is a dedicated compactor.
+    pub holder: Option<(String, Duration, bool)>,
+    /// Registered compactors by name, with whether each is healthy.
+    pub compactors: Vec<(String, bool)>,
+    /// The writer, with whether it is healthy.
+    pub writer: Option<(String, bool)>,
+    /// Since the lease last moved.
+    pub since_last_move: Option<Duration>,
+}
+
+/// Pure: where the compaction lease should go now, and why. A silent holder's lease goes to
+/// the first healthy compactor, else to the writer; a lease the writer holds goes back to a
+/// healthy compactor once the lease has stayed put for `cooldown`.
+pub fn compactor_move(watch: &CompactorWatch, settings: FailoverSettings) -> Option<(String, String)> {
+    let healthy_compactor = |except: Option<&str>| {
+        watch
+            .compactors
+            .iter()
+            .filter(|(name, healthy)| *healthy && Some(name.as_str()) != except)
+            .map(|(name, _)| name.clone())
+            .min()
+    };
+    match &watch.holder {
+        Some((holder, silent_for, _)) if *silent_for >= settings.timeout => {
+            let to = healthy_compactor(Some(holder)).or_else(|| {
+                watch
+                    .writer
+                    .as_ref()
+                    .filter(|(name, healthy)| *healthy && name != holder)
+                    .map(|(name, _)| name.clone())
+            })?;
+            Some((
+                to,
+                format!("{holder} silent for {:.1}s", silent_for.as_secs_f64()),
+            ))
+        }
+        Some((holder, _, false)) => {
+            let settled = watch
+                .since_last_move
+                .is_none_or(|since| since >= settings.cooldown);
+            let to = healthy_compactor(None).filter(|_| settled)?;
+            Some((to, format!("compactor back from {holder}")))
+        }
+        Some(_) => None,
+        None => healthy_compactor(None).map(|to| (to, "no node held the lease".to_owned())),
+    }
+}
+
 /// How often the leader looks at the writer.
 const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -135,6 +186,10 @@ impl Cluster {
             if decision == Due::Choose {
                 self.fail_over(watch.writer_silent_for).await;
             }
+            let compactor_watch = self.compactor_watch();
+            if let Some((to, reason)) = compactor_move(&compactor_watch, settings) {
+                self.move_compactor(to, reason).await;
+            }
         }
     }
 
@@ -162,6 +217,61 @@ impl Cluster {
             since_last_failover,
             leading_for: leading_since.elapsed(),
         })
+    }
+
+    fn compactor_watch(&self) -> CompactorWatch {
+        let (lease, writer) = {
+            let state = self.applied.state.read().unwrap();
+            (state.nodes().compactor().clone(), state.nodes().writer().node.clone())
+        };
+        let nodes = self.nodes();
+        let healthy = |n: &NodeStatus| n.state == NodeState::Healthy;
+        let holder = lease.node.as_ref().and_then(|name| {
+            let status = nodes.iter().find(|n| n.id == *name)?;
+            let silent_for = if status.is_local {
+                Duration::ZERO
+            } else {
+                self.health.lock().unwrap().peer(name, Instant::now()).silent_for
+            };
+            Some((name.clone(), silent_for, status.role == NodeRole::Compactor))
+        });
+        CompactorWatch {
+            holder,
+            compactors: nodes
+                .iter()
+                .filter(|n| n.role == NodeRole::Compactor)
+                .map(|n| (n.id.clone(), healthy(n)))
+                .collect(),
+            writer: writer.and_then(|name| {
+                let status = nodes.iter().find(|n| n.id == name)?;
+                Some((name, healthy(status)))
+            }),
+            since_last_move: lease.last_move.map(|m| {
+                let elapsed_us = chrono::Utc::now().timestamp_micros() - m.at_us;
+                Duration::from_micros(elapsed_us.max(0) as u64)
+            }),
+        }
+    }
+
+    async fn move_compactor(&self, to: String, reason: String) {
+        let (from, epoch) = {
+            let state = self.applied.state.read().unwrap();
+            let lease = state.nodes().compactor();
+            (lease.node.clone(), lease.epoch)
+        };
+        tracing::warn!(from = from.as_deref().unwrap_or("none"), %to, epoch = epoch + 1, %reason, "moving the compaction lease");
+        let command = MetaCommand::AssignCompactor {
+            epoch: epoch + 1,
+            change: Failover {
+                at_us: chrono::Utc::now().timestamp_micros(),
+                from,
+                to,
+                reason,
+            },
+        };
+        if let Err(err) = self.submit(command).await {
+            tracing::warn!(error = %err, "the compaction lease did not move; will decide again");
+        }
     }
 
     async fn fail_over(&self, silent_for: Duration) {
@@ -339,5 +449,38 @@ mod tests {
         ];
         assert_eq!(choose(&none), None);
         assert_eq!(choose(&[]), None);
+    }
+
+    fn compactors(holder: Option<(&str, u64, bool)>, compactors: &[(&str, bool)], since_move: u64) -> CompactorWatch {
+        CompactorWatch {
+            holder: holder.map(|(n, s, d)| (n.to_owned(), Duration::from_secs(s), d)),
+            compactors: compactors.iter().map(|(n, h)| ((*n).to_owned(), *h)).collect(),
+            writer: Some(("writer-01".to_owned(), true)),
+            since_last_move: Some(Duration::from_secs(since_move)),
+        }
+    }
+
+    #[test]
+    fn a_silent_compactors_lease_goes_to_a_healthy_compactor_else_to_the_writer() {
+        let fleet = [("compactor-01", false), ("compactor-02", true)];
+        assert_eq!(compactor_move(&compactors(Some(("compactor-01", 29, true)), &fleet, 600), SETTINGS), None);
+        let moved = compactor_move(&compactors(Some(("compactor-01", 30, true)), &fleet, 600), SETTINGS);
+        assert_eq!(moved.unwrap().0, "compactor-02");
+        let alone = [("compactor-01", false)];
+        let moved = compactor_move(&compactors(Some(("compactor-01", 30, true)), &alone, 600), SETTINGS);
+        assert_eq!(moved.unwrap().0, "writer-01");
+        let mut nobody = compactors(Some(("compactor-01", 30, true)), &alone, 600);
+        nobody.writer = Some(("writer-01".to_owned(), false));
+        assert_eq!(compactor_move(&nobody, SETTINGS), None);
+    }
+
+    #[test]
+    fn the_writer_hands_the_lease_back_once_a_compactor_is_healthy_and_the_cooldown_passed() {
+        let back = [("compactor-01", true)];
+        assert_eq!(compactor_move(&compactors(Some(("writer-01", 0, false)), &back, 59), SETTINGS), None);
+        let moved = compactor_move(&compactors(Some(("writer-01", 0, false)), &back, 60), SETTINGS);
+        assert_eq!(moved.unwrap().0, "compactor-01");
+        assert_eq!(compactor_move(&compactors(Some(("compactor-01", 0, true)), &back, 60), SETTINGS), None);
+        assert_eq!(compactor_move(&compactors(None, &[], 60), SETTINGS), None);
     }
 }

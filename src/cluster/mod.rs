@@ -41,7 +41,7 @@ use store::AppliedState;
 use types::{NodeInfo, RaftId, TypeConfig};
 
 use crate::config::NodeRole;
-pub use crate::meta::nodes::{Capability, WriterAssignment, role_can};
+pub use crate::meta::nodes::{Capability, CompactorLease, WriterAssignment, role_can};
 use crate::meta::{Meta, Replicator};
 
 /// Header marking a client request one node forwarded to another; it is never forwarded again.
@@ -138,6 +138,17 @@ impl Cluster {
     /// Who takes the writes now, under which epoch.
     pub fn writer_assignment(&self) -> WriterAssignment {
         self.applied.state.read().unwrap().nodes().writer().clone()
+    }
+
+    /// Who holds the compaction lease now.
+    pub fn compactor_lease(&self) -> CompactorLease {
+        self.applied.state.read().unwrap().nodes().compactor().clone()
+    }
+
+    /// Whether this node holds the compaction lease (and under which epoch).
+    pub fn compacts_under(&self) -> Option<u64> {
+        let lease = self.compactor_lease();
+        (lease.node.as_deref() == Some(self.local.name.as_str())).then_some(lease.epoch)
     }
 
     /// Whether this node is the assigned writer (and under which epoch).

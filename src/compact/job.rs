@@ -56,6 +56,8 @@ pub struct JobContext {
     pub memory_limit: u64,
     pub download_concurrency: usize,
     pub crash_hook: CrashHook,
+    /// The compaction lease's epoch in a cluster.
+    pub compactor_epoch: Option<u64>,
 }
 
 /// A finished job.
@@ -150,6 +152,7 @@ pub async fn run(
         removed: batch.inputs.iter().map(|f| f.path.clone()).collect(),
         added: output.iter().cloned().collect(),
         at_us: Utc::now().timestamp_micros(),
+        compactor_epoch: context.compactor_epoch,
     };
     let meta = Arc::clone(&context.meta);
     let swapped = tokio::task::spawn_blocking(move || meta.commit_until_settled(command))

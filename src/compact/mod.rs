@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::cluster::Cluster;
 use crate::config::{CompactionConfig, IngestConfig};
 use crate::flush::Flusher;
 use crate::meta::Meta;
@@ -130,6 +131,9 @@ pub struct Compactor {
     crash_hook: CrashHook,
     next_job_id: AtomicU64,
     progress: Mutex<Progress>,
+    /// In a cluster: compaction runs only on the node holding the compaction lease, and its
+    /// swaps carry the lease's epoch.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Compactor {
@@ -159,7 +163,27 @@ impl Compactor {
             crash_hook: CrashHook::from_env(job::CRASH_ENV),
             next_job_id: AtomicU64::new(1),
             progress: Mutex::default(),
+            cluster: None,
         }
+    }
+
+    /// Compacts only while this node holds the cluster's compaction lease.
+    pub fn with_lease(mut self, cluster: Option<Arc<Cluster>>) -> Compactor {
+        self.cluster = cluster;
+        self
+    }
+
+    /// `Ok(epoch)` when this node may compact now (`None` outside a cluster), else who may.
+    fn lease(&self) -> Result<Option<u64>, String> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        cluster.compacts_under().map(Some).ok_or_else(|| {
+            cluster
+                .compactor_lease()
+                .node
+                .unwrap_or_else(|| "no node".into())
+        })
     }
 
     /// The tiers that are enabled, in the order a cycle runs them.
@@ -227,6 +251,10 @@ impl Compactor {
             tracing::error!(error = %err, "compaction skipped: storage clean-up failed");
             return;
         }
+        if let Err(holder) = self.lease() {
+            tracing::info!(cycle_id = cycle.cycle_id, %holder, "compaction skipped: another node holds the compaction lease");
+            return;
+        }
         self.remove_job_dirs().await;
         tracing::info!(cycle_id = cycle.cycle_id, tiers = ?cycle.tiers, "compaction cycle started");
         for tier in &cycle.tiers {
@@ -260,6 +288,14 @@ impl Compactor {
     }
 
     async fn run_job(&self, cycle_id: u64, batch: Batch) {
+        // Taken when the job starts: if the lease moves meanwhile, its swap is refused.
+        let compactor_epoch = match self.lease() {
+            Ok(epoch) => epoch,
+            Err(holder) => {
+                tracing::info!(%holder, "compaction job skipped: the compaction lease moved");
+                return;
+            }
+        };
         let job_id = self.next_job_id.fetch_add(1, Ordering::Relaxed);
         let started_at = Utc::now();
         let clock = Instant::now();
@@ -287,6 +323,7 @@ impl Compactor {
             memory_limit: self.config.memory_limit_bytes(),
             download_concurrency: self.config.download_concurrency(),
             crash_hook: self.crash_hook,
+            compactor_epoch,
         };
         let work_dir = self.job_dir(job_id);
         let result = job::run(&context, &batch, &work_dir, started_at).await;

@@ -90,6 +90,8 @@ pub enum NodeError {
         "promotion to writer epoch {requested} is stale: the writer epoch is already {current}"
     )]
     StaleEpoch { requested: u64, current: u64 },
+    #[error("node {name} ({role}) cannot hold the compaction lease: only a registered compactor or the writer can")]
+    CannotCompact { name: String, role: NodeRole },
     #[error("node {name} cannot be promoted to writer: {why}")]
     NotPromotable { name: String, why: String },
 }
@@ -114,11 +116,23 @@ pub struct Failover {
     pub reason: String,
 }
 
+/// Which node compacts, under which epoch: one at a time, and a replaced compactor's swaps
+/// carry an epoch that is no longer current.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactorLease {
+    /// `None` while no node able to compact is registered.
+    pub node: Option<String>,
+    pub epoch: u64,
+    pub last_move: Option<Failover>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRegistry {
     nodes: BTreeMap<String, NodeRecord>,
     #[serde(default)]
     writer: WriterAssignment,
+    #[serde(default)]
+    compactor: CompactorLease,
 }
 
 impl NodeRegistry {
@@ -175,6 +189,10 @@ impl NodeRegistry {
             self.writer.node = Some(name.to_owned());
             self.writer.epoch += 1;
         }
+        if record.role == NodeRole::Compactor && self.compactor.node.is_none() {
+            self.compactor.node = Some(name.to_owned());
+            self.compactor.epoch += 1;
+        }
     }
 
     pub fn remove(&mut self, name: &str) {
@@ -182,6 +200,43 @@ impl NodeRegistry {
         if self.writer.node.as_deref() == Some(name) {
             self.writer.node = None;
         }
+        if self.compactor.node.as_deref() == Some(name) {
+            self.compactor.node = None;
+        }
+    }
+
+    pub fn compactor(&self) -> &CompactorLease {
+        &self.compactor
+    }
+
+    /// Whether `change.to` may hold the compaction lease under `epoch`, the one after the
+    /// current: a dedicated compactor, or the writer when none is healthy.
+    pub fn check_assign_compactor(&self, epoch: u64, change: &Failover) -> Result<(), NodeError> {
+        if epoch != self.compactor.epoch + 1 {
+            return Err(NodeError::StaleEpoch {
+                requested: epoch,
+                current: self.compactor.epoch,
+            });
+        }
+        match self.nodes.get(&change.to) {
+            Some(record) if matches!(record.role, NodeRole::Compactor | NodeRole::Writer) => Ok(()),
+            Some(record) => Err(NodeError::CannotCompact {
+                name: change.to.clone(),
+                role: record.role,
+            }),
+            None => Err(NodeError::CannotCompact {
+                name: change.to.clone(),
+                role: NodeRole::Standalone,
+            }),
+        }
+    }
+
+    pub fn assign_compactor(&mut self, epoch: u64, change: &Failover) {
+        self.compactor = CompactorLease {
+            node: Some(change.to.clone()),
+            epoch,
+            last_move: Some(change.clone()),
+        };
     }
 
     pub fn writer(&self) -> &WriterAssignment {

@@ -78,6 +78,10 @@ pub enum MetaCommand {
         removed: Vec<String>,
         added: Vec<FileEntry>,
         at_us: i64,
+        /// A compaction's swap: the compactor epoch it ran under; a replaced compactor's swap
+        /// is refused. `None` for retention and deletes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compactor_epoch: Option<u64>,
     },
     /// Forgets tombstones whose objects are deleted. Unknown paths are ignored, so a retry
     /// after a crash is harmless.
@@ -89,6 +93,8 @@ pub enum MetaCommand {
     /// A reader takes over the writes under the next writer epoch; the previous writer becomes a
     /// reader.
     PromoteWriter { epoch: u64, failover: Failover },
+    /// The compaction lease moves to `change.to` under the next compactor epoch.
+    AssignCompactor { epoch: u64, change: Failover },
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +125,11 @@ pub enum ApplyError {
          node no longer writes for the cluster"
     )]
     StaleWriterEpoch { epoch: u64, current: u64 },
+    #[error(
+        "compaction under compactor epoch {epoch} refused: the compactor epoch is now {current} \
+         (another node holds the compaction lease)"
+    )]
+    StaleCompactorEpoch { epoch: u64, current: u64 },
 }
 
 /// Per-measurement facts derived from its files.
@@ -181,8 +192,15 @@ impl MetaState {
                 measurement,
                 removed,
                 added,
+                compactor_epoch,
                 ..
             } => {
+                let current = self.nodes.compactor().epoch;
+                if let Some(epoch) = *compactor_epoch
+                    && epoch != current
+                {
+                    return Err(ApplyError::StaleCompactorEpoch { epoch, current });
+                }
                 let mut seen = std::collections::BTreeSet::new();
                 for path in removed {
                     let live = self
@@ -206,6 +224,9 @@ impl MetaState {
             }
             MetaCommand::PromoteWriter { epoch, failover } => {
                 Ok(self.nodes.check_promote(&failover.to, *epoch)?)
+            }
+            MetaCommand::AssignCompactor { epoch, change } => {
+                Ok(self.nodes.check_assign_compactor(*epoch, change)?)
             }
         }
     }
@@ -249,6 +270,7 @@ impl MetaState {
                 removed,
                 added,
                 at_us,
+                ..
             } => {
                 for path in removed {
                     self.files.remove(path);
@@ -275,6 +297,10 @@ impl MetaState {
             }
             MetaCommand::PromoteWriter { epoch, failover } => {
                 self.nodes.promote(*epoch, failover);
+                Ok(())
+            }
+            MetaCommand::AssignCompactor { epoch, change } => {
+                self.nodes.assign_compactor(*epoch, change);
                 Ok(())
             }
         }
@@ -334,6 +360,10 @@ impl MetaState {
             MetaCommand::PromoteWriter { epoch, failover } => {
                 self.nodes.writer().epoch >= *epoch
                     && self.nodes.writer().last_failover.as_ref() == Some(failover)
+            }
+            MetaCommand::AssignCompactor { epoch, change } => {
+                self.nodes.compactor().epoch >= *epoch
+                    && self.nodes.compactor().last_move.as_ref() == Some(change)
             }
             MetaCommand::Admin(_) => false,
         }
@@ -527,6 +557,7 @@ mod tests {
             removed: removed.iter().map(|p| p.to_string()).collect(),
             added,
             at_us,
+            compactor_epoch: None,
         }
     }
 
@@ -662,5 +693,96 @@ mod tests {
         // A snapshot written before tombstones existed still loads.
         let old: MetaState = serde_json::from_str(r#"{"files": {}, "measurements": {}}"#).unwrap();
         assert_eq!(old.tombstones().count(), 0);
+    }
+
+    fn node(role: crate::config::NodeRole) -> NodeRecord {
+        NodeRecord {
+            role,
+            coordinator_addr: "node:9000".into(),
+            api_addr: "node:8000".into(),
+            shared_storage: false,
+            storage: "local".into(),
+            role_from_failover: false,
+        }
+    }
+
+    fn change(to: &str) -> Failover {
+        Failover {
+            at_us: 1,
+            from: None,
+            to: to.into(),
+            reason: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_replaced_writers_flush_and_a_replaced_compactors_swap_are_refused() {
+        use crate::config::NodeRole;
+        let mut state = MetaState::default();
+        for (name, role) in [
+            ("writer-01", NodeRole::Writer),
+            ("reader-01", NodeRole::Reader),
+            ("compactor-01", NodeRole::Compactor),
+        ] {
+            let register = MetaCommand::RegisterNode {
+                name: name.into(),
+                node: node(role),
+            };
+            state.apply(&register).unwrap();
+        }
+        assert_eq!(state.nodes().writer().epoch, 1);
+        assert_eq!(state.nodes().compactor().epoch, 1);
+        let flush = |path: &str, lsn, epoch| MetaCommand::AddFiles {
+            database: "db".into(),
+            measurement: "cpu".into(),
+            files: vec![file(path, lsn)],
+            flushed_through_lsn: lsn,
+            writer_epoch: Some(epoch),
+        };
+        state.apply(&flush("a.parquet", 1, 1)).unwrap();
+        let promote = MetaCommand::PromoteWriter {
+            epoch: 2,
+            failover: change("reader-01"),
+        };
+        state.apply(&promote).unwrap();
+        let before = state.clone();
+        assert_eq!(
+            state.apply(&flush("b.parquet", 2, 1)),
+            Err(ApplyError::StaleWriterEpoch { epoch: 1, current: 2 })
+        );
+        assert_eq!(state, before);
+        state.apply(&flush("b.parquet", 2, 2)).unwrap();
+
+        // The promoted reader is the writer now; the old writer is a reader.
+        let assign = MetaCommand::AssignCompactor {
+            epoch: 2,
+            change: change("reader-01"),
+        };
+        // Only the next epoch, and only a compactor or the writer.
+        for (epoch, to) in [(3, "reader-01"), (2, "nobody"), (2, "writer-01")] {
+            let refused = MetaCommand::AssignCompactor {
+                epoch,
+                change: change(to),
+            };
+            assert!(state.check(&refused).is_err(), "{refused:?}");
+        }
+        state.apply(&assign).unwrap();
+        assert!(state.reflects(&assign));
+        let swap = |epoch| MetaCommand::ReplaceFiles {
+            database: "db".into(),
+            measurement: "cpu".into(),
+            removed: vec!["a.parquet".into(), "b.parquet".into()],
+            added: vec![file("c.parquet", 2)],
+            at_us: 5,
+            compactor_epoch: Some(epoch),
+        };
+        let before = state.clone();
+        assert_eq!(
+            state.apply(&swap(1)),
+            Err(ApplyError::StaleCompactorEpoch { epoch: 1, current: 2 })
+        );
+        assert_eq!(state, before);
+        state.apply(&swap(2)).unwrap();
+        assert!(state.file("c.parquet").is_some());
     }
 }
