@@ -131,6 +131,16 @@ pub async fn run(
         wal_dir,
     } = started;
     let cluster = services.cluster.clone();
+    // Uploads a crash left unregistered go now, not at this node's first flush or compaction
+    // (a node that never flushes, such as a compactor without the lease, would keep them).
+    {
+        let flusher = Arc::clone(&services.flusher);
+        tokio::spawn(async move {
+            if let Err(err) = flusher.ensure_reconciled().await {
+                tracing::warn!(error = %err, "could not remove uploads a crash left unregistered; will retry at the next flush");
+            }
+        });
+    }
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
         tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped.clone()));

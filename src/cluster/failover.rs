@@ -115,7 +115,10 @@ pub struct CompactorWatch {
 /// Pure: where the compaction lease should go now, and why. A silent holder's lease goes to
 /// the first healthy compactor, else to the writer; a lease the writer holds goes back to a
 /// healthy compactor once the lease has stayed put for `cooldown`.
-pub fn compactor_move(watch: &CompactorWatch, settings: FailoverSettings) -> Option<(String, String)> {
+pub fn compactor_move(
+    watch: &CompactorWatch,
+    settings: FailoverSettings,
+) -> Option<(String, String)> {
     let healthy_compactor = |except: Option<&str>| {
         watch
             .compactors
@@ -222,7 +225,10 @@ impl Cluster {
     fn compactor_watch(&self) -> CompactorWatch {
         let (lease, writer) = {
             let state = self.applied.state.read().unwrap();
-            (state.nodes().compactor().clone(), state.nodes().writer().node.clone())
+            (
+                state.nodes().compactor().clone(),
+                state.nodes().writer().node.clone(),
+            )
         };
         let nodes = self.nodes();
         let healthy = |n: &NodeStatus| n.state == NodeState::Healthy;
@@ -231,7 +237,11 @@ impl Cluster {
             let silent_for = if status.is_local {
                 Duration::ZERO
             } else {
-                self.health.lock().unwrap().peer(name, Instant::now()).silent_for
+                self.health
+                    .lock()
+                    .unwrap()
+                    .peer(name, Instant::now())
+                    .silent_for
             };
             Some((name.clone(), silent_for, status.role == NodeRole::Compactor))
         });
@@ -451,10 +461,17 @@ mod tests {
         assert_eq!(choose(&[]), None);
     }
 
-    fn compactors(holder: Option<(&str, u64, bool)>, compactors: &[(&str, bool)], since_move: u64) -> CompactorWatch {
+    fn compactors(
+        holder: Option<(&str, u64, bool)>,
+        compactors: &[(&str, bool)],
+        since_move: u64,
+    ) -> CompactorWatch {
         CompactorWatch {
             holder: holder.map(|(n, s, d)| (n.to_owned(), Duration::from_secs(s), d)),
-            compactors: compactors.iter().map(|(n, h)| ((*n).to_owned(), *h)).collect(),
+            compactors: compactors
+                .iter()
+                .map(|(n, h)| ((*n).to_owned(), *h))
+                .collect(),
             writer: Some(("writer-01".to_owned(), true)),
             since_last_move: Some(Duration::from_secs(since_move)),
         }
@@ -463,11 +480,23 @@ mod tests {
     #[test]
     fn a_silent_compactors_lease_goes_to_a_healthy_compactor_else_to_the_writer() {
         let fleet = [("compactor-01", false), ("compactor-02", true)];
-        assert_eq!(compactor_move(&compactors(Some(("compactor-01", 29, true)), &fleet, 600), SETTINGS), None);
-        let moved = compactor_move(&compactors(Some(("compactor-01", 30, true)), &fleet, 600), SETTINGS);
+        assert_eq!(
+            compactor_move(
+                &compactors(Some(("compactor-01", 29, true)), &fleet, 600),
+                SETTINGS
+            ),
+            None
+        );
+        let moved = compactor_move(
+            &compactors(Some(("compactor-01", 30, true)), &fleet, 600),
+            SETTINGS,
+        );
         assert_eq!(moved.unwrap().0, "compactor-02");
         let alone = [("compactor-01", false)];
-        let moved = compactor_move(&compactors(Some(("compactor-01", 30, true)), &alone, 600), SETTINGS);
+        let moved = compactor_move(
+            &compactors(Some(("compactor-01", 30, true)), &alone, 600),
+            SETTINGS,
+        );
         assert_eq!(moved.unwrap().0, "writer-01");
         let mut nobody = compactors(Some(("compactor-01", 30, true)), &alone, 600);
         nobody.writer = Some(("writer-01".to_owned(), false));
@@ -477,10 +506,25 @@ mod tests {
     #[test]
     fn the_writer_hands_the_lease_back_once_a_compactor_is_healthy_and_the_cooldown_passed() {
         let back = [("compactor-01", true)];
-        assert_eq!(compactor_move(&compactors(Some(("writer-01", 0, false)), &back, 59), SETTINGS), None);
-        let moved = compactor_move(&compactors(Some(("writer-01", 0, false)), &back, 60), SETTINGS);
+        assert_eq!(
+            compactor_move(
+                &compactors(Some(("writer-01", 0, false)), &back, 59),
+                SETTINGS
+            ),
+            None
+        );
+        let moved = compactor_move(
+            &compactors(Some(("writer-01", 0, false)), &back, 60),
+            SETTINGS,
+        );
         assert_eq!(moved.unwrap().0, "compactor-01");
-        assert_eq!(compactor_move(&compactors(Some(("compactor-01", 0, true)), &back, 60), SETTINGS), None);
+        assert_eq!(
+            compactor_move(
+                &compactors(Some(("compactor-01", 0, true)), &back, 60),
+                SETTINGS
+            ),
+            None
+        );
         assert_eq!(compactor_move(&compactors(None, &[], 60), SETTINGS), None);
     }
 }

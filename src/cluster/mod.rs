@@ -142,7 +142,13 @@ impl Cluster {
 
     /// Who holds the compaction lease now.
     pub fn compactor_lease(&self) -> CompactorLease {
-        self.applied.state.read().unwrap().nodes().compactor().clone()
+        self.applied
+            .state
+            .read()
+            .unwrap()
+            .nodes()
+            .compactor()
+            .clone()
     }
 
     /// Whether this node holds the compaction lease (and under which epoch).

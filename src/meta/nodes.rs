@@ -90,7 +90,9 @@ pub enum NodeError {
         "promotion to writer epoch {requested} is stale: the writer epoch is already {current}"
     )]
     StaleEpoch { requested: u64, current: u64 },
-    #[error("node {name} ({role}) cannot hold the compaction lease: only a registered compactor or the writer can")]
+    #[error(
+        "node {name} ({role}) cannot hold the compaction lease: only a registered compactor or the writer can"
+    )]
     CannotCompact { name: String, role: NodeRole },
     #[error("node {name} cannot be promoted to writer: {why}")]
     NotPromotable { name: String, why: String },

@@ -748,7 +748,10 @@ mod tests {
         let before = state.clone();
         assert_eq!(
             state.apply(&flush("b.parquet", 2, 1)),
-            Err(ApplyError::StaleWriterEpoch { epoch: 1, current: 2 })
+            Err(ApplyError::StaleWriterEpoch {
+                epoch: 1,
+                current: 2
+            })
         );
         assert_eq!(state, before);
         state.apply(&flush("b.parquet", 2, 2)).unwrap();
@@ -779,7 +782,10 @@ mod tests {
         let before = state.clone();
         assert_eq!(
             state.apply(&swap(1)),
-            Err(ApplyError::StaleCompactorEpoch { epoch: 1, current: 2 })
+            Err(ApplyError::StaleCompactorEpoch {
+                epoch: 1,
+                current: 2
+            })
         );
         assert_eq!(state, before);
         state.apply(&swap(2)).unwrap();

@@ -400,3 +400,149 @@ async fn a_second_writer_failure_within_the_cooldown_waits_for_it() {
     );
     assert_ne!(second, first);
 }
+
+/// Acceptance 4: the compactor dies in the middle of a job (after uploading its output, before
+/// the swap); after `failover_timeout` the compaction lease moves to the other compactor, which
+/// compacts the same files; every row stays exactly once, the dead compactor's upload is cleaned
+/// up when it returns, and it does not take the lease back from a healthy compactor.
+#[tokio::test]
+async fn the_compaction_lease_moves_from_a_compactor_that_died_mid_job() {
+    const HOUR_NS: i64 = 3_600_000_000_000;
+    let compaction = [
+        ("ARC_CLUSTER_FAILOVER_ENABLED", "true"),
+        ("ARC_CLUSTER_FAILOVER_TIMEOUT", "2"),
+        ("ARC_CLUSTER_FAILOVER_COOLDOWN", "1"),
+        ("ARC_CLUSTER_ROUTE_TIMEOUT", "2000"),
+        ("ARC_COMPACTION_HOURLY_MIN_FILES", "3"),
+        ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+        ("ARC_QUERY_TIMEOUT", "2"),
+    ];
+    let spec = |name, role| NodeSpec::new(name, role).with(&compaction);
+    let mut cluster = TestCluster::start(vec![
+        spec("writer-01", "writer"),
+        spec("reader-01", "reader"),
+        spec("compactor-01", "compactor").with(&[("ARC_TEST_COMPACTION_CRASH_AT", "after_upload")]),
+        spec("compactor-02", "compactor"),
+    ])
+    .await;
+    let lease_holder = async |cluster: &TestCluster| {
+        let (_, body) = get_json(&cluster.node("reader-01").server, "/api/v1/cluster").await;
+        body["data"]["compactor"]["node"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        lease_holder(&cluster).await.as_deref(),
+        Some("compactor-01")
+    );
+
+    // Three files in an hour two days ago.
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let hour = now - now.rem_euclid(HOUR_NS) - 48 * HOUR_NS;
+    let writer = &cluster.node("writer-01").server;
+    for file in 0..3i64 {
+        let lines: String = (0..50i64)
+            .map(|i| {
+                let id = file * 50 + i;
+                format!("cpu,host=h{} id={id}i {}\n", id % 3, hour + id * 1_000_000)
+            })
+            .collect();
+        let (status, body) = writer.post("/write?db=lease", &[], lines).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        writer.flush().await;
+    }
+    let sql = "SELECT count(*), count(DISTINCT id), sum(id) FROM lease.cpu";
+    // The reader applies the last registration moments after the flush returned.
+    let expected = eventually("the reader counts every row", SETTLE, || async {
+        let answer = crate::harness::query(&cluster.node("reader-01").server, sql).await;
+        (answer[0][0] == 150).then_some(answer)
+    })
+    .await;
+    let before = cluster.manifest("reader-01").await;
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let (status, body) = cluster
+        .node("compactor-01")
+        .server
+        .post("/api/v1/compaction/trigger?tier=hourly", &[], "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let died = Instant::now();
+    let exit = tokio::time::timeout(SETTLE, cluster.node_mut("compactor-01").server.wait_exit())
+        .await
+        .expect("compactor-01 reaches its crash point");
+    eprintln!(
+        "compactor-01 died mid-job ({exit}) {:.1} s after the trigger",
+        died.elapsed().as_secs_f64()
+    );
+    let died = Instant::now();
+    let moved = eventually("the lease moves", SETTLE, || async {
+        lease_holder(&cluster).await.filter(|n| n == "compactor-02")
+    })
+    .await;
+    eprintln!(
+        "lease moved to {moved} {:.1} s after compactor-01 died",
+        died.elapsed().as_secs_f64()
+    );
+
+    let compactor = &cluster.node("compactor-02").server;
+    eventually("compactor-02 compacts the hour", SETTLE, || async {
+        let (status, _) = compactor
+            .post("/api/v1/compaction/trigger?tier=hourly", &[], "")
+            .await;
+        if status != StatusCode::OK {
+            return None;
+        }
+        let files = cluster.manifest("reader-01").await;
+        (files.len() == 1 && !before.contains(&files[0])).then_some(())
+    })
+    .await;
+    assert_eq!(
+        crate::harness::query(&cluster.node("reader-01").server, sql).await,
+        expected
+    );
+
+    cluster
+        .node_mut("compactor-01")
+        .server
+        .restart_with(&[("ARC_TEST_COMPACTION_CRASH_AT", "")])
+        .await;
+    let data = cluster.data_dir("writer-01").unwrap().join("lease");
+    let manifest: std::collections::BTreeSet<String> =
+        cluster.manifest("reader-01").await.into_iter().collect();
+    let stored = || -> std::collections::BTreeSet<String> {
+        walk(&data)
+            .into_iter()
+            .map(|p| format!("lease/{}", p.strip_prefix(&data).unwrap().display()))
+            .collect()
+    };
+    let settled = Instant::now();
+    while stored() != manifest && settled.elapsed() < SETTLE {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored(), manifest, "objects beside the manifest's");
+    // A healthy compactor keeps the lease.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        lease_holder(&cluster).await.as_deref(),
+        Some("compactor-02")
+    );
+    assert_eq!(
+        crate::harness::query(&cluster.node("reader-01").server, sql).await,
+        expected
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
