@@ -131,16 +131,6 @@ pub async fn run(
         wal_dir,
     } = started;
     let cluster = services.cluster.clone();
-    // Uploads a crash left unregistered go now, not at this node's first flush or compaction
-    // (a node that never flushes, such as a compactor without the lease, would keep them).
-    {
-        let flusher = Arc::clone(&services.flusher);
-        tokio::spawn(async move {
-            if let Err(err) = flusher.ensure_reconciled().await {
-                tracing::warn!(error = %err, "could not remove uploads a crash left unregistered; will retry at the next flush");
-            }
-        });
-    }
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
         tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped.clone()));
@@ -592,6 +582,11 @@ async fn start_services(
         crash_hook: CrashHook::from_env(delete::CRASH_ENV),
         running: tokio::sync::Mutex::new(()),
     });
+    // Uploads a crash left unregistered go before anything can upload again, not at this
+    // node's first flush or compaction (a compactor without the lease might never have one).
+    if let Err(err) = flusher.ensure_reconciled().await {
+        tracing::warn!(error = %err, "could not remove uploads a crash left unregistered; will retry at the next flush");
+    }
     if let Err(err) = deleter.remove_leftovers().await {
         tracing::warn!(error = %err, "could not remove an interrupted delete's files");
     }

@@ -46,15 +46,18 @@ impl Cluster {
             .unwrap()
             .nodes()
             .get(&self.local.name)
+            .filter(|r| r.role_from_failover)
             .map(|r| r.role);
         if let Some(role) = registered
-            && role != node.role
             && [role, node.role]
                 .iter()
                 .all(|r| matches!(r, NodeRole::Writer | NodeRole::Reader))
         {
-            tracing::info!(configured = %node.role, registered = %role, "a failover changed this node's role; running as registered");
+            if role != node.role {
+                tracing::info!(configured = %node.role, registered = %role, "a failover changed this node's role; running as registered");
+            }
             node.role = role;
+            node.role_from_failover = true;
         }
         let command = MetaCommand::RegisterNode {
             name: self.local.name.clone(),

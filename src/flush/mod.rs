@@ -459,7 +459,8 @@ async fn remove_unregistered_uploads(
     let unregistered: Vec<String> = {
         let state = meta.state();
         keys.into_iter()
-            .filter(|key| state.file(key).is_none())
+            // A removed file's object is the reclaimer's, after its grace period.
+            .filter(|key| state.file(key).is_none() && !state.is_tombstoned(key))
             .collect()
     };
     for key in &unregistered {

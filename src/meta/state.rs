@@ -437,6 +437,11 @@ impl MetaState {
         self.files.get(path)
     }
 
+    /// Whether `path` was removed and waits for its object to be deleted.
+    pub fn is_tombstoned(&self, path: &str) -> bool {
+        self.tombstones.contains_key(path)
+    }
+
     /// Removed files whose objects are not yet deleted: (path, removal time in µs).
     pub fn tombstones(&self) -> impl Iterator<Item = (&str, i64)> {
         self.tombstones

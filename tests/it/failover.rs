@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::cluster_harness::{NodeSpec, StorageMode, TestCluster, eventually, get_json};
-use crate::workload::{Ledger, Table, WorkloadOptions, check, queried_ids, soak, start_writes};
+use crate::workload::{
+    Ledger, Table, WorkloadOptions, check, lost_and_duplicated, queried_ids, soak, start_writes,
+};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -279,19 +281,25 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
         CutOff::Paused => cluster.resume("writer-01"),
         CutOff::BlackHoled => cluster.heal(),
     }
-    eventually("writer-01 rejoins as a reader", SETTLE, || async {
+    let waiting = Instant::now();
+    loop {
         // It restarts its services meanwhile: connections may be refused.
         let server = &cluster.node("writer-01").server;
-        let answer = server
-            .client
-            .get(server.url("/api/v1/cluster/local"))
-            .send()
-            .await
-            .ok()?;
-        let body: serde_json::Value = answer.json().await.ok()?;
-        (body["data"]["role"] == "reader").then_some(())
-    })
-    .await;
+        let answer = server.client.get(server.url("/api/v1/cluster/local")).send().await;
+        let role = match answer {
+            Ok(answer) => answer.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        if role.is_some_and(|body| body["data"]["role"] == "reader") {
+            break;
+        }
+        if waiting.elapsed() > SETTLE {
+            let log = server.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!("writer-01 did not rejoin as a reader:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     readers_follow(&cluster, &promoted, 2).await;
     let _ = stop_probes.send(true);
     let answers = probes.await.unwrap();
@@ -545,4 +553,83 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// Acceptance 5: with `replication_ack = none` (Arc's behaviour) the writer acknowledges
+/// writes no reader holds yet; when it is lost, a failover loses exactly those. The readers are
+/// cut off from the writer's stream while it keeps leading the cluster (and its lease), clients
+/// write, the writer is killed: the checker finds acknowledged rows missing and none stored
+/// twice, on every node, also after the old writer came back as a reader.
+#[tokio::test]
+async fn with_replication_ack_none_a_failover_loses_the_unreplicated_writes_and_duplicates_none() {
+    let spec = |name, role| node(name, role, "1").with(&[("ARC_CLUSTER_REPLICATION_ACK", "none")]);
+    let mut cluster = TestCluster::start_with(
+        StorageMode::OwnDirectories,
+        vec![
+            spec("writer-01", "writer"),
+            spec("reader-01", "reader"),
+            spec("reader-02", "reader"),
+        ],
+    )
+    .await;
+    readers_follow(&cluster, "writer-01", 2).await;
+    // The writer leads, so cutting the readers' requests to it leaves its lease alone.
+    eventually("writer-01 leads", SETTLE, || async {
+        let mut leader = None;
+        for name in cluster.names() {
+            leader = leader.or(crate::cluster_harness::leader_seen_by(&cluster.node(&name).server).await);
+        }
+        (leader.as_deref() == Some("writer-01")).then_some(())
+    })
+    .await;
+    let table = Table::new("unacked", "rows");
+    let ledger = Ledger::new();
+    let options = WorkloadOptions {
+        clients: 2,
+        timeout: Duration::from_secs(5),
+        ..WorkloadOptions::default()
+    };
+    let writes = start_writes(
+        &ledger,
+        vec![cluster.node("writer-01").server.url("")],
+        table.clone(),
+        options,
+    );
+    let flowing = Instant::now();
+    eventually("writes acknowledged", SETTLE, || async {
+        ledger.first_acknowledged_after(flowing).map(|_| ())
+    })
+    .await;
+    // Readers' requests to the writer (the stream among them) are held from now on.
+    let writer_proxy = &cluster.node("writer-01").proxy;
+    for name in ["reader-01", "reader-02"] {
+        writer_proxy.set_link(cluster.node(name).ip, crate::cluster_harness::Link::BlackHoled);
+    }
+    let cut = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually("writes acknowledged while the readers receive nothing", SETTLE, || async {
+        ledger.first_acknowledged_after(cut).map(|_| ())
+    })
+    .await;
+    cluster.kill9("writer-01");
+    writes.stop().await;
+    cluster.heal();
+    eventually("a reader promoted", SETTLE, || async {
+        writer_seen_by(&cluster, "reader-01")
+            .await
+            .filter(|(_, epoch)| *epoch > 1)
+    })
+    .await;
+    cluster.restart("writer-01").await;
+    for name in cluster.names() {
+        let server = &cluster.node(&name).server;
+        let (lost, duplicated) = eventually(&format!("{name} answers"), SETTLE, || async {
+            let stored = queried_ids(server, &table).await.ok()?;
+            Some(lost_and_duplicated(&ledger, &stored))
+        })
+        .await;
+        eprintln!("{name}: {lost} acknowledged rows lost, {duplicated} stored twice; {}", ledger.requests());
+        assert!(lost > 0, "{name}: the loss window did not show");
+        assert_eq!(duplicated, 0, "{name}");
+    }
 }

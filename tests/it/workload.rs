@@ -426,6 +426,17 @@ pub fn check(ledger: &Ledger, stored: &Stored) -> Result<Verdict, String> {
     }
 }
 
+/// Acknowledged rows stored nowhere, and rows stored more than once.
+pub fn lost_and_duplicated(ledger: &Ledger, stored: &Stored) -> (usize, usize) {
+    let rows = ledger.rows.lock().unwrap();
+    let lost = rows
+        .iter()
+        .filter(|(id, outcome)| **outcome == Outcome::Acknowledged && !stored.contains_key(id))
+        .count();
+    let duplicated = stored.values().filter(|times| **times > 1).count();
+    (lost, duplicated)
+}
+
 /// The row ids a node's queries return for `table`, with how often each appears.
 pub async fn queried_ids(server: &Server, table: &Table) -> Result<Stored, String> {
     let sql = format!(
