@@ -66,8 +66,10 @@ fn free_port() -> Result<u16> {
 }
 
 /// A cluster node; the first (no seed) starts the cluster.
+/// A node acknowledging from the writer alone (`replication_ack = none`), so the cost of
+/// streaming is measured apart from waiting for readers.
 async fn start_node(name: &str, role: &str, seed: Option<&str>) -> Result<(LocalServer, String)> {
-    start_node_with(name, role, seed, &[]).await
+    start_node_with(name, role, seed, &[("ARC_CLUSTER_REPLICATION_ACK", "none")]).await
 }
 
 async fn start_node_with(

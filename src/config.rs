@@ -611,7 +611,8 @@ pub struct ClusterConfig {
     pub route_retries: u32,
     /// WAL streaming to readers and the peer file puller.
     pub replication_enabled: bool,
-    /// Readers that must hold a write before it is acknowledged.
+    /// Readers that must hold a write before it is acknowledged, with replication enabled
+    /// (ours, default `one`; Arc acknowledges from the writer alone, which is `none`).
     pub replication_ack: ReplicationAck,
     /// Milliseconds.
     pub replication_lag_limit: u64,
@@ -684,7 +685,7 @@ impl Default for ClusterConfig {
             route_timeout: 5_000,
             route_retries: 3,
             replication_enabled: false,
-            replication_ack: ReplicationAck::None,
+            replication_ack: ReplicationAck::One,
             replication_lag_limit: 5_000,
             replication_buffer_size: 10_000,
             replication_wal_retention: ByteSize(1 << 30),
@@ -1659,14 +1660,16 @@ impl ClusterConfig {
                 "must be greater than cluster.raft_heartbeat_timeout",
             ));
         }
-        if self.replication_ack != ReplicationAck::None && !self.replication_enabled {
-            return Err(invalid_value(
-                "cluster.replication_ack",
-                quoted(self.replication_ack.as_str()),
-                "needs cluster.replication_enabled = true",
-            ));
-        }
         Ok(())
+    }
+
+    /// `replication_ack` as it applies: without replication no reader holds anything.
+    pub fn replication_ack(&self) -> ReplicationAck {
+        if self.replication_enabled {
+            self.replication_ack
+        } else {
+            ReplicationAck::None
+        }
     }
 
     /// An empty `raft_data_dir` keeps Raft's files next to the other metadata.
@@ -1768,7 +1771,7 @@ mod tests {
 
     #[test]
     fn defaults_match_arc_except_the_wal() {
-        let config = Config::default();
+        let mut config = Config::default();
         assert_eq!(config.server.host, "");
         assert_eq!(config.server.port, 8000);
         assert_eq!(config.server.idle_timeout, 120);
@@ -1804,7 +1807,10 @@ mod tests {
         assert_eq!(config.cluster.failover_cooldown, 60);
         assert!(config.cluster.replication_catchup_enabled);
         assert_eq!(config.cluster.replication_catchup_queue_high_water, 0.8);
-        assert_eq!(config.cluster.replication_ack, ReplicationAck::None);
+        assert_eq!(config.cluster.replication_ack, ReplicationAck::One);
+        assert_eq!(config.cluster.replication_ack(), ReplicationAck::None);
+        config.cluster.replication_enabled = true;
+        assert_eq!(config.cluster.replication_ack(), ReplicationAck::One);
         config.validate().unwrap();
     }
 
@@ -2195,9 +2201,6 @@ mod tests {
             }),
             ("cluster.raft_election_timeout", |c| {
                 c.cluster.raft_election_timeout = c.cluster.raft_heartbeat_timeout
-            }),
-            ("cluster.replication_ack", |c| {
-                c.cluster.replication_ack = ReplicationAck::One
             }),
             ("cluster.shared_storage_mode", |c| {
                 c.cluster.shared_storage_mode = true

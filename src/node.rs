@@ -590,18 +590,14 @@ async fn start_services(
     if let Err(err) = deleter.remove_leftovers().await {
         tracing::warn!(error = %err, "could not remove an interrupted delete's files");
     }
-    let acks_replicated = replicas && config.cluster.replication_ack != ReplicationAck::None;
+    let acks_replicated = replicas && config.cluster.replication_ack() != ReplicationAck::None;
     let replica_acks = cluster
         .as_ref()
         .filter(|_| acks_replicated || config.cluster.failover_enabled)
         .map(|cluster| {
             Arc::new(AckPolicy {
                 cluster: Arc::clone(cluster),
-                mode: if replicas {
-                    config.cluster.replication_ack
-                } else {
-                    ReplicationAck::None
-                },
+                mode: config.cluster.replication_ack(),
                 timeout: Duration::from_millis(config.cluster.route_timeout),
             })
         });

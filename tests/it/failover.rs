@@ -285,7 +285,11 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
     loop {
         // It restarts its services meanwhile: connections may be refused.
         let server = &cluster.node("writer-01").server;
-        let answer = server.client.get(server.url("/api/v1/cluster/local")).send().await;
+        let answer = server
+            .client
+            .get(server.url("/api/v1/cluster/local"))
+            .send()
+            .await;
         let role = match answer {
             Ok(answer) => answer.json::<serde_json::Value>().await.ok(),
             Err(_) => None,
@@ -296,7 +300,10 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
         if waiting.elapsed() > SETTLE {
             let log = server.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!("writer-01 did not rejoin as a reader:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            panic!(
+                "writer-01 did not rejoin as a reader:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -577,7 +584,8 @@ async fn with_replication_ack_none_a_failover_loses_the_unreplicated_writes_and_
     eventually("writer-01 leads", SETTLE, || async {
         let mut leader = None;
         for name in cluster.names() {
-            leader = leader.or(crate::cluster_harness::leader_seen_by(&cluster.node(&name).server).await);
+            leader = leader
+                .or(crate::cluster_harness::leader_seen_by(&cluster.node(&name).server).await);
         }
         (leader.as_deref() == Some("writer-01")).then_some(())
     })
@@ -603,13 +611,18 @@ async fn with_replication_ack_none_a_failover_loses_the_unreplicated_writes_and_
     // Readers' requests to the writer (the stream among them) are held from now on.
     let writer_proxy = &cluster.node("writer-01").proxy;
     for name in ["reader-01", "reader-02"] {
-        writer_proxy.set_link(cluster.node(name).ip, crate::cluster_harness::Link::BlackHoled);
+        writer_proxy.set_link(
+            cluster.node(name).ip,
+            crate::cluster_harness::Link::BlackHoled,
+        );
     }
     let cut = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    eventually("writes acknowledged while the readers receive nothing", SETTLE, || async {
-        ledger.first_acknowledged_after(cut).map(|_| ())
-    })
+    eventually(
+        "writes acknowledged while the readers receive nothing",
+        SETTLE,
+        || async { ledger.first_acknowledged_after(cut).map(|_| ()) },
+    )
     .await;
     cluster.kill9("writer-01");
     writes.stop().await;
@@ -628,7 +641,10 @@ async fn with_replication_ack_none_a_failover_loses_the_unreplicated_writes_and_
             Some(lost_and_duplicated(&ledger, &stored))
         })
         .await;
-        eprintln!("{name}: {lost} acknowledged rows lost, {duplicated} stored twice; {}", ledger.requests());
+        eprintln!(
+            "{name}: {lost} acknowledged rows lost, {duplicated} stored twice; {}",
+            ledger.requests()
+        );
         assert!(lost > 0, "{name}: the loss window did not show");
         assert_eq!(duplicated, 0, "{name}");
     }

@@ -817,11 +817,9 @@ async fn a_gated_reader_answers_only_complete_counts_or_the_catch_up_503() {
 #[tokio::test]
 async fn an_interrupted_copy_goes_on_after_the_bytes_it_holds() {
     use sha2::{Digest, Sha256};
-    let mut cluster = TestCluster::start_with(
-        StorageMode::OwnDirectories,
-        vec![node("writer-01", "writer")],
-    )
-    .await;
+    // The writer takes writes before any reader follows it.
+    let alone = node("writer-01", "writer").with(&[("ARC_CLUSTER_REPLICATION_ACK", "none")]);
+    let mut cluster = TestCluster::start_with(StorageMode::OwnDirectories, vec![alone]).await;
     let writer = &cluster.node("writer-01").server;
     for batch in 0..2 {
         write_rows(writer, "resume.rows", batch * 20_000..(batch + 1) * 20_000).await;
