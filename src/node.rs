@@ -21,7 +21,7 @@ use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::compact::Compactor;
-use crate::config::{Config, NodeRole, ReplicationAck, StorageBackend};
+use crate::config::{Config, NodeRole, StorageBackend};
 use crate::continuous::{self, CqRunner};
 use crate::crash_hook::CrashHook;
 use crate::delete::{self, Deleter};
@@ -590,17 +590,14 @@ async fn start_services(
     if let Err(err) = deleter.remove_leftovers().await {
         tracing::warn!(error = %err, "could not remove an interrupted delete's files");
     }
-    let acks_replicated = replicas && config.cluster.replication_ack() != ReplicationAck::None;
-    let replica_acks = cluster
-        .as_ref()
-        .filter(|_| acks_replicated || config.cluster.failover_enabled)
-        .map(|cluster| {
-            Arc::new(AckPolicy {
-                cluster: Arc::clone(cluster),
-                mode: config.cluster.replication_ack(),
-                timeout: Duration::from_millis(config.cluster.route_timeout),
-            })
-        });
+    // In a cluster every write asks: a writer that steps down or lost its lease refuses it.
+    let replica_acks = cluster.as_ref().map(|cluster| {
+        Arc::new(AckPolicy {
+            cluster: Arc::clone(cluster),
+            mode: config.cluster.replication_ack(),
+            timeout: Duration::from_millis(config.cluster.route_timeout),
+        })
+    });
     let ingester = Arc::new(
         Ingester::new(buffers, wal.clone(), flush_tx, limits).with_replica_acks(replica_acks),
     );

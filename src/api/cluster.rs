@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::cluster::{
-    Capability, Cluster, ClusterError, FORWARDED_HEADER, NodeState, NodeStatus, role_can,
+    Capability, Cluster, ClusterError, FORWARDED_HEADER, NodeState, NodeStatus, SwitchoverError,
+    role_can,
 };
 use crate::config::NodeRole;
 use crate::replication::CatchupStatus;
@@ -255,6 +256,72 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
         "replication": replication,
         "replication_readers": cluster.replication_readers(),
     })))
+}
+
+fn switchover_error(err: SwitchoverError) -> ApiError {
+    let status = match err {
+        SwitchoverError::UnknownNode(_) => StatusCode::NOT_FOUND,
+        SwitchoverError::Refused(_) => StatusCode::BAD_REQUEST,
+        SwitchoverError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, err.to_string())
+}
+
+fn switched(writer: String, epoch: u64) -> Json<Value> {
+    ok(json!({ "writer": writer, "epoch": epoch }))
+}
+
+/// `POST /api/v1/cluster/writers/{id}/promote`: reader `id` takes over the writes once it holds
+/// the writer's whole log.
+pub async fn promote_writer(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let cluster = cluster(&state)?;
+    let (writer, epoch) = cluster
+        .switch_writer(None, Some(&id))
+        .await
+        .map_err(switchover_error)?;
+    Ok(switched(writer, epoch))
+}
+
+/// `POST /api/v1/cluster/writers/{id}/demote`: writer `id` hands the writes to the most
+/// caught-up healthy reader.
+pub async fn demote_writer(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let cluster = cluster(&state)?;
+    let (writer, epoch) = cluster
+        .switch_writer(Some(&id), None)
+        .await
+        .map_err(switchover_error)?;
+    Ok(switched(writer, epoch))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompactorAssignment {
+    node_id: String,
+}
+
+/// `POST /api/v1/cluster/compactor/assign {"node_id"}`: moves the compaction lease; a job still
+/// running on the previous holder cannot swap its output in.
+pub async fn assign_compactor(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<CompactorAssignment>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let cluster = cluster(&state)?;
+    let Json(assignment) = body.map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"node_id\": \"<node>\"}}: {}", err.body_text()),
+        )
+    })?;
+    let epoch = cluster
+        .assign_compactor(&assignment.node_id)
+        .await
+        .map_err(switchover_error)?;
+    Ok(ok(json!({ "node_id": assignment.node_id, "epoch": epoch })))
 }
 
 /// `DELETE /api/v1/cluster/nodes/{id}`.

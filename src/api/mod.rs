@@ -236,6 +236,18 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .route("/api/v1/cluster/local", get(cluster::local))
                 .route("/api/v1/cluster/health", get(cluster::health))
                 .route("/api/v1/cluster/status", get(cluster::status))
+                .route(
+                    "/api/v1/cluster/compactor/assign",
+                    post(cluster::assign_compactor),
+                )
+                .route(
+                    "/api/v1/cluster/writers/{id}/promote",
+                    post(cluster::promote_writer),
+                )
+                .route(
+                    "/api/v1/cluster/writers/{id}/demote",
+                    post(cluster::demote_writer),
+                )
                 .route("/api/v1/cluster/files", get(cluster_files::list))
                 .route_layer(guard(Some(Permission::Admin))),
         )

@@ -335,7 +335,7 @@ impl Cluster {
 
     /// A reader's durable position, asked now; `None` when it does not answer within a
     /// heartbeat interval.
-    async fn position_of(&self, reader: &NodeStatus) -> Option<Lsn> {
+    pub(super) async fn position_of(&self, reader: &NodeStatus) -> Option<Lsn> {
         if reader.is_local {
             return self.replicated.get().map(|s| s.mirrored_lsn());
         }

@@ -21,7 +21,14 @@ impl Cluster {
                     health.note_member(&peer.name, Instant::now());
                 }
             }
-            self.beat(false, interval).await;
+            {
+                // Held while the beat is out, so a graceful leave's beat is the last one peers get.
+                let leaving = self.leaving.lock().await;
+                if *leaving {
+                    return;
+                }
+                self.beat(false, interval).await;
+            }
             self.hold_wal_for_readers();
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -53,7 +60,11 @@ impl Cluster {
     /// Graceful leave: tells the peers this node is going away (they show it as leaving rather
     /// than dead; it stays a member and is healthy again when it comes back), then stops Raft.
     pub async fn leave(&self) {
-        self.beat(true, Duration::from_secs(1)).await;
+        {
+            let mut leaving = self.leaving.lock().await;
+            *leaving = true;
+            self.beat(true, Duration::from_secs(1)).await;
+        }
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!(error = %err, "Raft did not shut down cleanly");
         }

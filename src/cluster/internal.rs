@@ -57,6 +57,10 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
             post(super::failover::serve_position),
         )
         .route(
+            super::protocol::STEP_DOWN_PATH,
+            post(super::switchover::serve_step_down),
+        )
+        .route(
             super::replication::ACK_PATH,
             post(super::replication::record_ack),
         )

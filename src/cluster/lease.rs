@@ -53,12 +53,19 @@ pub enum LeaseError {
          writer in the last {lease:?}; writes are refused until it can"
     )]
     Unconfirmed { node: String, lease: Duration },
+    #[error("node {node} is handing the writes to a reader; retry shortly")]
+    SteppingDown { node: String },
 }
 
 impl Cluster {
-    /// Whether this node may acknowledge a write now (always, with failover off: nobody else
-    /// can take over).
+    /// Whether this node may acknowledge a write now: not while it steps down, and with
+    /// failover on only while its lease holds (with failover off nobody else takes over).
     pub fn check_write_lease(&self) -> Result<(), LeaseError> {
+        if self.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(LeaseError::SteppingDown {
+                node: self.local.name.clone(),
+            });
+        }
         let Some(duration) = self.lease_duration else {
             return Ok(());
         };

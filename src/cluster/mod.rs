@@ -21,6 +21,7 @@ mod startup;
 mod status;
 mod store;
 mod submit;
+mod switchover;
 mod types;
 
 use std::sync::atomic::AtomicUsize;
@@ -38,6 +39,7 @@ use network::PeerClient;
 use peer_auth::PeerAuth;
 pub use status::{NodeStatus, RaftStatus};
 use store::AppliedState;
+pub use switchover::SwitchoverError;
 use types::{NodeInfo, RaftId, TypeConfig};
 
 use crate::config::NodeRole;
@@ -106,6 +108,11 @@ pub struct Cluster {
     /// acknowledge writes.
     lease_duration: Option<Duration>,
     lease: Mutex<lease::Lease>,
+    /// An operator is moving the writes elsewhere: this writer acknowledges nothing more.
+    stepping_down: std::sync::atomic::AtomicBool,
+    /// Set by a graceful leave; held while a heartbeat is out so no ordinary beat overtakes the
+    /// leaving one.
+    leaving: tokio::sync::Mutex<bool>,
     runtime: tokio::runtime::Handle,
     next_target: AtomicUsize,
 }

@@ -69,6 +69,18 @@ pub(super) struct Position {
     pub(super) replicated_lsn: Option<Lsn>,
 }
 
+/// An operator moves the writer: the writer is asked to stop (or go on) acknowledging.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct StepDown {
+    pub(super) stop: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct StepDownAnswer {
+    /// The last entry of its log that is durable; `None` without a WAL stream.
+    pub(super) log_end: Option<Lsn>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct RemoveRequest {
     pub(super) name: String,
@@ -83,3 +95,4 @@ pub(super) const BARRIER_PATH: &str = "/internal/barrier";
 pub(super) const HEARTBEAT_PATH: &str = "/internal/heartbeat";
 pub(super) const REMOVE_PATH: &str = "/internal/remove";
 pub(super) const POSITION_PATH: &str = "/internal/replication/position";
+pub(super) const STEP_DOWN_PATH: &str = "/internal/writer/step-down";

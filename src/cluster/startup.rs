@@ -20,6 +20,30 @@ use super::types::{NodeInfo, raft_id};
 use super::{Cluster, ClusterError, internal};
 use crate::config::ClusterConfig;
 
+/// How long a node restarting in-process waits for its previous coordinator listener to close
+/// (the previous run's server drops it moments after it was told to stop).
+const REBIND_WAIT: Duration = Duration::from_secs(10);
+
+async fn bind_coordinator(addr: &str) -> Result<tokio::net::TcpListener, ClusterError> {
+    let deadline = Instant::now() + REBIND_WAIT;
+    loop {
+        match tokio::net::TcpListener::bind(listen_addr(addr)).await {
+            Ok(listener) => return Ok(listener),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(source) => {
+                return Err(ClusterError::Bind {
+                    addr: addr.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 impl Cluster {
     /// Starts this node's Raft member and its coordinator port, joins the cluster, and returns
     /// once this node is a voter that has caught up with the leader (or `stop` fires).
@@ -40,12 +64,7 @@ impl Cluster {
             coordinator_addr: advertised_coordinator(config, &host_name()),
             api_addr,
         };
-        let listener = tokio::net::TcpListener::bind(listen_addr(&config.coordinator_addr))
-            .await
-            .map_err(|source| ClusterError::Bind {
-                addr: config.coordinator_addr.clone(),
-                source,
-            })?;
+        let listener = bind_coordinator(&config.coordinator_addr).await?;
 
         let dir = Path::new(&config.raft_data_dir);
         let storage_err = |source| ClusterError::Storage {
@@ -123,6 +142,8 @@ impl Cluster {
                 super::lease::lease_duration(Duration::from_secs(config.failover_timeout))
             }),
             lease: Mutex::default(),
+            stepping_down: std::sync::atomic::AtomicBool::new(false),
+            leaving: tokio::sync::Mutex::new(false),
             runtime: tokio::runtime::Handle::current(),
             next_target: AtomicUsize::new(0),
         });
