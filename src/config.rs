@@ -203,6 +203,10 @@ pub struct IngestConfig {
     pub max_buffer_size: usize,
     /// Oldest buffered row age, in milliseconds, before a flush.
     pub max_buffer_age_ms: u64,
+    /// Memory buffered rows may hold. Above half of it a write waits for flushes to release
+    /// memory (clients see latency rise); above all of it, once that wait is over, it is
+    /// refused with 503 and `Retry-After`.
+    pub max_buffered_bytes: ByteSize,
     pub compression: ParquetCompression,
     pub use_dictionary: bool,
     /// Dictionary-encode numeric columns too (only with `use_dictionary`).
@@ -227,6 +231,7 @@ impl Default for IngestConfig {
         Self {
             max_buffer_size: 50_000,
             max_buffer_age_ms: 5_000,
+            max_buffered_bytes: ByteSize(512 << 20),
             compression: ParquetCompression::Snappy,
             use_dictionary: false,
             numeric_dictionary: false,
@@ -1573,6 +1578,7 @@ impl IngestConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         require_positive("ingest.max_buffer_size", self.max_buffer_size as u64)?;
         require_positive("ingest.max_buffer_age_ms", self.max_buffer_age_ms)?;
+        require_positive("ingest.max_buffered_bytes", self.max_buffered_bytes.bytes())?;
         require_positive("ingest.shard_count", self.shard_count as u64)?;
         match self
             .sort_keys

@@ -66,10 +66,6 @@ pub enum NodeError {
     StandaloneMetadata(std::path::PathBuf),
 }
 
-/// Writes are refused above this much buffered data, so an unreachable storage backend makes
-/// clients back off instead of exhausting memory.
-const MAX_BUFFERED_BYTES: usize = 4 << 30;
-
 /// Memory a writer keeps of its latest durable entries for readers to stream from; readers
 /// further behind read the WAL segments.
 const REPLICATION_WINDOW_BYTES: usize = 256 << 20;
@@ -367,7 +363,7 @@ async fn start_services(
     let limits = IngestLimits {
         max_msgpack_bytes: config.server.max_payload_size.bytes() as usize,
         max_buffer_rows: config.ingest.max_buffer_size,
-        max_buffered_bytes: MAX_BUFFERED_BYTES,
+        max_buffered_bytes: config.ingest.max_buffered_bytes.bytes() as usize,
     };
     let buffers = {
         let state = meta.state();
@@ -503,7 +499,7 @@ async fn start_services(
             meta: Arc::clone(&meta),
             stats: Arc::clone(&stats),
             view: view.clone(),
-            max_buffered_bytes: MAX_BUFFERED_BYTES,
+            max_buffered_bytes: config.ingest.max_buffered_bytes.bytes() as usize,
             ack_interval: Duration::from_millis(config.cluster.replication_ack_interval.max(1)),
             wal: wal.clone(),
         });

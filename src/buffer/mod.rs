@@ -14,6 +14,7 @@ use arrow::array::ArrayRef;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
+use tokio::sync::Notify;
 
 use crate::ingest::MeasurementBatch;
 use crate::meta::{ColumnType, MetaState};
@@ -158,6 +159,8 @@ pub struct BufferSet {
     next_lsn: Lsn,
     tables: HashMap<MeasurementKey, TableBuffer>,
     bytes: usize,
+    /// Woken whenever buffered memory is released, for writes waiting on back-pressure.
+    released: Arc<Notify>,
 }
 
 impl Buffers {
@@ -331,6 +334,9 @@ impl BufferSet {
                 released += 1;
             }
         }
+        if released > 0 {
+            self.released.notify_waiters();
+        }
         released
     }
 
@@ -379,6 +385,11 @@ impl BufferSet {
         self.bytes
     }
 
+    /// Notified each time buffered memory is released (chunks flushed or found in files).
+    pub fn released(&self) -> Arc<Notify> {
+        Arc::clone(&self.released)
+    }
+
     /// The chunk a flush of `key` should write next: the oldest frozen one (left by a failed
     /// flush; `false`), else the active rows, frozen now (`true`).
     pub fn next_flush_chunk(&mut self, key: &MeasurementKey) -> Option<(Arc<Chunk>, bool)> {
@@ -398,6 +409,7 @@ impl BufferSet {
         {
             table.frozen.pop_front();
             self.bytes -= chunk.bytes;
+            self.released.notify_waiters();
         }
     }
 

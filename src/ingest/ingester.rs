@@ -19,6 +19,10 @@ const BLOCKING_DECODE_BYTES: usize = 1 << 20;
 /// Arc caps decompressed line protocol at 100 MB.
 const MAX_LINE_PROTOCOL_BYTES: usize = 100 << 20;
 
+/// Longest a write waits for buffered memory to drop below half of `max_buffered_bytes`; well
+/// inside common client timeouts, and long enough for several flushes.
+const BACKPRESSURE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(
@@ -69,7 +73,8 @@ pub struct IngestLimits {
     pub max_msgpack_bytes: usize,
     /// Rows at which a measurement is flushed (`ingest.max_buffer_size`).
     pub max_buffer_rows: usize,
-    /// Buffered bytes above which writes are refused until flushes catch up.
+    /// `ingest.max_buffered_bytes`: above half of it writes wait for flushes; above all of
+    /// it they are refused until flushes catch up.
     pub max_buffered_bytes: usize,
 }
 
@@ -129,6 +134,7 @@ impl Ingester {
             decode_request(&request, caps)?
         };
         let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
+        self.wait_for_room().await;
         if let Some(policy) = &self.replica_acks {
             policy.check_ready()?;
         }
@@ -157,6 +163,29 @@ impl Ingester {
             policy.confirmed(lsn).await?;
         }
         Ok(rows)
+    }
+}
+
+impl Ingester {
+    /// Back-pressure: while buffered rows hold more than half of `max_buffered_bytes`, a write
+    /// waits (up to [`BACKPRESSURE_WAIT`]) for flushes to release memory, so an overloaded
+    /// server answers more slowly instead of buffering until it must refuse. Whatever is
+    /// buffered after the wait, the hard limit decides.
+    async fn wait_for_room(&self) {
+        let soft_limit = self.limits.max_buffered_bytes / 2;
+        let released = self.buffers.lock().released();
+        let deadline = tokio::time::Instant::now() + BACKPRESSURE_WAIT;
+        loop {
+            let notified = released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.buffers.lock().buffered_bytes() <= soft_limit {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

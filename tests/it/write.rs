@@ -563,3 +563,102 @@ async fn files_are_sorted_by_sort_keys_then_time_with_configured_compression_and
     }
     assert!(server.stop().await.success());
 }
+
+/// Back-pressure: above half of `ingest.max_buffered_bytes` a write waits for flushes instead of
+/// being buffered at once; writes that would go past the limit are refused with 503 and
+/// `Retry-After` and leave nothing behind; a flush lets the waiting write through.
+#[tokio::test]
+async fn writes_wait_above_half_the_buffer_limit_and_are_refused_past_it() {
+    let server = Server::start(&[
+        ("ARC_INGEST_MAX_BUFFERED_BYTES", "2MB"),
+        ("ARC_INGEST_MAX_BUFFER_SIZE", "100000000"),
+        ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+    ])
+    .await;
+    const ROWS: i64 = 5_000;
+    let post = |batch: i64| {
+        let body: String = (0..ROWS)
+            .map(|i| {
+                let id = batch * ROWS + i;
+                format!(
+                    "cpu,host=h{} id={id}i,v={id}.5 {}\n",
+                    id % 7,
+                    1_700_000_000_000_000_000 + id
+                )
+            })
+            .collect();
+        let request = server
+            .client
+            .post(server.url("/write?db=pressure"))
+            .body(body)
+            .send();
+        tokio::spawn(async move {
+            let response = request.await.unwrap();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let status = response.status();
+            (status, retry_after, response.text().await.unwrap())
+        })
+    };
+    // Writes one batch after another until one is still unanswered after 2 s: it waits.
+    let fill_until_one_waits = async |first: i64| {
+        let mut rows = 0;
+        for batch in first..first + 200 {
+            let mut write = post(batch);
+            match tokio::time::timeout(std::time::Duration::from_secs(2), &mut write).await {
+                Ok(answer) => {
+                    let (status, _, body) = answer.unwrap();
+                    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+                    rows += ROWS;
+                }
+                Err(_) => return (rows, write),
+            }
+        }
+        panic!("no write waited although 200 batches were buffered");
+    };
+
+    let (mut acknowledged, waiting) = fill_until_one_waits(0).await;
+    eprintln!("{acknowledged} rows acknowledged before a write waited");
+    let flushed_at = std::time::Instant::now();
+    server.flush().await;
+    let (status, _, body) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    acknowledged += ROWS;
+    eprintln!(
+        "the waiting write was acknowledged {:.2} s after the flush was asked",
+        flushed_at.elapsed().as_secs_f64()
+    );
+
+    let (rows, waiting) = fill_until_one_waits(1_000).await;
+    acknowledged += rows;
+    let mut crowd: Vec<_> = (2_000..2_020).map(post).collect();
+    crowd.push(waiting);
+    let (mut refused, mut stored) = (0, 0);
+    for write in crowd {
+        let (status, retry_after, body) = write.await.unwrap();
+        match status {
+            StatusCode::NO_CONTENT => stored += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused += 1;
+                assert!(retry_after.is_some(), "503 without Retry-After");
+                let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert!(
+                    error["error"].as_str().unwrap().contains("buffer"),
+                    "{body}"
+                );
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    eprintln!("of 21 writes sent above half the limit: {stored} stored, {refused} refused");
+    assert!(refused > 0, "nothing was refused past the limit");
+    acknowledged += stored * ROWS;
+    server.flush().await;
+    let (status, _, body) = post(5_000).await.unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    acknowledged += ROWS;
+    let counted = crate::harness::query(&server, "SELECT count(*) AS n FROM pressure.cpu").await;
+    assert_eq!(
+        counted[0][0], acknowledged,
+        "stored rows against acknowledged ones"
+    );
+}
