@@ -1,10 +1,15 @@
-//! Ingest benchmark: N workers post batches of B records to an arcdb server and the program
-//! prints records/s with p50 and p99 request latency, per protocol and compression.
+//! Ingest benchmark: N workers post batches of B records to an arcdb server for a while, then
+//! the program flushes everything and prints, per protocol and compression: the sustained rate
+//! (records durable in Parquet per second: acknowledged records over the load plus the final
+//! flush), the acknowledged rate, p50 and p99 request latency, the final flush, requests refused
+//! with 503, and the server's peak resident memory. A run is labelled "unsustained" when its
+//! final flush took over 1 s or the server's memory grew through the second half of the load:
+//! its acknowledged rate only held because rows piled up in memory.
 //!
 //! Records are shaped like Arc's benchmark: time, a `host` tag and three float fields.
 //!
 //! ```text
-//! cargo bench --bench ingest -- [--workers 8] [--batch 5000] [--seconds 10]
+//! cargo bench --bench ingest -- [--workers 8] [--batch 5000] [--seconds 60]
 //!     [--protocol msgpack,lp] [--compression none,gzip,zstd] [--hosts 1000]
 //!     [--url http://127.0.0.1:8000] [--server-env KEY=VALUE ...]
 //! ```
@@ -35,7 +40,7 @@ fn parse_options() -> Result<Options> {
     let mut options = Options {
         workers: 8,
         batch: 5000,
-        seconds: 10,
+        seconds: 60,
         protocols: vec!["msgpack".into(), "lp".into()],
         compressions: vec!["none".into(), "gzip".into(), "zstd".into()],
         hosts: 1000,
@@ -141,6 +146,8 @@ fn bodies(protocol: &str, compression: &str, options: &Options) -> Result<Vec<By
 struct Outcome {
     records: u64,
     requests: u64,
+    /// Answered 503 (the server's buffer limit); retried after `Retry-After`.
+    refused: u64,
     elapsed: Duration,
     latencies_us: Vec<u64>,
 }
@@ -162,6 +169,7 @@ async fn drive(
             (client.clone(), Arc::clone(&bodies), format!("{url}{path}"));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut refused = 0u64;
             let mut next = worker;
             while Instant::now() < until {
                 let body = bodies[next % bodies.len()].clone();
@@ -173,21 +181,31 @@ async fn drive(
                     .body(body)
                     .send()
                     .await?;
-                if response.status() != reqwest::StatusCode::NO_CONTENT {
-                    bail!(
-                        "write failed: {} {}",
-                        response.status(),
-                        response.text().await?
-                    );
+                match response.status() {
+                    reqwest::StatusCode::NO_CONTENT => {
+                        latencies.push(sent.elapsed().as_micros() as u64)
+                    }
+                    reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                        refused += 1;
+                        let wait = response
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok()?.parse().ok())
+                            .unwrap_or(1);
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                    }
+                    status => bail!("write failed: {status} {}", response.text().await?),
                 }
-                latencies.push(sent.elapsed().as_micros() as u64);
             }
-            Ok::<_, anyhow::Error>(latencies)
+            Ok::<_, anyhow::Error>((latencies, refused))
         }));
     }
     let mut latencies_us = Vec::new();
+    let mut refused = 0;
     for task in tasks {
-        latencies_us.extend(task.await??);
+        let (latencies, worker_refused) = task.await??;
+        latencies_us.extend(latencies);
+        refused += worker_refused;
     }
     let elapsed = start.elapsed();
     latencies_us.sort_unstable();
@@ -195,9 +213,40 @@ async fn drive(
     Ok(Outcome {
         records: requests * options.batch as u64,
         requests,
+        refused,
         elapsed,
         latencies_us,
     })
+}
+
+/// Samples a local server's resident memory once a second until `stop` fires.
+fn watch_memory(
+    server: Option<&common::LocalServer>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    let pid = server.map(common::LocalServer::pid);
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while let Some(rss) = pid.and_then(|pid| common::memory_kib(pid, "VmRSS")) {
+            samples.push(rss);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|stopped| *stopped) => break,
+            }
+        }
+        samples
+    })
+}
+
+/// Whether memory grew through the second half of the load: the last quarter's mean over the
+/// second quarter's by more than a fifth.
+fn memory_grew(samples: &[u64]) -> bool {
+    let quarter = samples.len() / 4;
+    if quarter == 0 {
+        return false;
+    }
+    let mean = |part: &[u64]| part.iter().sum::<u64>() as f64 / part.len() as f64;
+    mean(&samples[samples.len() - quarter..]) > 1.2 * mean(&samples[quarter..2 * quarter])
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -227,19 +276,36 @@ fn main() -> Result<()> {
                 };
                 let url = options.url.clone().unwrap_or_else(|| server.as_ref().unwrap().url.clone());
                 let path = if protocol == "msgpack" { "/api/v1/write/msgpack" } else { "/api/v1/write/line-protocol" };
+                let (stop_watching, watching) = tokio::sync::watch::channel(false);
+                let memory = watch_memory(server.as_ref(), watching);
                 let outcome = drive(&url, path, bodies, &options).await?;
-                let rate = outcome.records as f64 / outcome.elapsed.as_secs_f64();
+                let _ = stop_watching.send(true);
+                let acknowledged = outcome.records as f64 / outcome.elapsed.as_secs_f64();
                 // What is still buffered when the load stops shows whether flushing kept up.
                 let drain = Instant::now();
                 common::flush(&common::client_builder().build()?, &url).await?;
+                let final_flush = drain.elapsed();
+                let sustained =
+                    outcome.records as f64 / (outcome.elapsed + final_flush).as_secs_f64();
+                let samples = memory.await?;
+                let peak = server
+                    .as_ref()
+                    .and_then(|s| common::memory_kib(s.pid(), "VmHWM"))
+                    .map_or("n/a".to_owned(), |kib| format!("{:.2} GiB", kib as f64 / (1 << 20) as f64));
+                let label = if final_flush > Duration::from_secs(1) || memory_grew(&samples) {
+                    "  UNSUSTAINED"
+                } else {
+                    ""
+                };
                 println!(
-                    "{protocol:>8} {compression:>5}: {rate:>12.0} records/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, {} records, {:.1} s; final flush {} ms)",
+                    "{protocol:>8} {compression:>5}: sustained {sustained:>12.0} records/s  acknowledged {acknowledged:>12.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  final flush {} ms  peak RSS {peak}  ({} requests, {} refused, {} records, {:.1} s){label}",
                     percentile(&outcome.latencies_us, 0.50),
                     percentile(&outcome.latencies_us, 0.99),
+                    final_flush.as_millis(),
                     outcome.requests,
+                    outcome.refused,
                     outcome.records,
                     outcome.elapsed.as_secs_f64(),
-                    drain.elapsed().as_millis(),
                 );
                 drop(server);
             }

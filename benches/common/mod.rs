@@ -62,6 +62,11 @@ impl LocalServer {
         Ok(LocalServer { child, url, dir })
     }
 
+    #[allow(dead_code, reason = "used by the ingest benchmark only")]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Where the server keeps its Parquet files (local storage).
     #[allow(dead_code, reason = "used by the query benchmark only")]
     pub fn storage_root(&self) -> PathBuf {
@@ -77,6 +82,15 @@ impl Drop for LocalServer {
         }
         let _ = self.child.wait();
     }
+}
+
+/// A memory figure of process `pid` from `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB;
+/// `None` once the process is gone.
+#[allow(dead_code, reason = "used by the ingest benchmark only")]
+pub fn memory_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Flushes every buffer of the server at `url`.
