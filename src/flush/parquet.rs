@@ -313,6 +313,17 @@ mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
 
+    fn time_field() -> Field {
+        Field::new(
+            "time",
+            arrow::datatypes::DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ),
+            false,
+        )
+    }
+
     proptest::proptest! {
         /// The row-format sort orders exactly as Arrow's comparator sort with the row position
         /// as the last key: nulls first, then by value, ties in write order.
@@ -333,14 +344,7 @@ mod tests {
                 ))
             };
             let schema = Arc::new(Schema::new(vec![
-                Field::new(
-                    "time",
-                    arrow::datatypes::DataType::Timestamp(
-                        arrow::datatypes::TimeUnit::Microsecond,
-                        Some("UTC".into()),
-                    ),
-                    false,
-                ),
+                time_field(),
                 Field::new("dc", arrow::datatypes::DataType::Utf8, true),
                 Field::new("host", arrow::datatypes::DataType::Utf8, true),
                 Field::new("v", arrow::datatypes::DataType::Int64, false),
@@ -376,14 +380,7 @@ mod tests {
     #[test]
     fn sorting_keeps_write_order_among_equal_keys() {
         let schema = Arc::new(Schema::new(vec![
-            Field::new(
-                "time",
-                arrow::datatypes::DataType::Timestamp(
-                    arrow::datatypes::TimeUnit::Microsecond,
-                    Some("UTC".into()),
-                ),
-                false,
-            ),
+            time_field(),
             Field::new("host", arrow::datatypes::DataType::Utf8, true),
             Field::new("v", arrow::datatypes::DataType::Int64, true),
         ]));

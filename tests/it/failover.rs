@@ -4,13 +4,15 @@
 //! a write (a reader forwards it to the writer), and after an answer that is not an
 //! acknowledgement a client moves to the next node.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
 use crate::cluster_harness::{NodeSpec, StorageMode, TestCluster, eventually, get_json};
 use crate::workload::{
-    Ledger, Table, WorkloadOptions, check, lost_and_duplicated, queried_ids, soak, start_writes,
+    Clients, Ledger, Table, WorkloadOptions, check, lost_and_duplicated, queried_ids, soak,
+    start_writes,
 };
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -80,6 +82,27 @@ async fn readers_follow(cluster: &TestCluster, writer: &str, readers: usize) {
     .await;
 }
 
+/// Three clients writing to every node in turn (a client moves to the next node after an
+/// answer that is not an acknowledgement), recorded in `ledger`.
+fn write_to_every_node(cluster: &TestCluster, table: &Table, ledger: &Arc<Ledger>) -> Clients {
+    let targets = cluster.nodes.iter().map(|n| n.server.url("")).collect();
+    let options = WorkloadOptions {
+        clients: 3,
+        timeout: Duration::from_secs(5),
+        ..WorkloadOptions::default()
+    };
+    start_writes(ledger, targets, table.clone(), options)
+}
+
+/// Waits until a write sent from now on is acknowledged.
+async fn writes_flow(ledger: &Ledger, what: &str) {
+    let from = Instant::now();
+    eventually(what, SETTLE, || async {
+        ledger.first_acknowledged_after(from).map(|_| ())
+    })
+    .await;
+}
+
 /// Every acknowledged row once on every node (readers answer from their own copies; the
 /// writer forwards the query to a reader).
 async fn assert_converged(cluster: &TestCluster, ledger: &Ledger, table: &Table) {
@@ -107,24 +130,14 @@ async fn a_killed_writer_is_replaced_by_the_most_caught_up_reader_and_nothing_ac
     let mut cluster = three_nodes("1").await;
     let table = Table::new("failover", "rows");
     let ledger = Ledger::new();
-    let targets = cluster.nodes.iter().map(|n| n.server.url("")).collect();
-    let options = WorkloadOptions {
-        clients: 3,
-        timeout: Duration::from_secs(5),
-        ..WorkloadOptions::default()
-    };
-    let writes = start_writes(&ledger, targets, table.clone(), options);
+    let writes = write_to_every_node(&cluster, &table, &ledger);
     let mut takeovers = Vec::new();
     let mut writer = "writer-01".to_owned();
     let mut epoch = 1;
     for round in 1..=rounds {
         readers_follow(&cluster, &writer, 2).await;
         // Writes flow through the current writer before it is killed.
-        let flowing = Instant::now();
-        eventually("writes acknowledged", SETTLE, || async {
-            ledger.first_acknowledged_after(flowing).map(|_| ())
-        })
-        .await;
+        writes_flow(&ledger, "writes acknowledged").await;
         let killed_at = Instant::now();
         cluster.kill9(&writer);
         let survivor = cluster.names().into_iter().find(|n| *n != writer).unwrap();
@@ -205,19 +218,9 @@ async fn a_cut_off_writer_stops_acknowledging_and_rejoins_as_a_reader(cut_off: C
     let mut cluster = three_nodes("1").await;
     let table = Table::new("split", "rows");
     let ledger = Ledger::new();
-    let targets = cluster.nodes.iter().map(|n| n.server.url("")).collect();
-    let options = WorkloadOptions {
-        clients: 3,
-        timeout: Duration::from_secs(5),
-        ..WorkloadOptions::default()
-    };
-    let writes = start_writes(&ledger, targets, table.clone(), options);
+    let writes = write_to_every_node(&cluster, &table, &ledger);
     readers_follow(&cluster, "writer-01", 2).await;
-    let flowing = Instant::now();
-    eventually("writes acknowledged", SETTLE, || async {
-        ledger.first_acknowledged_after(flowing).map(|_| ())
-    })
-    .await;
+    writes_flow(&ledger, "writes acknowledged").await;
 
     // Writes sent straight to the old writer, never forwarded: any 2xx is its own.
     let old_writer = cluster.node("writer-01").server.client.clone();
@@ -619,11 +622,7 @@ async fn with_replication_ack_none_a_failover_loses_the_unreplicated_writes_and_
         table.clone(),
         options,
     );
-    let flowing = Instant::now();
-    eventually("writes acknowledged", SETTLE, || async {
-        ledger.first_acknowledged_after(flowing).map(|_| ())
-    })
-    .await;
+    writes_flow(&ledger, "writes acknowledged").await;
     // Readers' connections to the writer (the stream among them) are cut from now on. Refused,
     // not black-holed: a black hole holds what the writer already sent in the relay's socket
     // buffers and delivers it when the link heals, after the writer is gone.
@@ -688,13 +687,7 @@ async fn an_operator_moves_the_writer_and_the_compaction_lease_without_losing_a_
     let mut cluster = three_nodes("1").await;
     let table = Table::new("switch", "rows");
     let ledger = Ledger::new();
-    let targets = cluster.nodes.iter().map(|n| n.server.url("")).collect();
-    let options = WorkloadOptions {
-        clients: 3,
-        timeout: Duration::from_secs(5),
-        ..WorkloadOptions::default()
-    };
-    let writes = start_writes(&ledger, targets, table.clone(), options);
+    let writes = write_to_every_node(&cluster, &table, &ledger);
     readers_follow(&cluster, "writer-01", 2).await;
     let operator = &cluster.node("reader-01").server;
     let post = async |path: &str, body: &str| {
@@ -753,11 +746,7 @@ async fn an_operator_moves_the_writer_and_the_compaction_lease_without_losing_a_
         "a refused request moved the writer"
     );
 
-    let flowing = Instant::now();
-    eventually("writes acknowledged", SETTLE, || async {
-        ledger.first_acknowledged_after(flowing).map(|_| ())
-    })
-    .await;
+    writes_flow(&ledger, "writes acknowledged").await;
     let (status, answer) = post("/api/v1/cluster/writers/writer-01/demote", "").await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let first = answer["data"]["writer"].as_str().unwrap().to_owned();
@@ -785,25 +774,13 @@ async fn an_operator_moves_the_writer_and_the_compaction_lease_without_losing_a_
     } else {
         "reader-01"
     };
-    let flowing = Instant::now();
-    eventually(
-        "writes acknowledged by the first new writer",
-        SETTLE,
-        || async { ledger.first_acknowledged_after(flowing).map(|_| ()) },
-    )
-    .await;
+    writes_flow(&ledger, "writes acknowledged by the first new writer").await;
     let (status, answer) = post(&format!("/api/v1/cluster/writers/{second}/promote"), "").await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["data"]["writer"], second);
     assert_eq!(answer["data"]["epoch"], 3);
     readers_follow(&cluster, second, 2).await;
-    let flowing = Instant::now();
-    eventually(
-        "writes acknowledged by the second new writer",
-        SETTLE,
-        || async { ledger.first_acknowledged_after(flowing).map(|_| ()) },
-    )
-    .await;
+    writes_flow(&ledger, "writes acknowledged by the second new writer").await;
 
     let (status, answer) = post(
         "/api/v1/cluster/compactor/assign",
