@@ -182,9 +182,10 @@ fn split_by_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, EncodeE
 /// equal keys keep their write order (the row position breaks ties), which compaction relies on
 /// to keep the latest of duplicate points.
 ///
-/// The keys are encoded once in Arrow's row format, so each comparison is one `memcmp` of two
-/// byte strings rather than a dynamic comparator call per key column: the comparator-based
-/// `lexsort_to_indices` kept the flush CPU-bound on sorting.
+/// Time alone is sorted as (time, position) integer pairs. Other keys are encoded once in
+/// Arrow's row format, so each comparison is one `memcmp` of two byte strings rather than a
+/// dynamic comparator call per key column (the comparator-based `lexsort_to_indices` kept the
+/// flush CPU-bound on sorting).
 pub(crate) fn sort_rows(
     batch: &RecordBatch,
     sort_keys: &[String],
@@ -195,6 +196,15 @@ pub(crate) fn sort_rows(
         .collect();
     if keys.is_empty() || (keys == [0] && times(batch).values().is_sorted()) {
         return Ok(batch.clone());
+    }
+    if keys == [0] {
+        // Time alone (the default): integer pairs sort without a comparison call.
+        let mut order: Vec<(i64, u32)> =
+            times(batch).values().iter().copied().zip(0u32..).collect();
+        order.sort_unstable();
+        let indices =
+            UInt32Array::from_iter_values(order.into_iter().map(|(_, position)| position));
+        return Ok(take_record_batch(batch, &indices)?);
     }
     let fields = keys
         .iter()
