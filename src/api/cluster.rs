@@ -267,8 +267,18 @@ fn switchover_error(err: SwitchoverError) -> ApiError {
     ApiError::new(status, err.to_string())
 }
 
-fn switched(writer: String, epoch: u64) -> Json<Value> {
-    ok(json!({ "writer": writer, "epoch": epoch }))
+/// Moves the writes from `from` (`None`: the writer) to `to` (`None`: the most caught-up
+/// healthy reader).
+async fn switch_writer(
+    state: &AppState,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<Json<Value>, ApiError> {
+    let (writer, epoch) = cluster(state)?
+        .switch_writer(from, to)
+        .await
+        .map_err(switchover_error)?;
+    Ok(ok(json!({ "writer": writer, "epoch": epoch })))
 }
 
 /// `POST /api/v1/cluster/writers/{id}/promote`: reader `id` takes over the writes once it holds
@@ -277,12 +287,7 @@ pub async fn promote_writer(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let cluster = cluster(&state)?;
-    let (writer, epoch) = cluster
-        .switch_writer(None, Some(&id))
-        .await
-        .map_err(switchover_error)?;
-    Ok(switched(writer, epoch))
+    switch_writer(&state, None, Some(&id)).await
 }
 
 /// `POST /api/v1/cluster/writers/{id}/demote`: writer `id` hands the writes to the most
@@ -291,12 +296,7 @@ pub async fn demote_writer(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let cluster = cluster(&state)?;
-    let (writer, epoch) = cluster
-        .switch_writer(Some(&id), None)
-        .await
-        .map_err(switchover_error)?;
-    Ok(switched(writer, epoch))
+    switch_writer(&state, Some(&id), None).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -164,16 +164,20 @@ impl Ingester {
         }
         Ok(rows)
     }
-}
 
-impl Ingester {
     /// Back-pressure: while buffered rows hold more than half of `max_buffered_bytes`, a write
     /// waits (up to [`BACKPRESSURE_WAIT`]) for flushes to release memory, so an overloaded
     /// server answers more slowly instead of buffering until it must refuse. Whatever is
     /// buffered after the wait, the hard limit decides.
     async fn wait_for_room(&self) {
         let soft_limit = self.limits.max_buffered_bytes / 2;
-        let released = self.buffers.lock().released();
+        let released = {
+            let buffers = self.buffers.lock();
+            if buffers.buffered_bytes() <= soft_limit {
+                return;
+            }
+            buffers.released()
+        };
         let deadline = tokio::time::Instant::now() + BACKPRESSURE_WAIT;
         loop {
             let notified = released.notified();
