@@ -1671,7 +1671,8 @@ impl ClusterConfig {
 
     /// `replication_ack` as it applies: without replication no reader holds anything.
     pub fn replication_ack(&self) -> ReplicationAck {
-        if self.replication_enabled {
+        // With shared storage no reader follows a writer's log: they read the bucket.
+        if self.replication_enabled && !self.shared_storage_mode {
             self.replication_ack
         } else {
             ReplicationAck::None

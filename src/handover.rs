@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::buffer::Buffers;
 use crate::cluster::Cluster;
 use crate::flush::Flusher;
-use crate::meta::Meta;
+use crate::meta::{Meta, SINGLE_WRITER_LOG};
 
 const MARK_FILE: &str = "writer-epoch";
 
@@ -129,11 +129,12 @@ impl RoleWatch {
                 .with_data()
                 .into_iter()
                 .map(|key| {
-                    let lsn = state.flushed_through(&key.database, &key.measurement);
+                    let lsn =
+                        state.flushed_through(SINGLE_WRITER_LOG, &key.database, &key.measurement);
                     (key, lsn)
                 })
                 .collect();
-            buffers.observe_lsn(state.max_flushed_lsn());
+            buffers.observe_lsn(state.max_flushed_lsn(SINGLE_WRITER_LOG));
             buffers.adopt_replicated(&flushed)
         };
         self.flusher.write_under_epoch(epoch);

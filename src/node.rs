@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
+use futures::future::join_all;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -25,10 +26,10 @@ use crate::config::{Config, NodeRole, StorageBackend};
 use crate::continuous::{self, CqRunner};
 use crate::crash_hook::CrashHook;
 use crate::delete::{self, Deleter};
-use crate::flush::{Flusher, PendingUploads};
+use crate::flush::{FlushOrigin, Flusher, PendingUploads};
 use crate::handover;
 use crate::ingest::{IngestLimits, Ingester, replay_entry, replicate_entry};
-use crate::meta::{Meta, MetaError};
+use crate::meta::{Meta, MetaError, SINGLE_WRITER_LOG};
 use crate::query::QueryEngine;
 use crate::reclaim;
 use crate::replication::{AckPolicy, Follower, Puller, ReadBarrier, ReplicaView, ReplicationStats};
@@ -130,8 +131,9 @@ pub async fn run(
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let background =
         tokio::spawn(Arc::clone(&services.flusher).run(flush_requests, flusher_stopped.clone()));
-    // Retention, continuous queries and object reclaim change shared data: in a cluster only
-    // the node that ingests runs them (a promoted reader starts them when it takes over).
+    // Retention, continuous queries and object reclaim change shared data: in a cluster on
+    // local storage only the node that ingests runs them (a promoted reader starts them when it
+    // takes over); with shared storage the Raft leader does, whichever role it has.
     let upkeep_tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
     let start_upkeep: handover::StartUpkeep = {
         let (config, meta, storage) = (config.clone(), Arc::clone(&meta), storage.clone());
@@ -145,11 +147,24 @@ pub async fn run(
             tasks.lock().unwrap().extend(started);
         })
     };
-    let start_upkeep = if !config.cluster.enabled || role.ingests() {
-        start_upkeep();
-        None
-    } else {
-        Some(start_upkeep)
+    let start_upkeep = match &cluster {
+        Some(cluster) if config.cluster.shared_storage_mode => {
+            let (config, meta, storage) = (config.clone(), Arc::clone(&meta), storage.clone());
+            let continuous_queries = Arc::clone(&services.continuous_queries);
+            let start = move |stopped| {
+                let (meta, continuous_queries) =
+                    (Arc::clone(&meta), Arc::clone(&continuous_queries));
+                spawn_upkeep(&config, meta, storage.clone(), continuous_queries, stopped)
+            };
+            let leading = upkeep_while_leading(Arc::clone(cluster), start, flusher_stopped.clone());
+            upkeep_tasks.lock().unwrap().push(tokio::spawn(leading));
+            None
+        }
+        Some(_) if !role.ingests() => Some(start_upkeep),
+        _ => {
+            start_upkeep();
+            None
+        }
     };
     let (stop_following, following_stopped) = watch::channel(false);
     let follower = Arc::new(std::sync::Mutex::new(
@@ -284,6 +299,39 @@ fn spawn_upkeep(
     tasks
 }
 
+/// With shared storage: runs the singleton tasks while this node leads the Raft group, and stops
+/// them when it no longer does (the new leader's tasks pick up at their next tick) or `stop`
+/// turns true.
+async fn upkeep_while_leading(
+    cluster: Arc<Cluster>,
+    start: impl Fn(watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut running: Option<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>)> = None;
+    loop {
+        let leading = cluster.is_leader();
+        if leading && running.is_none() {
+            tracing::info!(
+                "this node leads the cluster: running retention, continuous queries and reclaim"
+            );
+            let (stop_tasks, tasks_stopped) = watch::channel(false);
+            running = Some((stop_tasks, start(tasks_stopped)));
+        } else if !leading && let Some((stop_tasks, tasks)) = running.take() {
+            tracing::info!("this node no longer leads the cluster: stopping its singleton tasks");
+            let _ = stop_tasks.send(true);
+            join_all(tasks).await;
+        }
+        tokio::select! {
+            _ = cluster.leadership_changed_from(leading) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    if let Some((stop_tasks, tasks)) = running {
+        let _ = stop_tasks.send(true);
+        join_all(tasks).await;
+    }
+}
+
 /// Disables Nagle's algorithm on an accepted connection. A streamed response ends with a small
 /// write; held back until the client acknowledges the previous one, which clients delay by up to
 /// 40 ms, it made small answers take ~50 ms.
@@ -365,12 +413,29 @@ async fn start_services(
         max_buffer_rows: config.ingest.max_buffer_size,
         max_buffered_bytes: config.ingest.max_buffered_bytes.bytes() as usize,
     };
+    let node_id = cluster
+        .as_ref()
+        .map_or_else(|| "standalone".to_string(), |c| c.name().to_string());
+    let shared_storage = cluster.is_some() && config.cluster.shared_storage_mode;
+    // Shared-storage writers each number their own log; otherwise there is one writer's log,
+    // which a promoted reader continues.
+    let log = if shared_storage {
+        node_id.clone()
+    } else {
+        SINGLE_WRITER_LOG.to_string()
+    };
     let buffers = {
         let state = meta.state();
-        Arc::new(Buffers::new(&state, state.max_flushed_lsn()))
+        Arc::new(Buffers::new(&state, state.max_flushed_lsn(&log)))
     };
     let role = cluster.as_ref().map_or(config.cluster.role, |c| c.role());
-    let replicas = config.cluster.replication_enabled;
+    if shared_storage && config.cluster.replication_enabled {
+        tracing::warn!(
+            "cluster.replication_enabled is ignored with cluster.shared_storage_mode: readers \
+             query the shared bucket and follow no writer's log"
+        );
+    }
+    let replicas = config.cluster.replication_enabled && !shared_storage;
     if cluster.is_some() && replicas && role.ingests() && !config.wal.enabled {
         tracing::warn!(
             "cluster.replication_enabled needs wal.enabled on a writer; readers get no WAL stream"
@@ -417,8 +482,12 @@ async fn start_services(
                 max_held_bytes: config.cluster.replication_wal_retention.bytes(),
             }),
         };
-        let (replay_buffers, replay_meta, dir) =
-            (Arc::clone(&buffers), Arc::clone(&meta), options.dir.clone());
+        let (replay_buffers, replay_meta, dir, replay_log) = (
+            Arc::clone(&buffers),
+            Arc::clone(&meta),
+            options.dir.clone(),
+            log.clone(),
+        );
         let recovery = tokio::task::spawn_blocking(move || {
             let state = replay_meta.state();
             wal::replay(&dir, |lsn, payload| {
@@ -430,12 +499,12 @@ async fn start_services(
                         if copies_files {
                             0
                         } else {
-                            state.flushed_through(database, measurement)
+                            state.flushed_through(SINGLE_WRITER_LOG, database, measurement)
                         }
                     };
                     replicate_entry(&replay_buffers, flushed, lsn, payload).map(|_| ())
                 } else {
-                    replay_entry(&replay_buffers, &state, lsn, payload).map(|_| ())
+                    replay_entry(&replay_buffers, &state, &replay_log, lsn, payload).map(|_| ())
                 }
             })
         })
@@ -522,11 +591,6 @@ async fn start_services(
         });
 
     let (flush_tx, flush_rx) = mpsc::unbounded_channel();
-    let node_id = if config.cluster.node_id.is_empty() {
-        "standalone".to_string()
-    } else {
-        config.cluster.node_id.clone()
-    };
     let pending_uploads =
         PendingUploads::open(&Path::new(&config.meta.directory).join("pending-uploads"))
             .map_err(NodeError::PendingUploads)?;
@@ -535,6 +599,7 @@ async fn start_services(
         Arc::clone(&buffers),
         query_view,
         &storage,
+        log.clone(),
     ));
     let flusher = Arc::new(Flusher::new(
         Arc::clone(&buffers),
@@ -543,7 +608,10 @@ async fn start_services(
         pending_uploads,
         wal.clone(),
         config.ingest.clone(),
-        node_id.clone(),
+        FlushOrigin {
+            node_id: node_id.clone(),
+            log,
+        },
     ));
     if let Some(epoch) = writes_under {
         flusher.write_under_epoch(epoch);

@@ -115,6 +115,7 @@ mod tests {
             sha256: String::new(),
             min_lsn: 1,
             max_lsn: 1,
+            log: String::new(),
             columns: Default::default(),
             tags: vec![],
             created_at_us: 0,
@@ -147,6 +148,7 @@ mod tests {
             measurement: "cpu".into(),
             files: paths.iter().map(|p| entry(p)).collect(),
             flushed_through_lsn: 1,
+            log: String::new(),
             writer_epoch: None,
         })
         .unwrap();

@@ -173,12 +173,14 @@ mod tests {
                 sha256: String::new(),
                 min_lsn: lsn,
                 max_lsn: lsn,
+                log: String::new(),
                 columns: BTreeMap::from([("v".to_string(), ColumnType::Int64)]),
                 tags: vec![],
                 created_at_us: 0,
                 origin_node: "n".into(),
             }],
             flushed_through_lsn: lsn,
+            log: String::new(),
             writer_epoch: None,
         }
     }

@@ -356,7 +356,7 @@ pub async fn route_by_role(
     let Some(cluster) = state.services().ok().and_then(|s| s.cluster.clone()) else {
         return next.run(request).await;
     };
-    if role_can(cluster.role(), capability) {
+    if cluster.serves(capability) {
         return next.run(request).await;
     }
     if let Some(from) = request.headers().get(FORWARDED_HEADER) {

@@ -79,6 +79,7 @@ mod tests {
             sha256: String::new(),
             min_lsn: 0,
             max_lsn: 0,
+            log: String::new(),
             columns: Default::default(),
             tags: Vec::new(),
             created_at_us: 0,

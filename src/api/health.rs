@@ -63,10 +63,8 @@ pub async fn ready_for_writes(State(state): State<Arc<AppState>>) -> (StatusCode
             .err()
             .map(|e| e.to_string())
             .or_else(|| {
-                cluster
-                    .writes_under()
-                    .is_none()
-                    .then(|| format!("node {} is not the cluster's writer", cluster.name()))
+                (!cluster.takes_writes())
+                    .then(|| format!("node {} is not a writer of the cluster", cluster.name()))
             }),
     };
     match refusal {

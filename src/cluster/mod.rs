@@ -164,6 +164,23 @@ impl Cluster {
         (lease.node.as_deref() == Some(self.local.name.as_str())).then_some(lease.epoch)
     }
 
+    /// Whether this node serves requests needing `capability` itself: what its role can, and
+    /// with shared storage a writer also answers queries (from the bucket and its own buffer).
+    pub fn serves(&self, capability: Capability) -> bool {
+        let role = self.role();
+        role_can(role, capability)
+            || (self.shared_storage && capability == Capability::Query && role.ingests())
+    }
+
+    /// Whether this node ingests: the assigned writer, or with shared storage any writer.
+    pub fn takes_writes(&self) -> bool {
+        if self.shared_storage {
+            self.role().ingests()
+        } else {
+            self.writes_under().is_some()
+        }
+    }
+
     /// Whether this node is the assigned writer (and under which epoch).
     pub fn writes_under(&self) -> Option<u64> {
         let assignment = self.writer_assignment();
@@ -190,8 +207,21 @@ impl Cluster {
         self.raft.metrics().borrow().clone()
     }
 
-    pub(super) fn is_leader(&self) -> bool {
+    /// Whether this node leads the Raft group now.
+    pub fn is_leader(&self) -> bool {
         self.metrics().current_leader == Some(self.local_id)
+    }
+
+    /// Returns once this node's leadership is no longer `leading` (never, once Raft stopped).
+    pub async fn leadership_changed_from(&self, leading: bool) {
+        let mut metrics = self.raft.metrics();
+        let raft_stopped = metrics
+            .wait_for(|m| (m.current_leader == Some(self.local_id)) != leading)
+            .await
+            .is_err();
+        if raft_stopped {
+            std::future::pending::<()>().await;
+        }
     }
 
     pub(super) fn is_voter(&self) -> bool {

@@ -138,7 +138,8 @@ impl Cluster {
             replicated: std::sync::OnceLock::new(),
             file_storage: std::sync::OnceLock::new(),
             serve_timeout: Duration::from_millis(config.replication_serve_timeout_ms.max(1)),
-            lease_duration: config.failover_enabled.then(|| {
+            // Shared-storage writers are peers: none is assigned, so none holds a lease.
+            lease_duration: (config.failover_enabled && !config.shared_storage_mode).then(|| {
                 super::lease::lease_duration(Duration::from_secs(config.failover_timeout))
             }),
             lease: Mutex::default(),

@@ -220,7 +220,13 @@ fn output_entry(
         rows: merged.rows_out,
         size_bytes: merged.size_bytes,
         sha256: merged.sha256.clone(),
-        // The union of the inputs' ranges: the rows are exactly theirs.
+        // The union of the inputs' ranges (a batch holds files of one log): the rows are
+        // exactly theirs.
+        log: batch
+            .inputs
+            .first()
+            .map(|f| f.log.clone())
+            .unwrap_or_default(),
         min_lsn: batch.inputs.iter().map(|f| f.min_lsn).min().unwrap_or(0),
         max_lsn: batch.inputs.iter().map(|f| f.max_lsn).max().unwrap_or(0),
         columns: merged.columns.clone(),

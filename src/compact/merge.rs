@@ -838,6 +838,7 @@ mod tests {
             node_id: "n".into(),
             min_lsn: 1,
             max_lsn: 1,
+            log: String::new(),
         };
         let tags = if tagged {
             vec!["host".to_string()]

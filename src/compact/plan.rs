@@ -3,7 +3,9 @@
 //!
 //! A partition's inputs are merged in write order (file LSN order) so the merge can keep the
 //! latest of duplicate points; batches take consecutive files in that order, so the files of one
-//! partition keep disjoint, ordered LSN ranges after any number of cycles.
+//! partition keep disjoint, ordered LSN ranges after any number of cycles. With shared storage
+//! each writer numbers its own log, and a file's LSN range is in one log: batches never mix the
+//! files of two writers, so a partition keeps one run of files per writer.
 
 use std::collections::BTreeMap;
 
@@ -123,9 +125,11 @@ pub struct Batch {
     pub inputs: Vec<FileEntry>,
 }
 
-/// Write order: LSN, then path for files from the same flush.
+/// Write order within each writer's log: LSN, then path for files from the same flush.
 fn write_order(files: &mut [FileEntry]) {
-    files.sort_by(|a, b| (a.min_lsn, a.max_lsn, &a.path).cmp(&(b.min_lsn, b.max_lsn, &b.path)));
+    files.sort_by(|a, b| {
+        (&a.log, a.min_lsn, a.max_lsn, &a.path).cmp(&(&b.log, b.min_lsn, b.max_lsn, &b.path))
+    });
 }
 
 /// The partitions of `tier` due at `now`, optionally of one database only.
@@ -216,12 +220,13 @@ fn daily_due(start: i64, files: &[FileEntry], now_us: i64, rules: &PlanRules) ->
     old_enough && (skip_age_check || quiet) && hour_level >= rules.daily_min_files
 }
 
-/// Cuts a candidate into jobs of consecutive files; a last batch of one file joins nothing and
-/// is left alone (merging one file would only rewrite it).
+/// Cuts a candidate into jobs of consecutive files of one log; a last batch of one file joins
+/// nothing and is left alone (merging one file would only rewrite it).
 pub fn batches(candidate: &Candidate, max_files_per_batch: usize) -> Vec<Batch> {
     candidate
         .files
-        .chunks(max_files_per_batch.max(2))
+        .chunk_by(|a, b| a.log == b.log)
+        .flat_map(|one_log| one_log.chunks(max_files_per_batch.max(2)))
         .filter(|inputs| inputs.len() >= 2)
         .enumerate()
         .map(|(index, inputs)| Batch {
@@ -276,6 +281,7 @@ mod tests {
             sha256: String::new(),
             min_lsn: lsn,
             max_lsn: lsn,
+            log: String::new(),
             columns: Default::default(),
             tags: vec![],
             created_at_us,
@@ -308,6 +314,7 @@ mod tests {
                     measurement: "cpu".into(),
                     files,
                     flushed_through_lsn: lsn,
+                    log: String::new(),
                     writer_epoch: None,
                 })
                 .unwrap();
@@ -410,6 +417,40 @@ mod tests {
         let jobs = batches(&candidate, 5);
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[1].inputs.len(), 4);
+    }
+
+    #[test]
+    fn batches_never_mix_two_writers_logs_and_keep_distinct_indexes() {
+        let written = now().timestamp_micros();
+        let state = state_with(&[(at(20, 9), 7, written, "")]);
+        let mut candidate = candidates(&state, Tier::Hourly, None, now(), &rules()).remove(0);
+        // Two shared-storage writers, each numbering its own log from 1, interleaved.
+        for (i, file) in candidate.files.iter_mut().enumerate() {
+            file.log = ["writer-a", "writer-b"][i % 2].into();
+            file.min_lsn = i as u64 / 2 + 1;
+            file.max_lsn = file.min_lsn;
+        }
+        write_order(&mut candidate.files);
+        let jobs = batches(&candidate, 3);
+        let shape: Vec<(usize, &str, Vec<u64>)> = jobs
+            .iter()
+            .map(|b| {
+                let lsns = b.inputs.iter().map(|f| f.min_lsn).collect();
+                (b.index, b.inputs[0].log.as_str(), lsns)
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0, "writer-a", vec![1, 2, 3]),
+                (1, "writer-b", vec![1, 2, 3]),
+            ],
+            "writer-a's fourth file is left alone, as a last batch of one"
+        );
+        assert!(
+            jobs.iter()
+                .all(|b| b.inputs.iter().all(|f| f.log == b.inputs[0].log))
+        );
     }
 
     #[test]

@@ -142,6 +142,16 @@ impl PendingUploads {
 /// How long a measurement whose flush failed waits before the next attempt.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// Who writes a flush's files.
+#[derive(Debug, Clone)]
+pub struct FlushOrigin {
+    /// Recorded as the files' origin.
+    pub node_id: String,
+    /// The log this node's LSNs belong to ([`crate::meta::SINGLE_WRITER_LOG`], or its node id
+    /// as a shared-storage writer).
+    pub log: String,
+}
+
 pub struct Flusher {
     buffers: Arc<Buffers>,
     storage: Storage,
@@ -151,6 +161,7 @@ pub struct Flusher {
     options: ParquetOptions,
     ingest: IngestConfig,
     node_id: String,
+    log: String,
     /// One flush at a time per measurement, so registrations happen in LSN order.
     locks: Mutex<HashMap<MeasurementKey, Arc<tokio::sync::Mutex<()>>>>,
     workers: Semaphore,
@@ -171,7 +182,7 @@ impl Flusher {
         pending_uploads: PendingUploads,
         wal: Option<Arc<Wal>>,
         ingest: IngestConfig,
-        node_id: String,
+        FlushOrigin { node_id, log }: FlushOrigin,
     ) -> Flusher {
         let workers = match ingest.flush_workers {
             0 => (2 * std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(2, 8),
@@ -186,6 +197,7 @@ impl Flusher {
             options: ParquetOptions::from_config(&ingest),
             ingest,
             node_id,
+            log,
             locks: Mutex::default(),
             workers: Semaphore::new(workers),
             last_flush_ns: AtomicI64::new(0),
@@ -228,11 +240,11 @@ impl Flusher {
                 break;
             };
             // A retried chunk may have been registered by an attempt whose caller went away.
-            let registered = self
-                .meta
-                .state()
-                .flushed_through(&key.database, &key.measurement)
-                >= chunk.max_lsn;
+            let registered =
+                self.meta
+                    .state()
+                    .flushed_through(&self.log, &key.database, &key.measurement)
+                    >= chunk.max_lsn;
             if !registered {
                 written += self.write_chunk(key, &chunk).await?;
             }
@@ -299,6 +311,7 @@ impl Flusher {
             sort_keys: self.ingest.sort_keys_for(&key.measurement),
             flushed_at,
             node_id: self.node_id.clone(),
+            log: self.log.clone(),
             min_lsn: chunk.min_lsn,
             max_lsn: chunk.max_lsn,
         });
@@ -347,6 +360,7 @@ impl Flusher {
             measurement: key.measurement.clone(),
             files: files.iter().map(|f| f.entry.clone()).collect(),
             flushed_through_lsn: chunk.max_lsn,
+            log: self.log.clone(),
             writer_epoch: Some(self.writer_epoch.load(Ordering::SeqCst)).filter(|e| *e > 0),
         };
         let meta = Arc::clone(&self.meta);
@@ -473,4 +487,103 @@ async fn remove_unregistered_uploads(
         .await
         .expect("journal task panicked")?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StorageConfig;
+    use crate::meta::FileEntry;
+    use crate::ingest::MeasurementBatch;
+    use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, Schema};
+
+    /// `rows` rows of `cpu` in one hour.
+    fn cpu_rows(rows: i64) -> MeasurementBatch {
+        let time =
+            TimestampMicrosecondArray::from((0..rows).collect::<Vec<_>>()).with_timezone("UTC");
+        let usage = Float64Array::from((0..rows).map(|r| r as f64).collect::<Vec<_>>());
+        let schema = Schema::new(vec![
+            Field::new("time", time.data_type().clone(), false),
+            Field::new("usage", usage.data_type().clone(), true),
+        ]);
+        let columns = vec![Arc::new(time) as ArrayRef, Arc::new(usage) as ArrayRef];
+        MeasurementBatch {
+            measurement: "cpu".into(),
+            batch: RecordBatch::try_new(Arc::new(schema), columns).unwrap(),
+            tags: vec![],
+        }
+    }
+
+    /// Two shared-storage writers flush the same measurement and hour at the same nanosecond
+    /// into one store: both objects are written, both registered, and each writer's position
+    /// moves in its own log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_writers_flushing_in_the_same_nanosecond_keep_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::from_config(&StorageConfig {
+            local_path: dir.path().join("bucket").to_string_lossy().into_owned(),
+            ..StorageConfig::default()
+        })
+        .unwrap();
+        let meta = Arc::new(Meta::open(&dir.path().join("meta")).unwrap());
+        let key = MeasurementKey {
+            database: "db".into(),
+            measurement: "cpu".into(),
+        };
+        let the_same_moment = Utc::now().timestamp_nanos_opt().unwrap() + 3_600_000_000_000;
+        let flushers = ["writer-a", "writer-b"].map(|writer| {
+            let buffers = Arc::new(Buffers::new(&meta.state(), 0));
+            {
+                let mut set = buffers.lock();
+                let prepared = set.prepare("db", vec![cpu_rows(10)]).unwrap();
+                set.insert(1, prepared, usize::MAX);
+            }
+            let journal = PendingUploads::open(&dir.path().join(writer).join("pending")).unwrap();
+            let flusher = Flusher::new(
+                buffers,
+                storage.clone(),
+                Arc::clone(&meta),
+                journal,
+                None,
+                IngestConfig::default(),
+                FlushOrigin {
+                    node_id: writer.into(),
+                    log: writer.into(),
+                },
+            );
+            // Both hand out the next nanosecond after the same one.
+            flusher
+                .last_flush_ns
+                .store(the_same_moment, Ordering::SeqCst);
+            flusher
+        });
+        let (a, b) = tokio::join!(flushers[0].flush(&key), flushers[1].flush(&key));
+        assert_eq!((a.unwrap(), b.unwrap()), (1, 1));
+
+        let files: Vec<FileEntry> = meta
+            .state()
+            .files_of("db", "cpu")
+            .into_iter()
+            .cloned()
+            .collect();
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let stamp = |path: &str| path.rsplit_once("_w-").unwrap().0.to_owned();
+        assert_eq!(
+            stamp(names[0]),
+            stamp(names[1]),
+            "the same flush time: {names:?}"
+        );
+        assert!(names[0].ends_with("_w-writer-a.parquet"), "{names:?}");
+        assert!(names[1].ends_with("_w-writer-b.parquet"), "{names:?}");
+        for file in &files {
+            let object = storage.get(&file.path).await.unwrap();
+            assert_eq!(object.len() as u64, file.size_bytes);
+            assert_eq!((file.rows, file.min_lsn, file.max_lsn), (10, 1, 1));
+        }
+        let state = meta.state();
+        assert_eq!(state.flushed_through("writer-a", "db", "cpu"), 1);
+        assert_eq!(state.flushed_through("writer-b", "db", "cpu"), 1);
+    }
 }

@@ -82,6 +82,9 @@ pub struct FlushTarget {
     pub sort_keys: Vec<String>,
     pub flushed_at: DateTime<Utc>,
     pub node_id: String,
+    /// The log numbering the rows, and with shared storage the tag that keeps this writer's
+    /// file names apart from every other writer's.
+    pub log: String,
     /// LSN range of the rows (the chunk's).
     pub min_lsn: crate::wal::Lsn,
     pub max_lsn: crate::wal::Lsn,
@@ -264,6 +267,7 @@ fn write_file(
             &target.measurement,
             hour,
             target.flushed_at,
+            &target.log,
         ),
         database: target.database.clone(),
         measurement: target.measurement.clone(),
@@ -273,6 +277,7 @@ fn write_file(
         size_bytes: buffer.len() as u64,
         sha256: hex(&Sha256::digest(&buffer)),
         min_lsn: target.min_lsn,
+        log: target.log.clone(),
         max_lsn: target.max_lsn,
         columns,
         tags: tags.to_vec(),

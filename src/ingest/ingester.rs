@@ -193,17 +193,19 @@ impl Ingester {
     }
 }
 
-/// Re-applies one WAL entry at start-up, skipping the measurements whose rows from it are
-/// already in registered files.
+/// Re-applies one WAL entry of `log` at start-up, skipping the measurements whose rows from it
+/// are already in registered files.
 pub fn replay_entry(
     buffers: &Buffers,
     meta: &MetaState,
+    log: &str,
     lsn: Lsn,
     payload: &[u8],
 ) -> Result<usize, String> {
     // Even an entry that cannot be replayed keeps its LSN from being handed out again.
     buffers.lock().observe_lsn(lsn);
-    let (database, batches) = unflushed_rows(|db, m| meta.flushed_through(db, m), lsn, payload)?;
+    let (database, batches) =
+        unflushed_rows(|db, m| meta.flushed_through(log, db, m), lsn, payload)?;
     let rows = batches.iter().map(|b| b.batch.num_rows()).sum();
     let mut buffers = buffers.lock();
     let prepared = buffers

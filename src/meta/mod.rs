@@ -21,7 +21,9 @@ pub use admin::{
     AdminCommand, AdminError, AdminState, CQ_COMPLETED, ContinuousQuery, CqExecution,
     DatabaseRecord, Permission, RetentionExecution, RetentionPolicy, TokenRecord,
 };
-pub use state::{ApplyError, ColumnType, FileEntry, MeasurementMeta, MetaCommand, MetaState};
+pub use state::{
+    ApplyError, ColumnType, FileEntry, MeasurementMeta, MetaCommand, MetaState, SINGLE_WRITER_LOG,
+};
 
 use crate::frame::{RecordReader, encode_record};
 
@@ -333,12 +335,14 @@ mod tests {
                 sha256: "ab".into(),
                 min_lsn: lsn,
                 max_lsn: lsn,
+                log: String::new(),
                 columns: BTreeMap::new(),
                 tags: vec![],
                 created_at_us: 0,
                 origin_node: "n".into(),
             }],
             flushed_through_lsn: lsn,
+            log: String::new(),
             writer_epoch: None,
         }
     }
@@ -362,7 +366,7 @@ mod tests {
 
         let meta = Meta::open(dir.path()).unwrap();
         assert_eq!(meta.state().files().count() as u64, total);
-        assert_eq!(meta.state().flushed_through("db", "cpu"), total);
+        assert_eq!(meta.state().flushed_through("", "db", "cpu"), total);
         meta.commit(add("after.parquet", total + 1)).unwrap();
         drop(meta);
         let meta = Meta::open(dir.path()).unwrap();
@@ -393,6 +397,6 @@ mod tests {
         ));
         drop(meta);
         let meta = Meta::open(dir.path()).unwrap();
-        assert_eq!(meta.state().flushed_through("db", "cpu"), 3);
+        assert_eq!(meta.state().flushed_through("", "db", "cpu"), 3);
     }
 }

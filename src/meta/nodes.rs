@@ -1,9 +1,11 @@
 //! The node registry in the replicated metadata: what each member of a cluster does. Raft
-//! membership says who votes; this says who ingests, serves queries or compacts. `apply` refuses a
-//! registration that would let two nodes ingest, so two writers joining at once are ordered by
-//! the log and the second is refused. Each writer numbers its own WAL while the manifest keeps
-//! one flushed-through LSN per measurement, so a second writer's rows could be taken as already
-//! flushed; several writers on a shared store wait for per-writer positions.
+//! membership says who votes; this says who ingests, serves queries or compacts.
+//!
+//! On local storage (Pattern B) one node ingests: `apply` refuses a registration that would let
+//! two nodes ingest, so two writers joining at once are ordered by the log and the second is
+//! refused, and the writer assignment (node and epoch) says which one it is. With shared storage
+//! (Pattern A) every writer is a peer: each numbers its own WAL and the manifest keeps a
+//! flushed-through position per writer, so there is no writer assignment to fail over.
 
 use std::collections::BTreeMap;
 
@@ -59,7 +61,8 @@ pub enum NodeError {
     },
     #[error(
         "node {name} cannot join as a {role}: node {ingester} ({ingester_role}) already ingests, \
-         and a cluster has one ingesting node (several writers are not supported yet)"
+         and a cluster on local storage has one ingesting node (several writers share an object \
+         store with cluster.shared_storage_mode = true)"
     )]
     SecondIngester {
         name: String,
@@ -139,8 +142,8 @@ pub struct NodeRegistry {
 
 impl NodeRegistry {
     /// Whether `name` may be registered as `record`: a node keeps its role across restarts (its
-    /// addresses may change), all nodes agree on the storage mode, and at most one node
-    /// ingests.
+    /// addresses may change), all nodes agree on the storage mode, and on local storage at most
+    /// one node ingests.
     pub fn check_register(&self, name: &str, record: &NodeRecord) -> Result<(), NodeError> {
         if let Some(existing) = self.nodes.get(name)
             && existing.role != record.role
@@ -171,7 +174,7 @@ impl NodeRegistry {
                     other_storage: existing.storage.clone(),
                 });
             }
-            if record.role.ingests() && existing.role.ingests() {
+            if record.role.ingests() && existing.role.ingests() && !record.shared_storage {
                 return Err(NodeError::SecondIngester {
                     name: name.to_owned(),
                     role: record.role,
@@ -183,11 +186,11 @@ impl NodeRegistry {
         Ok(())
     }
 
-    /// Registers `name`; the first ingesting node becomes the writer under epoch 1 (or the
-    /// next epoch, after a writer was removed).
+    /// Registers `name`; on local storage the first ingesting node becomes the writer under
+    /// epoch 1 (or the next epoch, after a writer was removed).
     pub fn register(&mut self, name: &str, record: &NodeRecord) {
         self.nodes.insert(name.to_owned(), record.clone());
-        if record.role.ingests() && self.writer.node.is_none() {
+        if record.role.ingests() && !record.shared_storage && self.writer.node.is_none() {
             self.writer.node = Some(name.to_owned());
             self.writer.epoch += 1;
         }
@@ -341,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn every_node_has_the_same_storage_mode_and_sharing_a_store_adds_no_writer() {
+    fn every_node_has_the_same_storage_mode_and_writers_sharing_a_store_are_peers() {
         let shared = |role| NodeRecord {
             shared_storage: true,
             ..record(role)
@@ -358,11 +361,19 @@ mod tests {
             matches!(refused, NodeError::StorageModeDiffers { .. }),
             "{refused}"
         );
+        let mut cluster = cluster;
+        for writer in ["writer-02", "writer-03"] {
+            let record = shared(NodeRole::Writer);
+            assert_eq!(cluster.check_register(writer, &record), Ok(()));
+            cluster.register(writer, &record);
+        }
+        // Peers: no writer assignment, so nothing to fail over and no epoch to fence with.
+        assert_eq!(cluster.writer(), &WriterAssignment::default());
         let refused = cluster
-            .check_register("writer-02", &shared(NodeRole::Writer))
+            .check_register("writer-04", &record(NodeRole::Writer))
             .unwrap_err();
         assert!(
-            matches!(refused, NodeError::SecondIngester { .. }),
+            matches!(refused, NodeError::StorageModeDiffers { .. }),
             "{refused}"
         );
     }

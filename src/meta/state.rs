@@ -42,6 +42,9 @@ pub struct FileEntry {
     pub rows: u64,
     pub size_bytes: u64,
     pub sha256: String,
+    /// Whose WAL numbered `min_lsn`..`max_lsn` ([`SINGLE_WRITER_LOG`] or a writer's node id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log: String,
     /// LSN range of the WAL entries whose rows this file holds.
     pub min_lsn: Lsn,
     pub max_lsn: Lsn,
@@ -55,12 +58,15 @@ pub struct FileEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaCommand {
     /// Files written by one flush of one measurement: every row of that measurement with
-    /// LSN ≤ `flushed_through_lsn` is now in registered files.
+    /// LSN ≤ `flushed_through_lsn` in `log` is now in registered files.
     AddFiles {
         database: String,
         measurement: String,
         files: Vec<FileEntry>,
         flushed_through_lsn: Lsn,
+        /// The WAL the LSNs number (see [`SINGLE_WRITER_LOG`]).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        log: String,
         /// The writer epoch the flushing node holds; a flush from a replaced writer is refused.
         /// `None` outside a cluster's writer (standalone nodes, retention's rewrites).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,11 +138,42 @@ pub enum ApplyError {
     StaleCompactorEpoch { epoch: u64, current: u64 },
 }
 
+/// The LSN space of a standalone node and of a cluster with one writer (Pattern B), which a
+/// promoted reader continues. With `cluster.shared_storage_mode` every writer numbers its own
+/// WAL, and its LSN space is named by its node id.
+pub const SINGLE_WRITER_LOG: &str = "";
+
 /// Per-measurement facts derived from its files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeasurementMeta {
+    /// Flushed-through LSN in [`SINGLE_WRITER_LOG`].
     pub flushed_through_lsn: Lsn,
+    /// Flushed-through LSN in each shared-storage writer's own log.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flushed_through_by_writer: BTreeMap<String, Lsn>,
     pub columns: BTreeMap<String, ColumnType>,
+}
+
+impl MeasurementMeta {
+    /// Every row of the measurement numbered in `log` at or below this is in registered files.
+    pub fn flushed_through(&self, log: &str) -> Lsn {
+        if log == SINGLE_WRITER_LOG {
+            self.flushed_through_lsn
+        } else {
+            self.flushed_through_by_writer
+                .get(log)
+                .copied()
+                .unwrap_or(0)
+        }
+    }
+
+    fn set_flushed_through(&mut self, log: &str, lsn: Lsn) {
+        if log == SINGLE_WRITER_LOG {
+            self.flushed_through_lsn = lsn;
+        } else {
+            self.flushed_through_by_writer.insert(log.to_owned(), lsn);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -164,6 +201,7 @@ impl MetaState {
                 measurement,
                 files,
                 flushed_through_lsn,
+                log,
                 writer_epoch,
             } => {
                 let current = self.nodes.writer().epoch;
@@ -175,7 +213,7 @@ impl MetaState {
                 self.check_new_paths(files)?;
                 // Every flush covers LSNs above the previous one: an equal or lower watermark
                 // is the same rows a second time.
-                let flushed = self.flushed_through(database, measurement);
+                let flushed = self.flushed_through(log, database, measurement);
                 if *flushed_through_lsn <= flushed && flushed > 0 {
                     return Err(ApplyError::StaleFlush {
                         database: database.clone(),
@@ -254,10 +292,11 @@ impl MetaState {
                 measurement,
                 files,
                 flushed_through_lsn,
+                log,
                 ..
             } => {
                 self.register(database, measurement, files)
-                    .flushed_through_lsn = *flushed_through_lsn;
+                    .set_flushed_through(log, *flushed_through_lsn);
                 Ok(())
             }
             MetaCommand::Admin(command) => {
@@ -339,12 +378,13 @@ impl MetaState {
                 measurement,
                 files,
                 flushed_through_lsn,
+                log,
                 ..
             } => {
                 // Flushes of a measurement register in LSN order, so a watermark at or past this
                 // one means this registration applied; its files may since have been compacted
                 // away, but none may be registered with other contents.
-                self.flushed_through(database, measurement) >= *flushed_through_lsn
+                self.flushed_through(log, database, measurement) >= *flushed_through_lsn
                     && files
                         .iter()
                         .all(|f| self.files.get(&f.path).is_none_or(|live| live == f))
@@ -377,10 +417,10 @@ impl MetaState {
         &self.nodes
     }
 
-    /// Every row of the measurement with LSN at or below this is in registered files.
-    pub fn flushed_through(&self, database: &str, measurement: &str) -> Lsn {
+    /// Every row of the measurement numbered in `log` at or below this is in registered files.
+    pub fn flushed_through(&self, log: &str, database: &str, measurement: &str) -> Lsn {
         self.measurement(database, measurement)
-            .map_or(0, |m| m.flushed_through_lsn)
+            .map_or(0, |m| m.flushed_through(log))
     }
 
     pub fn measurement(&self, database: &str, measurement: &str) -> Option<&MeasurementMeta> {
@@ -395,10 +435,11 @@ impl MetaState {
         })
     }
 
-    /// The highest LSN any registered file covers; a restarted writer continues above it.
-    pub fn max_flushed_lsn(&self) -> Lsn {
+    /// The highest LSN of `log` any registered file covers; a restarted writer continues
+    /// above it.
+    pub fn max_flushed_lsn(&self, log: &str) -> Lsn {
         self.measurements()
-            .map(|(_, _, m)| m.flushed_through_lsn)
+            .map(|(_, _, m)| m.flushed_through(log))
             .max()
             .unwrap_or(0)
     }
@@ -466,6 +507,7 @@ mod tests {
             sha256: "00".into(),
             min_lsn: lsn,
             max_lsn: lsn,
+            log: String::new(),
             columns: BTreeMap::from([("usage".to_string(), ColumnType::Float64)]),
             tags: vec![],
             created_at_us: 0,
@@ -479,6 +521,7 @@ mod tests {
             measurement: "cpu".into(),
             files: vec![file(path, lsn)],
             flushed_through_lsn: lsn,
+            log: String::new(),
             writer_epoch: None,
         }
     }
@@ -488,12 +531,59 @@ mod tests {
         let mut state = MetaState::default();
         state.apply(&add("a.parquet", 5)).unwrap();
         state.apply(&add("b.parquet", 9)).unwrap();
-        assert_eq!(state.flushed_through("db", "cpu"), 9);
-        assert_eq!(state.flushed_through("db", "mem"), 0);
-        assert_eq!(state.max_flushed_lsn(), 9);
+        assert_eq!(state.flushed_through("", "db", "cpu"), 9);
+        assert_eq!(state.flushed_through("", "db", "mem"), 0);
+        assert_eq!(state.max_flushed_lsn(""), 9);
         assert_eq!(state.files().count(), 2);
         let meta = state.measurement("db", "cpu").unwrap();
         assert_eq!(meta.columns["usage"], ColumnType::Float64);
+    }
+
+    #[test]
+    fn each_shared_storage_writer_has_its_own_flushed_through_position() {
+        let mut state = MetaState::default();
+        let flush = |path: &str, log: &str, lsn| {
+            let mut entry = file(path, lsn);
+            entry.log = log.into();
+            MetaCommand::AddFiles {
+                database: "db".into(),
+                measurement: "cpu".into(),
+                files: vec![entry],
+                flushed_through_lsn: lsn,
+                log: log.into(),
+                writer_epoch: None,
+            }
+        };
+        state.apply(&flush("a1.parquet", "writer-a", 7)).unwrap();
+        // Writer b numbers its own log: LSN 3 is new there although writer a is past it.
+        let b = flush("b1.parquet", "writer-b", 3);
+        assert!(!state.reflects(&b));
+        state.apply(&b).unwrap();
+        assert!(state.reflects(&b));
+        assert_eq!(state.flushed_through("writer-a", "db", "cpu"), 7);
+        assert_eq!(state.flushed_through("writer-b", "db", "cpu"), 3);
+        assert_eq!(state.flushed_through(SINGLE_WRITER_LOG, "db", "cpu"), 0);
+        assert_eq!(state.max_flushed_lsn("writer-b"), 3);
+        assert_eq!(state.max_flushed_lsn("writer-c"), 0);
+        let before = state.clone();
+        assert!(matches!(
+            state.apply(&flush("b2.parquet", "writer-b", 3)),
+            Err(ApplyError::StaleFlush {
+                lsn: 3,
+                flushed: 3,
+                ..
+            })
+        ));
+        assert_eq!(state, before);
+        // The single writer's log keeps its JSON shape: no `log` field at all.
+        let json = serde_json::to_value(add("c.parquet", 9)).unwrap();
+        assert!(json["AddFiles"].get("log").is_none());
+        assert!(json["AddFiles"]["files"][0].get("log").is_none());
+        let json = serde_json::to_value(&before).unwrap();
+        assert_eq!(
+            json["measurements"]["db"]["cpu"]["flushed_through_by_writer"],
+            serde_json::json!({"writer-a": 7, "writer-b": 3})
+        );
     }
 
     #[test]
@@ -528,6 +618,7 @@ mod tests {
             measurement: "cpu".into(),
             files: vec![other],
             flushed_through_lsn: 5,
+            log: String::new(),
             writer_epoch: None,
         };
         assert!(!state.reflects(&conflicting), "same path, other file");
@@ -590,7 +681,7 @@ mod tests {
             state.tombstones().collect::<Vec<_>>(),
             [("db/cpu/a.parquet", 1_000), ("db/cpu/b.parquet", 1_000)]
         );
-        assert_eq!(state.flushed_through("db", "cpu"), 9);
+        assert_eq!(state.flushed_through("", "db", "cpu"), 9);
 
         // Removing without adding is how retention drops files.
         state
@@ -624,6 +715,7 @@ mod tests {
                 measurement: "mem".into(),
                 files: vec![other],
                 flushed_through_lsn: 7,
+                log: String::new(),
                 writer_epoch: None,
             })
             .unwrap();
@@ -742,6 +834,7 @@ mod tests {
             measurement: "cpu".into(),
             files: vec![file(path, lsn)],
             flushed_through_lsn: lsn,
+            log: String::new(),
             writer_epoch: Some(epoch),
         };
         state.apply(&flush("a.parquet", 1, 1)).unwrap();

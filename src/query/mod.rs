@@ -120,6 +120,7 @@ impl QueryEngine {
         buffers: Arc<Buffers>,
         view: Option<Arc<crate::replication::ReplicaView>>,
         storage: &Storage,
+        log: String,
     ) -> QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .build_arc()
@@ -131,6 +132,7 @@ impl QueryEngine {
                 meta,
                 buffers,
                 view,
+                log,
             }),
             runtime,
             arc_functions: functions::arc_functions(),

@@ -37,6 +37,8 @@ pub struct TableSources {
     pub buffers: Arc<Buffers>,
     /// On a reader with its own storage: the manifest versions whose files are all local.
     pub view: Option<Arc<ReplicaView>>,
+    /// The log numbering this node's buffered rows.
+    pub log: String,
 }
 
 impl TableSources {
@@ -54,7 +56,7 @@ impl TableSources {
             .cloned()
             .collect();
         (
-            state.flushed_through(&key.database, &key.measurement),
+            state.flushed_through(&self.log, &key.database, &key.measurement),
             files,
         )
     }
@@ -280,9 +282,11 @@ impl TableProvider for MeasurementTable {
             .into_iter()
             .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
             .filter(|f| {
-                !chunks
-                    .iter()
-                    .any(|c| c.min_lsn <= f.min_lsn && f.max_lsn <= c.max_lsn)
+                // Another writer's file has LSNs of another log: no chunk here holds its rows.
+                f.log != self.sources.log
+                    || !chunks
+                        .iter()
+                        .any(|c| c.min_lsn <= f.min_lsn && f.max_lsn <= c.max_lsn)
             })
             .collect();
         self.files_scanned

@@ -13,7 +13,7 @@ use super::{Frame, FrameDecoder, IDLE_LIMIT, ReplicationError, ReplicationStats,
 use crate::buffer::{Buffers, MeasurementKey};
 use crate::cluster::Cluster;
 use crate::ingest::replicate_entry;
-use crate::meta::{Meta, MetaState};
+use crate::meta::{Meta, MetaState, SINGLE_WRITER_LOG};
 use crate::wal::{Lsn, Wal};
 
 /// Pause before reconnecting after the stream ended or failed, doubling while connecting fails.
@@ -107,7 +107,7 @@ impl Drop for Acks {
 fn flushed_through(meta: &MetaState, view: Option<&ReplicaView>, key: &MeasurementKey) -> Lsn {
     match view {
         Some(view) => view.flushed_through(key),
-        None => meta.flushed_through(&key.database, &key.measurement),
+        None => meta.flushed_through(SINGLE_WRITER_LOG, &key.database, &key.measurement),
     }
 }
 

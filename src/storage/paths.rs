@@ -123,15 +123,35 @@ pub fn rewritten_key(
     )
 }
 
-/// Key of a file written by a flush. `flushed_at` must be unique per measurement and hour.
+/// Key of a file written by a flush. `flushed_at` must be unique per measurement and hour
+/// among the flushes of one writer; `writer_log` (empty, or a shared-storage writer's node id)
+/// keeps writers sharing a bucket apart when two flush in the same nanosecond.
 pub fn flush_file_key(
     database: &str,
     measurement: &str,
     hour_start_us: i64,
     flushed_at: DateTime<Utc>,
+    writer_log: &str,
 ) -> String {
+    let writer = if writer_log.is_empty() {
+        String::new()
+    } else {
+        // Node ids are free text: a key keeps to characters every object store takes as is,
+        // and the `w-` marker keeps a node named like a compaction suffix from looking like one.
+        let safe: String = writer_log
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("_w-{safe}")
+    };
     format!(
-        "{}/{measurement}_{}_{:09}.parquet",
+        "{}/{measurement}_{}_{:09}{writer}.parquet",
         hour_dir(database, measurement, hour_start_us),
         flushed_at.format("%Y%m%d_%H%M%S"),
         flushed_at.nanosecond() % 1_000_000_000,
@@ -161,9 +181,21 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(
-            flush_file_key("prod", "cpu", hour_start(data_time), flushed),
+            flush_file_key("prod", "cpu", hour_start(data_time), flushed, ""),
             "prod/cpu/2026/03/04/05/cpu_20260305_010203_000000042.parquet"
         );
+        // Two shared-storage writers flushing in the same nanosecond.
+        let writers = ["writer-1", "writer_2/x", "compacted"]
+            .map(|w| flush_file_key("prod", "cpu", hour_start(data_time), flushed, w));
+        assert_eq!(
+            writers,
+            [
+                "prod/cpu/2026/03/04/05/cpu_20260305_010203_000000042_w-writer-1.parquet",
+                "prod/cpu/2026/03/04/05/cpu_20260305_010203_000000042_w-writer-2-x.parquet",
+                "prod/cpu/2026/03/04/05/cpu_20260305_010203_000000042_w-compacted.parquet",
+            ]
+        );
+        assert!(!writers[2].ends_with(HOURLY_COMPACTED_SUFFIX));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod query;
 mod replication;
 mod retention;
 mod s3;
+mod shared_storage;
 mod wal_recovery;
 mod workload;
 mod write;
