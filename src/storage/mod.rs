@@ -6,6 +6,7 @@
 //! registered file survives a power cut, not just a process crash.
 
 pub mod paths;
+mod prefix;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::prefix::PrefixStore;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
     RetryConfig,
@@ -176,7 +176,7 @@ impl Storage {
         };
         let prefix = config.s3_prefix.trim_matches('/');
         let store: Arc<dyn ObjectStore> = if local_root.is_none() && !prefix.is_empty() {
-            Arc::new(PrefixStore::new(store, prefix))
+            Arc::new(prefix::PrefixedStore::new(store, prefix))
         } else {
             store
         };
