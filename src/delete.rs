@@ -9,8 +9,8 @@
 //! [`crate::reclaim`] deletes once no running query can still be reading them.
 //!
 //! A row is deleted when the predicate is TRUE for it; a row for which it is NULL (say, a column
-//! the row lacks) stays. Buffered rows are flushed first so they are covered too; rows written
-//! after the delete started are not.
+//! the row lacks) stays. Buffered rows are flushed first so they are covered too (with shared
+//! storage, those of every writer); rows written after the delete started are not.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +70,9 @@ pub enum DeleteError {
     Unsettled(String),
     #[error("flushing buffered rows: {0}")]
     Flush(#[from] FlushError),
+    /// Shared storage: rows other writers buffer would escape the delete; nothing was changed.
+    #[error("{0}; nothing was deleted")]
+    OtherWriters(String),
     #[error("reading rows: {0}")]
     Read(DataFusionError),
     #[error("writing a rewritten file: {0}")]
@@ -192,6 +195,8 @@ pub struct Deleter {
     pub node_id: String,
     pub crash_hook: CrashHook,
     pub running: tokio::sync::Mutex<()>,
+    /// With shared storage: the cluster whose other writers flush before a delete.
+    pub other_writers: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Deleter {
@@ -286,6 +291,13 @@ impl Deleter {
         limits: Option<bool>,
     ) -> Result<DeleteOutcome, DeleteError> {
         let _one_at_a_time = self.running.lock().await;
+        // Another writer may hold the only rows of the measurement yet.
+        if let Some(cluster) = &self.other_writers {
+            cluster
+                .flush_other_writers(key, self.flusher.timeout())
+                .await
+                .map_err(DeleteError::OtherWriters)?;
+        }
         let exists = self.buffers.lock().has_data(key)
             || self.meta.state().has_files(&key.database, &key.measurement);
         if !exists {

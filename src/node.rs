@@ -645,7 +645,11 @@ async fn start_services(
         node_id,
         crash_hook: CrashHook::from_env(delete::CRASH_ENV),
         running: tokio::sync::Mutex::new(()),
+        other_writers: cluster.clone().filter(|_| shared_storage),
     });
+    if let (Some(cluster), true) = (&cluster, shared_storage) {
+        cluster.serve_flushes(Arc::clone(&flusher));
+    }
     // Uploads a crash left unregistered go before anything can upload again, not at this
     // node's first flush or compaction (a compactor without the lease might never have one).
     if let Err(err) = flusher.ensure_reconciled().await {

@@ -48,6 +48,7 @@ fn status_of(err: &DeleteError) -> StatusCode {
         DeleteError::Conflict(_) => StatusCode::CONFLICT,
         // The outcome is unknown: the swap may have applied.
         DeleteError::Unsettled(_) => StatusCode::GATEWAY_TIMEOUT,
+        DeleteError::OtherWriters(_) => StatusCode::SERVICE_UNAVAILABLE,
         DeleteError::Flush(_)
         | DeleteError::Read(_)
         | DeleteError::Write(_)

@@ -61,6 +61,10 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
             post(super::switchover::serve_step_down),
         )
         .route(
+            super::protocol::FLUSH_PATH,
+            post(super::peer_flush::serve_flush),
+        )
+        .route(
             super::replication::ACK_PATH,
             post(super::replication::record_ack),
         )

@@ -15,6 +15,7 @@ mod lease;
 mod membership;
 mod network;
 pub mod peer_auth;
+mod peer_flush;
 mod protocol;
 mod replication;
 mod startup;
@@ -99,6 +100,8 @@ pub struct Cluster {
     replicated: std::sync::OnceLock<Arc<crate::replication::ReplicationStats>>,
     /// Each reader's position in this writer's stream.
     stream_readers: Arc<crate::replication::ReaderPositions>,
+    /// This node's flusher, once it flushes when a peer asks (shared storage).
+    flusher: std::sync::OnceLock<Arc<crate::flush::Flusher>>,
     /// This node's storage, once it serves its files to peers.
     file_storage: std::sync::OnceLock<crate::storage::Storage>,
     /// `cluster.replication_serve_timeout_ms`: longest time one file is served; a copy cut off

@@ -96,3 +96,18 @@ pub(super) const HEARTBEAT_PATH: &str = "/internal/heartbeat";
 pub(super) const REMOVE_PATH: &str = "/internal/remove";
 pub(super) const POSITION_PATH: &str = "/internal/replication/position";
 pub(super) const STEP_DOWN_PATH: &str = "/internal/writer/step-down";
+
+/// Pattern A: flush one measurement's buffered rows (a delete elsewhere must see them).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct FlushMeasurement {
+    pub(super) database: String,
+    pub(super) measurement: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct FlushAnswer {
+    /// Why the flush failed; `None` once every buffered row of the measurement is registered.
+    pub(super) error: Option<String>,
+}
+
+pub(super) const FLUSH_PATH: &str = "/internal/flush";

@@ -493,8 +493,8 @@ async fn remove_unregistered_uploads(
 mod tests {
     use super::*;
     use crate::config::StorageConfig;
-    use crate::meta::FileEntry;
     use crate::ingest::MeasurementBatch;
+    use crate::meta::FileEntry;
     use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, TimestampMicrosecondArray};
     use arrow::datatypes::{Field, Schema};
 

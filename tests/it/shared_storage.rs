@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use serde_json::json;
 
 use crate::cluster_harness::{NodeSpec, StorageMode, TestCluster, eventually, get_json};
 use crate::workload::{Ledger, Table, WorkloadOptions, check, queried_ids, start_writes};
@@ -129,4 +130,89 @@ async fn writers_sharing_a_bucket_lose_nothing_acknowledged_when_one_is_killed_a
         answers.windows(2).all(|pair| pair[0] == pair[1]),
         "readers and writers answer the same rows"
     );
+}
+
+/// Acceptance 4: a row delete sent to one writer also removes the matching rows the other
+/// writers still hold in their buffers. While a writer cannot be asked to flush, a delete is
+/// refused whole (503) rather than leaving that writer's rows behind.
+#[tokio::test]
+async fn a_delete_sent_to_one_writer_removes_rows_buffered_on_the_others() {
+    // Nothing flushes on its own: every row stays buffered until a flush is asked for.
+    let buffered = |name, role| {
+        shared(name, role).with(&[
+            ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+            ("ARC_DELETE_ENABLED", "true"),
+        ])
+    };
+    let mut specs: Vec<NodeSpec> = WRITERS.iter().map(|w| buffered(w, "writer")).collect();
+    specs.push(buffered("reader-01", "reader"));
+    let mut cluster = TestCluster::start_with(StorageMode::Garage, specs).await;
+    let lines = |host: &str| -> String {
+        (0..100i64)
+            .map(|i| {
+                format!(
+                    "cpu,host={host} id={i}i {}\n",
+                    1_768_471_200_000_000_000 + i
+                )
+            })
+            .collect()
+    };
+    for (writer, host) in WRITERS.iter().zip(["a", "b", "c"]) {
+        let (status, body) = cluster
+            .node(writer)
+            .server
+            .post("/write?db=spread", &[], lines(host))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{writer}: {body}");
+    }
+    let delete = json!({
+        "database": "spread", "measurement": "cpu", "where": "id < 40", "confirm": true
+    });
+    let per_host = "SELECT host, count(*), min(id) FROM spread.cpu GROUP BY host ORDER BY host";
+
+    // With writer-03 down its buffered rows cannot be reached: the delete changes nothing.
+    cluster.kill9("writer-03");
+    let deleting = &cluster.node("writer-01").server;
+    let (status, answer) = post_json(deleting, "/api/v1/delete", &delete).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(answer.to_string().contains("writer-03"), "{answer}");
+    cluster.restart("writer-03").await;
+
+    let deleting = &cluster.node("writer-01").server;
+    let (status, answer) = post_json(deleting, "/api/v1/delete", &delete).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["deleted_count"], 120, "{answer}");
+    for writer in WRITERS {
+        cluster.node(writer).server.flush().await;
+    }
+    let expected = json!([["a", 60, 40], ["b", 60, 40], ["c", 60, 40]]);
+    for name in ["reader-01", "writer-02", "writer-03"] {
+        let server = &cluster.node(name).server;
+        eventually(
+            &format!("{name} answers without the deleted rows"),
+            SETTLE,
+            || async {
+                let answer = crate::harness::query(server, per_host).await;
+                (serde_json::Value::from(answer) == expected).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// POSTs a JSON body and decodes the JSON answer.
+async fn post_json(
+    server: &crate::harness::Server,
+    path: &str,
+    body: &serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let response = server
+        .client
+        .post(server.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or_default())
 }
