@@ -292,12 +292,8 @@ impl Deleter {
     ) -> Result<DeleteOutcome, DeleteError> {
         let _one_at_a_time = self.running.lock().await;
         // Another writer may hold the only rows of the measurement yet.
-        if let Some(cluster) = &self.other_writers {
-            cluster
-                .flush_other_writers(key, self.flusher.timeout())
-                .await
-                .map_err(DeleteError::OtherWriters)?;
-        }
+        self.flush_other_writers(&key.database, Some(&key.measurement))
+            .await?;
         let exists = self.buffers.lock().has_data(key)
             || self.meta.state().has_files(&key.database, &key.measurement);
         if !exists {
@@ -344,6 +340,22 @@ impl Deleter {
             outcome.rewritten_files = self.replace(key, &affected, predicate, &schema).await?;
         }
         Ok(outcome)
+    }
+
+    /// With shared storage: has every other writer flush `measurement` of `database` (all of
+    /// its measurements when `None`), so the files hold every row acknowledged so far.
+    pub async fn flush_other_writers(
+        &self,
+        database: &str,
+        measurement: Option<&str>,
+    ) -> Result<(), DeleteError> {
+        match &self.other_writers {
+            Some(cluster) => cluster
+                .flush_other_writers(database, measurement, self.flusher.timeout())
+                .await
+                .map_err(DeleteError::OtherWriters),
+            None => Ok(()),
+        }
     }
 
     /// Removes what a crashed delete left in the work directory. Only one delete runs at a

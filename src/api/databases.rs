@@ -156,6 +156,13 @@ pub async fn delete(
         ));
     }
     let services = state.services()?;
+    // With shared storage other writers' buffered rows of the database become files first (they
+    // may hold its only rows yet).
+    services
+        .deleter
+        .flush_other_writers(&name, None)
+        .await
+        .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))?;
     info(services, &name).ok_or_else(|| not_found(&name))?;
     let measurements = services.query.measurements(Some(&name));
     for summary in &measurements {

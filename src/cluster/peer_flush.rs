@@ -11,7 +11,7 @@ use axum::extract::State;
 use futures::future::join_all;
 
 use super::Cluster;
-use super::protocol::{FLUSH_PATH, FlushAnswer, FlushMeasurement};
+use super::protocol::{FLUSH_PATH, FlushAnswer, FlushRequest};
 use crate::buffer::MeasurementKey;
 use crate::flush::Flusher;
 
@@ -23,12 +23,13 @@ impl Cluster {
         }
     }
 
-    /// Asks every other writer to flush `key` (each flushes within `timeout`, its own flush
-    /// deadline), then waits until this node has applied what they registered. The error names
-    /// the writers that did not.
+    /// Asks every other writer to flush `measurement` of `database` (every measurement of it
+    /// when `None`; each flushes within `timeout`, its own flush deadline), then waits until
+    /// this node has applied what they registered. The error names the writers that did not.
     pub async fn flush_other_writers(
         &self,
-        key: &MeasurementKey,
+        database: &str,
+        measurement: Option<&str>,
         timeout: Duration,
     ) -> Result<(), String> {
         let writers: Vec<_> = self
@@ -36,9 +37,9 @@ impl Cluster {
             .into_iter()
             .filter(|n| !n.is_local && n.role.ingests())
             .collect();
-        let request = FlushMeasurement {
-            database: key.database.clone(),
-            measurement: key.measurement.clone(),
+        let request = FlushRequest {
+            database: database.to_owned(),
+            measurement: measurement.map(str::to_owned),
         };
         let answers = join_all(writers.iter().map(|writer| {
             self.client.call::<_, FlushAnswer>(
@@ -73,18 +74,26 @@ impl Cluster {
 /// `POST /internal/flush`.
 pub(super) async fn serve_flush(
     State(cluster): State<Arc<Cluster>>,
-    Json(request): Json<FlushMeasurement>,
+    Json(request): Json<FlushRequest>,
 ) -> Json<FlushAnswer> {
     let Some(flusher) = cluster.flusher.get() else {
         return Json(FlushAnswer {
             error: Some("this node does not flush yet (it is starting)".into()),
         });
     };
-    let key = MeasurementKey {
-        database: request.database,
-        measurement: request.measurement,
+    let flushed = async {
+        match request.measurement {
+            Some(measurement) => {
+                let key = MeasurementKey {
+                    database: request.database,
+                    measurement,
+                };
+                flusher.flush(&key).await
+            }
+            None => flusher.flush_database(&request.database).await,
+        }
     };
-    let error = match tokio::time::timeout(flusher.timeout(), flusher.flush(&key)).await {
+    let error = match tokio::time::timeout(flusher.timeout(), flushed).await {
         Ok(Ok(_)) => None,
         Ok(Err(err)) => Some(err.to_string()),
         Err(_) => Some(format!("no flush within {:?}", flusher.timeout())),

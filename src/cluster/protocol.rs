@@ -97,11 +97,12 @@ pub(super) const REMOVE_PATH: &str = "/internal/remove";
 pub(super) const POSITION_PATH: &str = "/internal/replication/position";
 pub(super) const STEP_DOWN_PATH: &str = "/internal/writer/step-down";
 
-/// Pattern A: flush one measurement's buffered rows (a delete elsewhere must see them).
+/// Pattern A: flush the buffered rows of one measurement, or of every measurement of a database
+/// (a delete elsewhere must see them).
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct FlushMeasurement {
+pub(super) struct FlushRequest {
     pub(super) database: String,
-    pub(super) measurement: String,
+    pub(super) measurement: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -266,10 +266,25 @@ impl Flusher {
     /// Flushes every measurement with buffered rows; the first error is returned after all
     /// measurements were tried.
     pub async fn flush_all(&self) -> Result<usize, FlushError> {
+        self.flush_where(|_| true).await
+    }
+
+    /// Flushes every measurement of `database` with buffered rows, like [`Flusher::flush_all`].
+    pub async fn flush_database(&self, database: &str) -> Result<usize, FlushError> {
+        self.flush_where(|key| key.database == database).await
+    }
+
+    async fn flush_where(
+        &self,
+        wanted: impl Fn(&MeasurementKey) -> bool,
+    ) -> Result<usize, FlushError> {
         let keys = self.buffers.lock().with_data();
-        let results = join_all(keys.iter().map(|key| self.flush(key))).await;
+        let flushes = keys
+            .iter()
+            .filter(|key| wanted(key))
+            .map(|key| self.flush(key));
         let mut written = 0;
-        for result in results {
+        for result in join_all(flushes).await {
             written += result?;
         }
         Ok(written)

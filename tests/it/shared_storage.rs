@@ -198,6 +198,35 @@ async fn a_delete_sent_to_one_writer_removes_rows_buffered_on_the_others() {
         )
         .await;
     }
+
+    // A database whose only rows sit in writer-02's buffer is deleted through writer-03.
+    let (status, body) = cluster
+        .node("writer-02")
+        .server
+        .post("/write?db=doomed", &[], lines("b"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let dropping = &cluster.node("writer-03").server;
+    let dropped = dropping
+        .client
+        .delete(dropping.url("/api/v1/databases/doomed?confirm=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dropped.status(), StatusCode::OK);
+    for writer in WRITERS {
+        cluster.node(writer).server.flush().await;
+    }
+    for name in ["reader-01", "writer-02"] {
+        let (_, listed) = get_json(&cluster.node(name).server, "/api/v1/databases").await;
+        let names: Vec<&str> = listed["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|d| d["name"].as_str())
+            .collect();
+        assert_eq!(names, ["spread"], "{name}: {listed}");
+    }
 }
 
 /// POSTs a JSON body and decodes the JSON answer.
