@@ -41,10 +41,14 @@ pub enum CqError {
     Query(#[from] QueryError),
     #[error("reading results: {0}")]
     Results(String),
+    #[error("gathering the source rows other writers buffer: {0}")]
+    Sources(DeleteError),
     #[error("clearing the window's earlier results: {0}")]
     Clear(#[from] DeleteError),
     #[error("writing results: {0}")]
     Write(#[from] IngestError),
+    #[error("handing results to a writer: {0}")]
+    Handover(String),
     #[error("recording the execution: {0}")]
     Record(#[from] MetaError),
 }
@@ -107,22 +111,36 @@ pub struct CqRun {
     pub executed_at_us: i64,
 }
 
+/// How a run was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAs {
+    /// By the scheduler: each window once.
+    Scheduled,
+    /// Through the API: any window, again if asked.
+    Manual,
+    /// Through the API, showing the query without running it.
+    DryRun,
+}
+
 /// Runs continuous queries, one window at a time per node.
 pub struct CqRunner {
     pub meta: Arc<Meta>,
     pub query: Arc<QueryEngine>,
     pub ingester: Arc<Ingester>,
     pub deleter: Arc<Deleter>,
+    /// With shared storage on a node that is not a writer: the cluster whose writers take the
+    /// results.
+    pub results_to_a_writer: Option<Arc<crate::cluster::Cluster>>,
     pub running: tokio::sync::Mutex<()>,
 }
 
 impl CqRunner {
-    /// Runs one window (unless `dry_run`, which only shows the query) and records the execution.
+    /// Runs one window and records the execution; `Run::DryRun` only shows the query.
     pub async fn execute(
         &self,
         query: &ContinuousQuery,
         (start_us, end_us): (i64, i64),
-        dry_run: bool,
+        run_as: RunAs,
     ) -> Result<CqRun, CqError> {
         let started = Instant::now();
         let mut run = CqRun {
@@ -137,7 +155,7 @@ impl CqRunner {
             duration_s: 0.0,
             executed_at_us: Utc::now().timestamp_micros(),
         };
-        if dry_run {
+        if run_as == RunAs::DryRun {
             return Ok(run);
         }
         let result = {
@@ -163,6 +181,7 @@ impl CqRunner {
             records_written: run.records_written,
             duration_s: run.duration_s,
             error: result.as_ref().err().map(ToString::to_string),
+            scheduled: run_as == RunAs::Scheduled,
         };
         let meta = Arc::clone(&self.meta);
         let recorded = tokio::task::spawn_blocking(move || {
@@ -185,6 +204,12 @@ impl CqRunner {
         start_us: i64,
         end_us: i64,
     ) -> Result<u64, CqError> {
+        // With shared storage the other writers' buffered source rows become files first: the
+        // query reads files and this node's buffer only.
+        self.deleter
+            .flush_other_writers(&query.database, Some(&query.source_measurement))
+            .await
+            .map_err(CqError::Sources)?;
         let running = self.query.execute_in_database(sql, &query.database).await?;
         let batches: Vec<RecordBatch> = running
             .stream
@@ -212,14 +237,22 @@ impl CqRunner {
             )
             .await?;
         if rows > 0 {
-            self.ingester
-                .write(WriteRequest {
-                    database: query.database.clone(),
-                    format: PayloadFormat::LineProtocol(Precision::Microseconds),
-                    body: Bytes::from(body),
-                    received_at_us: Utc::now().timestamp_micros(),
-                })
-                .await?;
+            match &self.results_to_a_writer {
+                Some(cluster) => cluster
+                    .write_on_a_writer(&query.database, body)
+                    .await
+                    .map_err(CqError::Handover)?,
+                None => {
+                    self.ingester
+                        .write(WriteRequest {
+                            database: query.database.clone(),
+                            format: PayloadFormat::LineProtocol(Precision::Microseconds),
+                            body: Bytes::from(body),
+                            received_at_us: Utc::now().timestamp_micros(),
+                        })
+                        .await?;
+                }
+            }
         }
         Ok(rows as u64)
     }
@@ -244,7 +277,7 @@ pub async fn run_scheduled(runner: Arc<CqRunner>, mut stop: watch::Receiver<bool
             .filter_map(|q| Some((q.clone(), due_window(q, now)?)))
             .collect();
         for (query, window) in due {
-            match runner.execute(&query, window, false).await {
+            match runner.execute(&query, window, RunAs::Scheduled).await {
                 Ok(run) => {
                     retry_at.remove(&query.id);
                     tracing::info!(

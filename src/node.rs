@@ -647,9 +647,6 @@ async fn start_services(
         running: tokio::sync::Mutex::new(()),
         other_writers: cluster.clone().filter(|_| shared_storage),
     });
-    if let (Some(cluster), true) = (&cluster, shared_storage) {
-        cluster.serve_flushes(Arc::clone(&flusher));
-    }
     // Uploads a crash left unregistered go before anything can upload again, not at this
     // node's first flush or compaction (a compactor without the lease might never have one).
     if let Err(err) = flusher.ensure_reconciled().await {
@@ -669,11 +666,21 @@ async fn start_services(
     let ingester = Arc::new(
         Ingester::new(buffers, wal.clone(), flush_tx, limits).with_replica_acks(replica_acks),
     );
+    // With shared storage only writers buffer rows (a delete flushes them all).
+    let results_to_a_writer = match &cluster {
+        Some(cluster) if shared_storage && role.ingests() => {
+            cluster.serve_writers_peers(Arc::clone(&flusher), Arc::clone(&ingester));
+            None
+        }
+        Some(cluster) if shared_storage => Some(Arc::clone(cluster)),
+        _ => None,
+    };
     let continuous_queries = Arc::new(CqRunner {
         meta: Arc::clone(&meta),
         query: Arc::clone(&query),
         ingester: Arc::clone(&ingester),
         deleter: Arc::clone(&deleter),
+        results_to_a_writer,
         running: tokio::sync::Mutex::new(()),
     });
     Ok(Started {

@@ -59,12 +59,14 @@ pub fn expired_files(state: &MetaState, policy: &RetentionPolicy, now_us: i64) -
     outcome
 }
 
-/// Runs a policy now: removes its expired files (unless `dry_run`) and records the execution.
+/// Runs a policy now: removes its expired files (unless `dry_run`) and records the execution,
+/// as the scheduled run at `slot_us` if it is one.
 pub fn execute(
     meta: &Meta,
     policy: &RetentionPolicy,
     dry_run: bool,
     now_us: i64,
+    slot_us: Option<i64>,
 ) -> Result<RetentionOutcome, MetaError> {
     let started = Instant::now();
     let outcome = expired_files(&meta.state(), policy, now_us);
@@ -104,6 +106,7 @@ pub fn execute(
         cutoff_us: outcome.cutoff_us,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         error: result.as_ref().err().map(ToString::to_string),
+        slot_us,
     };
     meta.commit(MetaCommand::Admin(AdminCommand::RecordRetentionExecution(
         execution,
@@ -111,29 +114,48 @@ pub fn execute(
     result.map(|()| outcome)
 }
 
-/// Runs every active policy at each firing of `schedule` until `stop` turns true.
+/// How often the scheduler looks for a due run.
+const SCHEDULER_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs every active policy once per firing of `schedule` until `stop` turns true. Each run is
+/// recorded with its firing, and a firing recorded once is never run again: a scheduler that
+/// starts (a new leader) runs the latest firing after the recorded one, if it is due.
 pub async fn run_scheduled(
     meta: Arc<Meta>,
     schedule: CronSchedule,
     mut stop: watch::Receiver<bool>,
 ) {
+    let started = chrono::Utc::now();
     loop {
         tokio::select! {
-            _ = schedule.sleep_until_next() => {}
+            _ = tokio::time::sleep(SCHEDULER_TICK) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let now = chrono::Utc::now();
+        let due: Vec<(RetentionPolicy, i64)> = {
+            let state = meta.state();
+            let admin = state.admin();
+            admin
+                .retention_policies()
+                .filter(|p| p.is_active)
+                .filter_map(|policy| {
+                    let after = admin
+                        .retention_slot(policy.id)
+                        .and_then(chrono::DateTime::from_timestamp_micros)
+                        .unwrap_or(started);
+                    let slot = schedule.latest_firing(after, now)?;
+                    Some((policy.clone(), slot.timestamp_micros()))
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            continue;
         }
         let meta = Arc::clone(&meta);
         let ran = tokio::task::spawn_blocking(move || {
-            let policies: Vec<RetentionPolicy> = meta
-                .state()
-                .admin()
-                .retention_policies()
-                .filter(|p| p.is_active)
-                .cloned()
-                .collect();
-            for policy in policies {
+            for (policy, slot_us) in due {
                 let now = crate::auth::now_us();
-                match execute(&meta, &policy, false, now) {
+                match execute(&meta, &policy, false, now, Some(slot_us)) {
                     Ok(outcome) => tracing::info!(
                         policy = %policy.name,
                         files = outcome.file_count(),

@@ -40,6 +40,19 @@ impl CronSchedule {
         next
     }
 
+    /// The latest firing after `after` and at or before `now`: the one run due now when
+    /// everything up to `after` ran (missed earlier firings are not run one by one). Looks at
+    /// most a day back.
+    pub fn latest_firing(&self, after: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut from = after.max(now - chrono::Duration::days(1));
+        let mut latest = None;
+        while let Some(next) = self.next_after(from).filter(|next| *next <= now) {
+            latest = Some(next);
+            from = next;
+        }
+        latest
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -131,6 +144,19 @@ mod tests {
         );
         let descriptor: CronSchedule = "@hourly".parse().unwrap();
         assert_eq!(descriptor.next_after(at(10, 30)), Some(at(11, 0)));
+    }
+
+    #[test]
+    fn the_latest_firing_since_the_last_run_is_due_once() {
+        let every_10s: CronSchedule = "*/10 * * * * *".parse().unwrap();
+        let t = |s: i64| at(10, 0) + chrono::Duration::seconds(s);
+        assert_eq!(every_10s.latest_firing(t(0), t(9)), None);
+        assert_eq!(every_10s.latest_firing(t(0), t(10)), Some(t(10)));
+        // A leader that took over after two missed firings runs the latest one only.
+        assert_eq!(every_10s.latest_firing(t(10), t(35)), Some(t(30)));
+        assert_eq!(every_10s.latest_firing(t(30), t(35)), None);
+        let old = every_10s.latest_firing(t(0) - chrono::Duration::days(30), t(35));
+        assert_eq!(old, Some(t(30)));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::now_us;
-use crate::continuous::{self, CqError, CqRunner};
+use crate::continuous::{self, CqError, CqRunner, RunAs};
 use crate::ingest::names;
 use crate::meta::{AdminCommand, ContinuousQuery, Meta};
 use crate::query::check_read_only;
@@ -300,8 +300,13 @@ pub async fn execute(
     // Spawned, so a client that goes away does not cancel the run between clearing the window
     // and writing its results.
     let run = {
-        let (query, dry_run) = (query.clone(), fields.dry_run);
-        tokio::spawn(async move { runner.execute(&query, window, dry_run).await })
+        let run_as = if fields.dry_run {
+            RunAs::DryRun
+        } else {
+            RunAs::Manual
+        };
+        let query = query.clone();
+        tokio::spawn(async move { runner.execute(&query, window, run_as).await })
     };
     let run = run
         .await
@@ -370,6 +375,8 @@ pub async fn executions(
                 "records_written": e.records_written,
                 "execution_duration_seconds": e.duration_s,
                 "error_message": e.error,
+                // Beyond Arc: run by the scheduler, not asked for by hand.
+                "scheduled": e.scheduled,
             })
         })
         .collect();

@@ -102,6 +102,8 @@ pub async fn executions(
                 "cutoff_date": time(e.cutoff_us),
                 "execution_duration_ms": e.duration_ms,
                 "error_message": e.error,
+                // Beyond Arc: the scheduled run this was (null when asked for by hand).
+                "scheduled_time": e.slot_us.map(time),
             })
         })
         .collect();
@@ -259,7 +261,7 @@ pub async fn execute(
     let run = {
         let (meta, policy) = (Arc::clone(&meta), policy.clone());
         tokio::task::spawn_blocking(move || {
-            retention::execute(&meta, &policy, fields.dry_run, now_us())
+            retention::execute(&meta, &policy, fields.dry_run, now_us(), None)
         })
     };
     let outcome = run

@@ -62,7 +62,11 @@ pub async fn serve(cluster: Arc<Cluster>, listener: TcpListener, mut stop: watch
         )
         .route(
             super::protocol::FLUSH_PATH,
-            post(super::peer_flush::serve_flush),
+            post(super::shared_writers::serve_flush),
+        )
+        .route(
+            super::protocol::WRITE_PATH,
+            post(super::shared_writers::serve_write),
         )
         .route(
             super::replication::ACK_PATH,

@@ -15,9 +15,9 @@ mod lease;
 mod membership;
 mod network;
 pub mod peer_auth;
-mod peer_flush;
 mod protocol;
 mod replication;
+mod shared_writers;
 mod startup;
 mod status;
 mod store;
@@ -100,8 +100,9 @@ pub struct Cluster {
     replicated: std::sync::OnceLock<Arc<crate::replication::ReplicationStats>>,
     /// Each reader's position in this writer's stream.
     stream_readers: Arc<crate::replication::ReaderPositions>,
-    /// This node's flusher, once it flushes when a peer asks (shared storage).
+    /// A shared-storage writer's flusher and ingester, once it serves the other nodes.
     flusher: std::sync::OnceLock<Arc<crate::flush::Flusher>>,
+    ingester: std::sync::OnceLock<Arc<crate::ingest::Ingester>>,
     /// This node's storage, once it serves its files to peers.
     file_storage: std::sync::OnceLock<crate::storage::Storage>,
     /// `cluster.replication_serve_timeout_ms`: longest time one file is served; a copy cut off

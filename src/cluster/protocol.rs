@@ -105,10 +105,19 @@ pub(super) struct FlushRequest {
     pub(super) measurement: Option<String>,
 }
 
+/// Pattern A: rows a continuous query produced on a node that buffers none, for a writer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct WriteLines {
+    pub(super) database: String,
+    /// Line protocol with µs timestamps.
+    pub(super) lines: String,
+}
+
+/// The answer to a flush or a write: `None` once it is done (durable or registered).
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct FlushAnswer {
-    /// Why the flush failed; `None` once every buffered row of the measurement is registered.
     pub(super) error: Option<String>,
 }
 
 pub(super) const FLUSH_PATH: &str = "/internal/flush";
+pub(super) const WRITE_PATH: &str = "/internal/write";

@@ -138,6 +138,7 @@ impl Cluster {
             replicated: std::sync::OnceLock::new(),
             file_storage: std::sync::OnceLock::new(),
             flusher: std::sync::OnceLock::new(),
+            ingester: std::sync::OnceLock::new(),
             serve_timeout: Duration::from_millis(config.replication_serve_timeout_ms.max(1)),
             // Shared-storage writers are peers: none is assigned, so none holds a lease.
             lease_duration: (config.failover_enabled && !config.shared_storage_mode).then(|| {

@@ -100,6 +100,10 @@ pub struct RetentionExecution {
     pub cutoff_us: i64,
     pub duration_ms: f64,
     pub error: Option<String>,
+    /// The firing of `scheduler.retention_schedule` a scheduled run covered; `None` for a run
+    /// asked for through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_us: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +141,9 @@ pub struct CqExecution {
     pub records_written: u64,
     pub duration_s: f64,
     pub error: Option<String>,
+    /// Run by the scheduler (not asked for through the API): a window runs this way once.
+    #[serde(default)]
+    pub scheduled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,6 +204,10 @@ pub enum AdminError {
     UnknownPolicy(u64),
     #[error("continuous query {0} not found")]
     UnknownContinuousQuery(u64),
+    #[error("retention policy {policy} already ran for its scheduled run at {slot_us} µs")]
+    RetentionSlotDone { policy: u64, slot_us: i64 },
+    #[error("continuous query {query} already processed its window up to {end_us} µs")]
+    CqWindowDone { query: u64, end_us: i64 },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -210,6 +221,10 @@ pub struct AdminState {
     continuous_queries: BTreeMap<u64, ContinuousQuery>,
     #[serde(default)]
     cq_history: BTreeMap<u64, VecDeque<CqExecution>>,
+    /// The latest scheduled run recorded per retention policy (µs), kept apart from the
+    /// bounded history: whoever runs the schedule next (another leader) starts after it.
+    #[serde(default)]
+    retention_slots: BTreeMap<u64, i64>,
 }
 
 fn name_free<'a>(
@@ -264,7 +279,16 @@ impl AdminState {
             }
             AdminCommand::DeleteRetentionPolicy { id } => self.retention_policy(*id).map(|_| ()),
             AdminCommand::RecordRetentionExecution(execution) => {
-                self.retention_policy(execution.policy_id).map(|_| ())
+                self.retention_policy(execution.policy_id)?;
+                match (execution.slot_us, self.retention_slot(execution.policy_id)) {
+                    (Some(slot_us), Some(done)) if slot_us <= done => {
+                        Err(AdminError::RetentionSlotDone {
+                            policy: execution.policy_id,
+                            slot_us,
+                        })
+                    }
+                    _ => Ok(()),
+                }
             }
             AdminCommand::PutContinuousQuery(query) => {
                 if query.id != 0 {
@@ -278,7 +302,18 @@ impl AdminState {
             }
             AdminCommand::DeleteContinuousQuery { id } => self.continuous_query(*id).map(|_| ()),
             AdminCommand::RecordCqExecution(execution) => {
-                self.continuous_query(execution.query_id).map(|_| ())
+                let query = self.continuous_query(execution.query_id)?;
+                // Two schedulers (an old and a new leader) never both record a window.
+                let done = query
+                    .last_processed_us
+                    .is_some_and(|d| execution.end_us <= d);
+                if execution.scheduled && execution.status == CQ_COMPLETED && done {
+                    return Err(AdminError::CqWindowDone {
+                        query: execution.query_id,
+                        end_us: execution.end_us,
+                    });
+                }
+                Ok(())
             }
         }
     }
@@ -350,9 +385,13 @@ impl AdminState {
             AdminCommand::DeleteRetentionPolicy { id } => {
                 self.retention_policies.remove(&id);
                 self.retention_history.remove(&id);
+                self.retention_slots.remove(&id);
             }
             AdminCommand::RecordRetentionExecution(mut execution) => {
                 execution.id = self.allocate_id();
+                if let Some(slot_us) = execution.slot_us {
+                    self.retention_slots.insert(execution.policy_id, slot_us);
+                }
                 let history = self
                     .retention_history
                     .entry(execution.policy_id)
@@ -441,6 +480,11 @@ impl AdminState {
     /// Oldest first.
     pub fn cq_history(&self, query_id: u64) -> impl DoubleEndedIterator<Item = &CqExecution> {
         self.cq_history.get(&query_id).into_iter().flatten()
+    }
+
+    /// The latest scheduled run recorded for a retention policy (µs).
+    pub fn retention_slot(&self, policy_id: u64) -> Option<i64> {
+        self.retention_slots.get(&policy_id).copied()
     }
 
     /// Oldest first.
@@ -549,6 +593,7 @@ mod tests {
                 cutoff_us: 0,
                 duration_ms: 0.0,
                 error: None,
+                slot_us: Some(i * 10),
             };
             applied(
                 &mut state,
@@ -557,12 +602,29 @@ mod tests {
             .unwrap();
         }
         assert_eq!(state.retention_history(id).count(), HISTORY_LEN);
+        let last_slot = (HISTORY_LEN as i64 + 4) * 10;
+        assert_eq!(state.retention_slot(id), Some(last_slot));
+        // A scheduled run at or before the last recorded one is a second run of it.
+        let mut again = state.retention_history(id).last().unwrap().clone();
+        assert_eq!(
+            applied(
+                &mut state,
+                AdminCommand::RecordRetentionExecution(again.clone())
+            ),
+            Err(AdminError::RetentionSlotDone {
+                policy: id,
+                slot_us: last_slot
+            })
+        );
+        again.slot_us = None;
+        applied(&mut state, AdminCommand::RecordRetentionExecution(again)).unwrap();
         assert_eq!(
             state.retention_history(id).next().unwrap().executed_at_us,
             5
         );
         applied(&mut state, AdminCommand::DeleteRetentionPolicy { id }).unwrap();
         assert_eq!(state.retention_history(id).count(), 0);
+        assert_eq!(state.retention_slot(id), None);
         assert_eq!(
             applied(&mut state, AdminCommand::DeleteRetentionPolicy { id }),
             Err(AdminError::UnknownPolicy(id))
@@ -607,6 +669,7 @@ mod tests {
             records_written: 0,
             duration_s: 0.0,
             error: None,
+            scheduled: false,
         };
         applied(
             &mut state,
@@ -634,6 +697,27 @@ mod tests {
             "an older window does not move it back"
         );
         assert_eq!(state.cq_history(id).count(), 3);
+        // The scheduler records a window once; a second scheduler's record of it is refused.
+        let scheduled = |end_us| CqExecution {
+            scheduled: true,
+            ..execution(CQ_COMPLETED, end_us)
+        };
+        assert_eq!(
+            applied(
+                &mut state,
+                AdminCommand::RecordCqExecution(scheduled(60_000_000))
+            ),
+            Err(AdminError::CqWindowDone {
+                query: id,
+                end_us: 60_000_000
+            })
+        );
+        applied(
+            &mut state,
+            AdminCommand::RecordCqExecution(scheduled(120_000_000)),
+        )
+        .unwrap();
+        assert_eq!(state.cq_history(id).count(), 4);
         assert_eq!(
             applied(&mut state, AdminCommand::DeleteContinuousQuery { id: 999 }),
             Err(AdminError::UnknownContinuousQuery(999))
