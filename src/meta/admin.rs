@@ -616,12 +616,14 @@ mod tests {
                 slot_us: last_slot
             })
         );
-        again.slot_us = None;
-        applied(&mut state, AdminCommand::RecordRetentionExecution(again)).unwrap();
         assert_eq!(
             state.retention_history(id).next().unwrap().executed_at_us,
             5
         );
+        // A run asked for by hand names no firing and is always recorded.
+        again.slot_us = None;
+        applied(&mut state, AdminCommand::RecordRetentionExecution(again)).unwrap();
+        assert_eq!(state.retention_slot(id), Some(last_slot));
         applied(&mut state, AdminCommand::DeleteRetentionPolicy { id }).unwrap();
         assert_eq!(state.retention_history(id).count(), 0);
         assert_eq!(state.retention_slot(id), None);
