@@ -436,6 +436,11 @@ async fn start_services(
         );
     }
     let replicas = config.cluster.replication_enabled && !shared_storage;
+    if shared_storage && role.ingests() && meta.state().nodes().count(NodeRole::Writer) == 2 {
+        tracing::warn!(
+            "this cluster has 2 writers; 3 are recommended for high availability (as in Arc)"
+        );
+    }
     if cluster.is_some() && replicas && role.ingests() && !config.wal.enabled {
         tracing::warn!(
             "cluster.replication_enabled needs wal.enabled on a writer; readers get no WAL stream"

@@ -27,10 +27,24 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
-/// 200 once start-up (WAL replay) is done; 503 before that and while draining on shutdown.
+/// 200 once start-up (WAL replay) is done; 503 before that, while draining on shutdown, and
+/// on a shared-storage writer that cannot register files (a load balancer's signal to route
+/// around it).
 pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     let uptime_sec = state.started_at.elapsed().as_secs_f64();
+    let cut_off = state
+        .services()
+        .ok()
+        .and_then(|s| s.cluster.as_ref())
+        .and_then(|cluster| cluster.cannot_register_files());
     match state.phase.load(Ordering::SeqCst) {
+        READY if cut_off.is_some() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready", "time": now(), "reason": "cannot_register_files",
+                "message": cut_off,
+            })),
+        ),
         READY => (
             StatusCode::OK,
             Json(json!({ "status": "ready", "time": now(), "uptime_sec": uptime_sec })),

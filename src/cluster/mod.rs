@@ -176,6 +176,19 @@ impl Cluster {
             || (self.shared_storage && capability == Capability::Query && role.ingests())
     }
 
+    /// With shared storage, why this writer should get no new writes from a load balancer: it
+    /// knows no Raft leader (it is cut off from the majority, or an election runs), so it
+    /// cannot register files; its peers can.
+    pub fn cannot_register_files(&self) -> Option<String> {
+        (self.shared_storage && self.role().ingests() && self.metrics().current_leader.is_none())
+            .then(|| {
+                format!(
+                    "writer {} knows no Raft leader and cannot register files",
+                    self.local.name
+                )
+            })
+    }
+
     /// Whether this node ingests: the assigned writer, or with shared storage any writer.
     pub fn takes_writes(&self) -> bool {
         if self.shared_storage {

@@ -295,6 +295,11 @@ impl NodeRegistry {
     pub fn get(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.get(name)
     }
+
+    /// How many registered nodes have `role`.
+    pub fn count(&self, role: NodeRole) -> usize {
+        self.nodes.values().filter(|n| n.role == role).count()
+    }
 }
 
 #[cfg(test)]

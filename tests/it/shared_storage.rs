@@ -130,6 +130,30 @@ async fn writers_sharing_a_bucket_lose_nothing_acknowledged_when_one_is_killed_a
         answers.windows(2).all(|pair| pair[0] == pair[1]),
         "readers and writers answer the same rows"
     );
+
+    // A writer cut off from the others cannot register files: its /ready sends the load
+    // balancer elsewhere until it is back.
+    let leader = cluster.wait_for_leader().await;
+    let cut_off = *WRITERS.iter().find(|w| **w != leader).unwrap();
+    cluster.isolate(cut_off);
+    let server = &cluster.node(cut_off).server;
+    let isolated = Instant::now();
+    let answer = eventually(&format!("{cut_off} turns unready"), SETTLE, || async {
+        let (status, body) = get_json(server, "/ready").await;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
+    })
+    .await;
+    assert_eq!(answer["reason"], "cannot_register_files", "{answer}");
+    eprintln!(
+        "{cut_off} unready {:.1} s after it was cut off",
+        isolated.elapsed().as_secs_f64()
+    );
+    cluster.heal();
+    eventually(&format!("{cut_off} ready again"), SETTLE, || async {
+        let (status, _) = get_json(server, "/ready").await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
 }
 
 /// Acceptance 4: a row delete sent to one writer also removes the matching rows the other
