@@ -34,6 +34,14 @@ async fn three_writers() -> TestCluster {
     TestCluster::start_with(StorageMode::Garage, specs).await
 }
 
+/// Three writers and reader-01 on one bucket, all with `settings` besides.
+async fn three_writers_and_a_reader(settings: &[(&str, &str)]) -> TestCluster {
+    let node = |name, role| shared(name, role).with(settings);
+    let mut specs: Vec<NodeSpec> = WRITERS.iter().map(|w| node(w, "writer")).collect();
+    specs.push(node("reader-01", "reader"));
+    TestCluster::start_with(StorageMode::Garage, specs).await
+}
+
 /// Waits until a write sent from now on is acknowledged.
 async fn writes_flow(ledger: &Ledger, what: &str) {
     let from = Instant::now();
@@ -162,15 +170,11 @@ async fn writers_sharing_a_bucket_lose_nothing_acknowledged_when_one_is_killed_a
 #[tokio::test]
 async fn a_delete_sent_to_one_writer_removes_rows_buffered_on_the_others() {
     // Nothing flushes on its own: every row stays buffered until a flush is asked for.
-    let buffered = |name, role| {
-        shared(name, role).with(&[
-            ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
-            ("ARC_DELETE_ENABLED", "true"),
-        ])
-    };
-    let mut specs: Vec<NodeSpec> = WRITERS.iter().map(|w| buffered(w, "writer")).collect();
-    specs.push(buffered("reader-01", "reader"));
-    let mut cluster = TestCluster::start_with(StorageMode::Garage, specs).await;
+    let mut cluster = three_writers_and_a_reader(&[
+        ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+        ("ARC_DELETE_ENABLED", "true"),
+    ])
+    .await;
     let lines = |host: &str| -> String {
         (0..100i64)
             .map(|i| {
@@ -276,15 +280,11 @@ async fn post_json(
 /// is processed twice, and the destination holds each 10-second bin once.
 #[tokio::test]
 async fn singleton_tasks_run_once_per_slot_across_leader_kills() {
-    let scheduled = |name, role| {
-        shared(name, role).with(&[
-            ("ARC_SCHEDULER_RETENTION_SCHEDULE", "*/10 * * * * *"),
-            ("ARC_DELETE_ENABLED", "true"),
-        ])
-    };
-    let mut specs: Vec<NodeSpec> = WRITERS.iter().map(|w| scheduled(w, "writer")).collect();
-    specs.push(scheduled("reader-01", "reader"));
-    let mut cluster = TestCluster::start_with(StorageMode::Garage, specs).await;
+    let mut cluster = three_writers_and_a_reader(&[
+        ("ARC_SCHEDULER_RETENTION_SCHEDULE", "*/10 * * * * *"),
+        ("ARC_DELETE_ENABLED", "true"),
+    ])
+    .await;
     let admin = &cluster.node("writer-01").server;
     let (status, policy) = post_json(
         admin,
