@@ -135,34 +135,33 @@ pub async fn run(
     // local storage only the node that ingests runs them (a promoted reader starts them when it
     // takes over); with shared storage the Raft leader does, whichever role it has.
     let upkeep_tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-    let start_upkeep: handover::StartUpkeep = {
+    let spawn_upkeep_tasks = {
         let (config, meta, storage) = (config.clone(), Arc::clone(&meta), storage.clone());
-        let (continuous_queries, stopped) = (
-            Arc::clone(&services.continuous_queries),
-            flusher_stopped.clone(),
-        );
-        let tasks = Arc::clone(&upkeep_tasks);
-        Box::new(move || {
-            let started = spawn_upkeep(&config, meta, storage, continuous_queries, stopped);
-            tasks.lock().unwrap().extend(started);
-        })
+        let continuous_queries = Arc::clone(&services.continuous_queries);
+        move |stopped| {
+            let (meta, continuous_queries) = (Arc::clone(&meta), Arc::clone(&continuous_queries));
+            spawn_upkeep(&config, meta, storage.clone(), continuous_queries, stopped)
+        }
     };
-    let start_upkeep = match &cluster {
+    let start_upkeep: Option<handover::StartUpkeep> = match &cluster {
         Some(cluster) if config.cluster.shared_storage_mode => {
-            let (config, meta, storage) = (config.clone(), Arc::clone(&meta), storage.clone());
-            let continuous_queries = Arc::clone(&services.continuous_queries);
-            let start = move |stopped| {
-                let (meta, continuous_queries) =
-                    (Arc::clone(&meta), Arc::clone(&continuous_queries));
-                spawn_upkeep(&config, meta, storage.clone(), continuous_queries, stopped)
-            };
-            let leading = upkeep_while_leading(Arc::clone(cluster), start, flusher_stopped.clone());
+            let leading = upkeep_while_leading(
+                Arc::clone(cluster),
+                spawn_upkeep_tasks,
+                flusher_stopped.clone(),
+            );
             upkeep_tasks.lock().unwrap().push(tokio::spawn(leading));
             None
         }
-        Some(_) if !role.ingests() => Some(start_upkeep),
+        Some(_) if !role.ingests() => {
+            let (tasks, stopped) = (Arc::clone(&upkeep_tasks), flusher_stopped.clone());
+            Some(Box::new(move || {
+                tasks.lock().unwrap().extend(spawn_upkeep_tasks(stopped));
+            }))
+        }
         _ => {
-            start_upkeep();
+            let started = spawn_upkeep_tasks(flusher_stopped.clone());
+            upkeep_tasks.lock().unwrap().extend(started);
             None
         }
     };
