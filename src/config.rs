@@ -661,6 +661,10 @@ pub struct ClusterConfig {
     pub tls_ca_file: String,
     /// Several writers sharing one object store (Pattern 2).
     pub shared_storage_mode: bool,
+    /// Beyond Arc: each shared-storage writer also copies its WAL to the object store before
+    /// acknowledging, and a writer lost for `failover_timeout` has its unflushed rows flushed by
+    /// another writer.
+    pub shared_wal: bool,
 }
 
 impl Default for ClusterConfig {
@@ -718,6 +722,7 @@ impl Default for ClusterConfig {
             tls_key_file: String::new(),
             tls_ca_file: String::new(),
             shared_storage_mode: false,
+            shared_wal: false,
         }
     }
 }
@@ -1477,6 +1482,13 @@ impl Config {
                 return Err(invalid_value("cluster.shared_storage_mode", true, reason));
             }
         }
+        if self.cluster.shared_wal && !(self.cluster.shared_storage_mode && self.wal.enabled) {
+            return Err(invalid_value(
+                "cluster.shared_wal",
+                true,
+                "needs cluster.shared_storage_mode = true and wal.enabled = true",
+            ));
+        }
         Ok(())
     }
 }
@@ -2218,6 +2230,7 @@ mod tests {
                 c.storage.backend = StorageBackend::S3;
                 c.storage.s3_bucket = "arc".into();
             }),
+            ("cluster.shared_wal", |c| c.cluster.shared_wal = true),
         ];
         for (key, break_config) in cases {
             let mut config = clustered();

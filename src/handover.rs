@@ -27,20 +27,27 @@ const MARK_FILE: &str = "writer-epoch";
 
 /// The writer epoch this node's log was last written under as writer, if it was.
 pub fn writer_mark(wal_dir: &Path) -> Option<u64> {
-    std::fs::read_to_string(wal_dir.join(MARK_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    read_mark(wal_dir, MARK_FILE)?.parse().ok()
 }
 
 /// Records that this node writes its own log under `epoch` from now on.
 pub fn mark_writer(wal_dir: &Path, epoch: u64) -> std::io::Result<()> {
+    write_mark(wal_dir, MARK_FILE, &epoch.to_string())
+}
+
+/// A small fact about the WAL directory kept in file `name` beside the segments.
+pub fn read_mark(wal_dir: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(wal_dir.join(name)).ok()?;
+    Some(text.trim().to_owned())
+}
+
+/// Replaces mark `name` durably (written aside, synced, renamed).
+pub fn write_mark(wal_dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(wal_dir)?;
-    let temporary = wal_dir.join(format!("{MARK_FILE}.new"));
-    std::fs::write(&temporary, epoch.to_string())?;
+    let temporary = wal_dir.join(format!("{name}.new"));
+    std::fs::write(&temporary, contents)?;
     std::fs::File::open(&temporary)?.sync_all()?;
-    std::fs::rename(&temporary, wal_dir.join(MARK_FILE))
+    std::fs::rename(&temporary, wal_dir.join(name))
 }
 
 /// Pure: a reader whose log was written by itself as a writer must not replay it.
@@ -86,6 +93,14 @@ impl RoleWatch {
         let mut changes = self.cluster.applied_changes();
         let mut writing = self.cluster.writes_under();
         loop {
+            if self.cluster.log_taken_over() {
+                tracing::warn!(
+                    "this writer was taken for lost and another writer took its log over; \
+                     restarting with a new log"
+                );
+                let _ = self.restart.send(true);
+                return;
+            }
             match (writing, self.cluster.writes_under()) {
                 (None, Some(epoch)) => {
                     self.take_over(epoch).await;

@@ -14,6 +14,7 @@
 //! every reader, which applies them to its own buffers until the registered files hold them;
 //! `handover` moves the writes to a promoted reader when the writer is lost.
 
+pub mod adoption;
 pub mod api;
 pub mod auth;
 pub mod buffer;

@@ -17,6 +17,7 @@ use futures::future::join_all;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::adoption::{self, Adopter};
 use crate::api::{self, AppState, Services};
 use crate::auth::{self, Authenticator, Bootstrap};
 use crate::buffer::Buffers;
@@ -36,7 +37,7 @@ use crate::replication::{AckPolicy, Follower, Puller, ReadBarrier, ReplicaView, 
 use crate::retention;
 use crate::schedule::CronSchedule;
 use crate::storage::{Storage, StorageError};
-use crate::wal::{self, FeedLimits, Wal, WalError, WalOptions};
+use crate::wal::{self, FeedLimits, Shipping, Wal, WalError, WalOptions, shipped_range};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -121,6 +122,7 @@ pub async fn run(
         wal,
         follower,
         puller,
+        adopter,
         flush_requests,
         meta,
         storage,
@@ -170,6 +172,7 @@ pub async fn run(
         follower.map(|follower| tokio::spawn(follower.run(following_stopped))),
     ));
     let puller = puller.map(|puller| tokio::spawn(puller.run(flusher_stopped.clone())));
+    let adopter = adopter.map(|adopter| tokio::spawn(adopter.run(flusher_stopped.clone())));
     let schedules = services
         .compactor
         .clone()
@@ -221,7 +224,7 @@ pub async fn run(
     let _ = background.await;
     let follower = follower.lock().unwrap().take();
     let upkeep = std::mem::take(&mut *upkeep_tasks.lock().unwrap());
-    let tasks = [follower, puller, schedules, role_watch]
+    let tasks = [follower, puller, adopter, schedules, role_watch]
         .into_iter()
         .flatten()
         .chain(upkeep);
@@ -360,6 +363,8 @@ struct Started {
     follower: Option<Follower>,
     /// On such a reader with its own storage: copies the manifest's files.
     puller: Option<Puller>,
+    /// On a writer with `cluster.shared_wal`: takes over lost writers' logs.
+    adopter: Option<Adopter>,
     flush_requests: mpsc::UnboundedReceiver<crate::buffer::MeasurementKey>,
     meta: Arc<Meta>,
     storage: Storage,
@@ -416,10 +421,10 @@ async fn start_services(
         .as_ref()
         .map_or_else(|| "standalone".to_string(), |c| c.name().to_string());
     let shared_storage = cluster.is_some() && config.cluster.shared_storage_mode;
-    // Shared-storage writers each number their own log; otherwise there is one writer's log,
-    // which a promoted reader continues.
+    // Shared-storage writers each number their own log (a new one after another writer took
+    // theirs over); otherwise there is one writer's log, which a promoted reader continues.
     let log = if shared_storage {
-        node_id.clone()
+        meta.state().log_of(&node_id)
     } else {
         SINGLE_WRITER_LOG.to_string()
     };
@@ -472,7 +477,32 @@ async fn start_services(
         if let Some(epoch) = writes_under {
             handover::mark_writer(dir, epoch).map_err(NodeError::ReplacedLog)?;
         }
+        if shared_storage {
+            adoption::claim_wal_dir(dir, &log, &node_id).map_err(NodeError::ReplacedLog)?;
+        }
     }
+    let shared_wal = shared_storage && config.cluster.shared_wal && role.ingests();
+    let ship = if shared_wal {
+        let prefix = adoption::shipped_prefix(&log);
+        let mut shipped: Vec<(u64, u64, String)> = storage
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| shipped_range(&o.key).map(|(first, last)| (first, last, o.key)))
+            .collect();
+        shipped.sort();
+        Some(Shipping {
+            storage: storage.clone(),
+            prefix,
+            runtime: tokio::runtime::Handle::current(),
+            shipped: shipped
+                .into_iter()
+                .map(|(_, last, key)| (last, key))
+                .collect(),
+        })
+    } else {
+        None
+    };
     let mut replayed_through = 0;
     let wal = if config.wal.enabled {
         let options = WalOptions {
@@ -485,6 +515,7 @@ async fn start_services(
                 max_bytes: REPLICATION_WINDOW_BYTES,
                 max_held_bytes: config.cluster.replication_wal_retention.bytes(),
             }),
+            ship,
         };
         let (replay_buffers, replay_meta, dir, replay_log) = (
             Arc::clone(&buffers),
@@ -614,7 +645,7 @@ async fn start_services(
         config.ingest.clone(),
         FlushOrigin {
             node_id: node_id.clone(),
-            log,
+            log: log.clone(),
         },
     ));
     if let Some(epoch) = writes_under {
@@ -623,6 +654,22 @@ async fn start_services(
             cluster.writer_ready(epoch);
         }
     }
+    // With `shared_wal` a writer holds a lease on its own log, and takes over lost writers'.
+    let adopter = match &cluster {
+        Some(cluster) if shared_wal => {
+            cluster.writes_log(log.clone());
+            cluster.writer_ready(0);
+            Some(Adopter {
+                cluster: Arc::clone(cluster),
+                meta: Arc::clone(&meta),
+                storage: storage.clone(),
+                ingest: config.ingest.clone(),
+                node_id: node_id.clone(),
+                journal_dir: Path::new(&config.meta.directory).to_path_buf(),
+            })
+        }
+        _ => None,
+    };
     // A writer compacts when the compaction lease falls back to it (no compactor is healthy).
     let may_compact = role.compacts() || (cluster.is_some() && role == NodeRole::Writer);
     let compactor = (config.compaction.enabled && may_compact).then(|| {
@@ -704,6 +751,7 @@ async fn start_services(
         wal,
         follower,
         puller,
+        adopter,
         flush_requests: flush_rx,
         meta,
         storage,

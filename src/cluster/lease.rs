@@ -55,6 +55,8 @@ pub enum LeaseError {
     Unconfirmed { node: String, lease: Duration },
     #[error("node {node} is handing the writes to a reader; retry shortly")]
     SteppingDown { node: String },
+    #[error("writer {node} was taken for lost and its log handed to another writer; it restarts")]
+    LogTakenOver { node: String },
 }
 
 impl Cluster {
@@ -69,7 +71,12 @@ impl Cluster {
         let Some(duration) = self.lease_duration else {
             return Ok(());
         };
-        let current = self.writes_under();
+        let current = self.lease_epoch();
+        if current.is_none() && self.shared_storage && self.role().ingests() {
+            return Err(LeaseError::LogTakenOver {
+                node: self.local.name.clone(),
+            });
+        }
         if current.is_none() {
             return Err(LeaseError::NotWriter {
                 node: self.local.name.clone(),
@@ -94,6 +101,17 @@ impl Cluster {
         }
     }
 
+    /// What a lease is held for: the writer epoch, or with shared storage (where each writer's
+    /// lease is on its own log, epoch 0) whether this writer's log is still its own.
+    fn lease_epoch(&self) -> Option<u64> {
+        if self.shared_storage {
+            (self.role().ingests() && self.log.get().is_some() && !self.log_taken_over())
+                .then_some(0)
+        } else {
+            self.writes_under()
+        }
+    }
+
     /// This node is ready to take writes as the writer under `epoch`.
     pub fn writer_ready(&self, epoch: u64) {
         self.lease.lock().unwrap().ready = Some(epoch);
@@ -111,7 +129,7 @@ impl Cluster {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            if self.writes_under().is_none() {
+            if self.lease_epoch().is_none() {
                 continue;
             }
             let asked_at = Instant::now();
@@ -119,7 +137,7 @@ impl Cluster {
             // so the assignment read after it is current as of `asked_at` or later.
             match self.sync_metadata(duration).await {
                 Ok(()) => {
-                    if let Some(epoch) = self.writes_under() {
+                    if let Some(epoch) = self.lease_epoch() {
                         self.lease.lock().unwrap().confirmed = Some((epoch, asked_at));
                     }
                 }

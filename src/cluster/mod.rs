@@ -12,6 +12,7 @@ mod health;
 mod heartbeats;
 mod internal;
 mod lease;
+mod log_adoption;
 mod membership;
 mod network;
 pub mod peer_auth;
@@ -103,6 +104,8 @@ pub struct Cluster {
     /// A shared-storage writer's flusher and ingester, once it serves the other nodes.
     flusher: std::sync::OnceLock<Arc<crate::flush::Flusher>>,
     ingester: std::sync::OnceLock<Arc<crate::ingest::Ingester>>,
+    /// With shared storage: the log this writer writes.
+    log: std::sync::OnceLock<String>,
     /// This node's storage, once it serves its files to peers.
     file_storage: std::sync::OnceLock<crate::storage::Storage>,
     /// `cluster.replication_serve_timeout_ms`: longest time one file is served; a copy cut off

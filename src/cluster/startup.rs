@@ -139,11 +139,15 @@ impl Cluster {
             file_storage: std::sync::OnceLock::new(),
             flusher: std::sync::OnceLock::new(),
             ingester: std::sync::OnceLock::new(),
+            log: std::sync::OnceLock::new(),
             serve_timeout: Duration::from_millis(config.replication_serve_timeout_ms.max(1)),
-            // Shared-storage writers are peers: none is assigned, so none holds a lease.
-            lease_duration: (config.failover_enabled && !config.shared_storage_mode).then(|| {
-                super::lease::lease_duration(Duration::from_secs(config.failover_timeout))
-            }),
+            // Shared-storage writers are peers: none is assigned, and each holds a lease on its
+            // own log only when another writer may take that log over (`shared_wal`).
+            lease_duration: ((config.failover_enabled && !config.shared_storage_mode)
+                || config.shared_wal)
+                .then(|| {
+                    super::lease::lease_duration(Duration::from_secs(config.failover_timeout))
+                }),
             lease: Mutex::default(),
             stepping_down: std::sync::atomic::AtomicBool::new(false),
             leaving: tokio::sync::Mutex::new(false),
@@ -183,7 +187,13 @@ impl Cluster {
                 lease: super::lease::lease_duration(Duration::from_secs(config.failover_timeout)),
             };
             tokio::spawn(Arc::clone(&cluster).run_failover(settings, stop.clone()));
-            tokio::spawn(Arc::clone(&cluster).renew_lease(settings.lease, stop.clone()));
+        }
+        if let Some(lease) = cluster.lease_duration {
+            tokio::spawn(Arc::clone(&cluster).renew_lease(lease, stop.clone()));
+        }
+        if config.shared_wal {
+            let timeout = Duration::from_secs(config.failover_timeout);
+            tokio::spawn(Arc::clone(&cluster).run_log_adoption(timeout, stop.clone()));
         }
         cluster.wait_until_caught_up(stop.clone()).await?;
         cluster.register_self(stop).await?;

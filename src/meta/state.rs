@@ -101,6 +101,9 @@ pub enum MetaCommand {
     PromoteWriter { epoch: u64, failover: Failover },
     /// The compaction lease moves to `change.to` under the next compactor epoch.
     AssignCompactor { epoch: u64, change: Failover },
+    /// Shared storage with `cluster.shared_wal`: writer `by` flushes what is left of a lost
+    /// writer's `log` from its shipped WAL. From now on only `by` registers files of `log`.
+    AdoptLog { log: String, by: String, at_us: i64 },
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +139,8 @@ pub enum ApplyError {
          (another node holds the compaction lease)"
     )]
     StaleCompactorEpoch { epoch: u64, current: u64 },
+    #[error("files of log {log} refused: writer {by} took that log over")]
+    LogAdopted { log: String, by: String },
 }
 
 /// The LSN space of a standalone node and of a cluster with one writer (Pattern B), which a
@@ -189,6 +194,9 @@ pub struct MetaState {
     /// Cluster nodes and their roles; empty on a standalone node.
     #[serde(default)]
     nodes: NodeRegistry,
+    /// Lost writers' logs taken over by another writer (`cluster.shared_wal`): log → adopter.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    adopted_logs: BTreeMap<String, String>,
 }
 
 impl MetaState {
@@ -211,6 +219,14 @@ impl MetaState {
                     return Err(ApplyError::StaleWriterEpoch { epoch, current });
                 }
                 self.check_new_paths(files)?;
+                if let Some(by) = self.adopted_logs.get(log)
+                    && (files.is_empty() || files.iter().any(|f| f.origin_node != *by))
+                {
+                    return Err(ApplyError::LogAdopted {
+                        log: log.clone(),
+                        by: by.clone(),
+                    });
+                }
                 // Every flush covers LSNs above the previous one: an equal or lower watermark
                 // is the same rows a second time.
                 let flushed = self.flushed_through(log, database, measurement);
@@ -266,6 +282,7 @@ impl MetaState {
             MetaCommand::AssignCompactor { epoch, change } => {
                 Ok(self.nodes.check_assign_compactor(*epoch, change)?)
             }
+            MetaCommand::AdoptLog { .. } => Ok(()),
         }
     }
 
@@ -342,6 +359,10 @@ impl MetaState {
                 self.nodes.assign_compactor(*epoch, change);
                 Ok(())
             }
+            MetaCommand::AdoptLog { log, by, .. } => {
+                self.adopted_logs.insert(log.clone(), by.clone());
+                Ok(())
+            }
         }
     }
 
@@ -405,6 +426,7 @@ impl MetaState {
                 self.nodes.compactor().epoch >= *epoch
                     && self.nodes.compactor().last_move.as_ref() == Some(change)
             }
+            MetaCommand::AdoptLog { log, by, .. } => self.adopted_logs.get(log) == Some(by),
             MetaCommand::Admin(_) => false,
         }
     }
@@ -472,6 +494,36 @@ impl MetaState {
             .take_while(move |(path, _)| path.starts_with(&prefix))
             .map(|(_, file)| file)
             .filter(move |file| file.database == database && file.measurement == measurement)
+    }
+
+    /// Lost writers' logs taken over: log → adopter.
+    pub fn adopted_logs(&self) -> &BTreeMap<String, String> {
+        &self.adopted_logs
+    }
+
+    /// Who took `log` over, if a writer did.
+    pub fn adopter_of(&self, log: &str) -> Option<&str> {
+        self.adopted_logs.get(log).map(String::as_str)
+    }
+
+    /// Logs writer `node` took over.
+    pub fn adopted_by<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.adopted_logs
+            .iter()
+            .filter(move |(_, by)| *by == node)
+            .map(|(log, _)| log.as_str())
+    }
+
+    /// The log a shared-storage writer named `node` writes now: its name, or after its earlier
+    /// logs were taken over (it was lost, then came back), its name with the next generation.
+    pub fn log_of(&self, node: &str) -> String {
+        let mut log = node.to_owned();
+        let mut generation = 1;
+        while self.adopted_logs.contains_key(&log) {
+            generation += 1;
+            log = format!("{node}.{generation}");
+        }
+        log
     }
 
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
@@ -583,6 +635,51 @@ mod tests {
         assert_eq!(
             json["measurements"]["db"]["cpu"]["flushed_through_by_writer"],
             serde_json::json!({"writer-a": 7, "writer-b": 3})
+        );
+    }
+
+    #[test]
+    fn an_adopted_log_takes_files_only_from_its_adopter_and_its_writer_moves_on() {
+        let mut state = MetaState::default();
+        let flush = |path: &str, origin: &str, lsn| {
+            let mut entry = file(path, lsn);
+            entry.log = "writer-b".into();
+            entry.origin_node = origin.into();
+            MetaCommand::AddFiles {
+                database: "db".into(),
+                measurement: "cpu".into(),
+                files: vec![entry],
+                flushed_through_lsn: lsn,
+                log: "writer-b".into(),
+                writer_epoch: None,
+            }
+        };
+        state.apply(&flush("b1.parquet", "writer-b", 3)).unwrap();
+        assert_eq!(state.log_of("writer-b"), "writer-b");
+        let adopt = MetaCommand::AdoptLog {
+            log: "writer-b".into(),
+            by: "writer-a".into(),
+            at_us: 1,
+        };
+        assert!(!state.reflects(&adopt));
+        state.apply(&adopt).unwrap();
+        assert!(state.reflects(&adopt));
+        let before = state.clone();
+        // The lost writer, back (or never dead), flushes rows the adopter now answers for.
+        assert_eq!(
+            state.apply(&flush("b2.parquet", "writer-b", 9)),
+            Err(ApplyError::LogAdopted {
+                log: "writer-b".into(),
+                by: "writer-a".into()
+            })
+        );
+        assert_eq!(state, before);
+        state.apply(&flush("b3.parquet", "writer-a", 9)).unwrap();
+        assert_eq!(state.flushed_through("writer-b", "db", "cpu"), 9);
+        assert_eq!(state.log_of("writer-b"), "writer-b.2");
+        assert_eq!(
+            state.adopted_by("writer-a").collect::<Vec<_>>(),
+            ["writer-b"]
         );
     }
 

@@ -36,6 +36,9 @@ pub enum WalError {
     Io { path: PathBuf, message: String },
     #[error("WAL is closed")]
     Closed,
+    /// Durable here, but not copied to shared storage: not acknowledged (it may be stored).
+    #[error("the write is in this writer's WAL but could not be copied to shared storage: {0}")]
+    NotShipped(String),
     /// A damaged record with intact entries after it: not a torn tail, so cutting there would
     /// drop acknowledged writes. An operator decides (restore the file, or move it aside).
     #[error(
@@ -79,7 +82,47 @@ pub struct WalOptions {
     pub max_segment_age: Duration,
     /// Publish durable entries for replicas (`cluster.replication_enabled` on a writer).
     pub feed: Option<FeedLimits>,
+    /// Copy each durable group to shared storage before acknowledging it (`cluster.shared_wal`).
+    pub ship: Option<Shipping>,
 }
+
+/// Where a writer copies its durable groups of entries, so that another writer can flush them
+/// if this one is lost for good. One object per group (`{first}-{last}.wal`, LSNs zero-padded,
+/// holding the group's records as the segment has them); objects go once their entries are in
+/// registered files.
+#[derive(Clone)]
+pub struct Shipping {
+    pub storage: crate::storage::Storage,
+    /// Key prefix of this log's objects, ending in `/`.
+    pub prefix: String,
+    /// The runtime the object-store calls run on (the writer thread blocks on them).
+    pub runtime: tokio::runtime::Handle,
+    /// Objects a previous run shipped whose entries may not be flushed yet: (last LSN, key).
+    pub shipped: Vec<(Lsn, String)>,
+}
+
+impl std::fmt::Debug for Shipping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipping")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Key of the shipped group holding entries `first..=last`.
+pub fn shipped_key(prefix: &str, first: Lsn, last: Lsn) -> String {
+    format!("{prefix}{first:020}-{last:020}.wal")
+}
+
+/// The LSN range a shipped group's key names.
+pub fn shipped_range(key: &str) -> Option<(Lsn, Lsn)> {
+    let name = key.rsplit('/').next()?.strip_suffix(".wal")?;
+    let (first, last) = name.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+/// Attempts at copying one group before its entries are refused.
+const SHIP_ATTEMPTS: u32 = 3;
 
 /// A segment that is no longer written to, with the last LSN it holds.
 #[derive(Debug, Clone)]
@@ -255,6 +298,12 @@ impl Wal {
             closed,
             spares,
             buf: Vec::with_capacity(1 << 20),
+            group_first_lsn: None,
+            shipped: options
+                .ship
+                .iter()
+                .flat_map(|s| s.shipped.iter().cloned())
+                .collect(),
             options,
         };
         let thread = std::thread::Builder::new()
@@ -326,6 +375,10 @@ struct Writer {
     closed: Vec<ClosedSegment>,
     spares: Vec<PathBuf>,
     buf: Vec<u8>,
+    /// First entry of the group in `buf`.
+    group_first_lsn: Option<Lsn>,
+    /// Shipped objects not yet released, oldest first: (last LSN, key).
+    shipped: std::collections::VecDeque<(Lsn, String)>,
     options: WalOptions,
 }
 
@@ -353,6 +406,7 @@ impl Writer {
                     Command::Append { lsn, parts, done } => {
                         let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_ref()).collect();
                         encode_record(&mut self.buf, lsn, &slices);
+                        self.group_first_lsn.get_or_insert(lsn);
                         self.segment_last_lsn = Some(lsn);
                         waiters.push(done);
                         if self.feed.is_some() {
@@ -369,12 +423,12 @@ impl Writer {
                     next = receiver.try_recv().ok();
                 }
             }
-            self.write_group();
+            let outcome = self.write_group();
             if let Some(feed) = &self.feed {
                 feed.publish(published);
             }
             for waiter in waiters {
-                let _ = waiter.send(Ok(()));
+                let _ = waiter.send(outcome.clone());
             }
             if let Some(through) = releases.into_iter().max() {
                 self.release(through);
@@ -388,9 +442,10 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self) {
+    /// Writes and syncs the group, then ships it when shipping is on.
+    fn write_group(&mut self) -> Result<(), WalError> {
         if self.buf.is_empty() {
-            return;
+            return Ok(());
         }
         let result = self
             .file
@@ -408,8 +463,57 @@ impl Writer {
             std::process::abort();
         }
         self.size += self.buf.len() as u64;
+        let shipped = match (self.group_first_lsn.take(), self.segment_last_lsn) {
+            (Some(first), Some(last)) => self.ship(first, last),
+            _ => Ok(()),
+        };
         self.buf.clear();
         self.groups_written.fetch_add(1, Ordering::Relaxed);
+        shipped
+    }
+
+    /// Copies the group in `buf` to shared storage, retrying briefly; the writer thread waits,
+    /// and appends queue meanwhile (they form the next group).
+    fn ship(&mut self, first: Lsn, last: Lsn) -> Result<(), WalError> {
+        let Some(shipping) = &self.options.ship else {
+            return Ok(());
+        };
+        let key = shipped_key(&shipping.prefix, first, last);
+        let bytes = Bytes::copy_from_slice(&self.buf);
+        let mut failure = String::new();
+        for attempt in 0..SHIP_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200 << attempt));
+            }
+            let put = shipping.storage.put(&key, bytes.clone());
+            match shipping.runtime.block_on(put) {
+                Ok(()) => {
+                    self.shipped.push_back((last, key));
+                    return Ok(());
+                }
+                Err(err) => failure = err.to_string(),
+            }
+        }
+        tracing::error!(key = %key, error = %failure, "could not ship a WAL group; its writes are refused");
+        Err(WalError::NotShipped(failure))
+    }
+
+    /// Deletes shipped objects whose entries are all in registered files.
+    fn release_shipped(&mut self) {
+        let Some(shipping) = &self.options.ship else {
+            return;
+        };
+        while let Some((last, key)) = self.shipped.front() {
+            if *last > self.flushed_through {
+                break;
+            }
+            // One left behind is harmless: whoever replays it skips flushed entries.
+            if let Err(err) = shipping.runtime.block_on(shipping.storage.delete(key)) {
+                tracing::warn!(key = %key, error = %err, "could not delete a shipped WAL group");
+                break;
+            }
+            self.shipped.pop_front();
+        }
     }
 
     /// Rotates when the segment is full or old, but never an empty one: its successor would
@@ -454,6 +558,7 @@ impl Writer {
 
     fn release(&mut self, through: Lsn) {
         self.flushed_through = self.flushed_through.max(through);
+        self.release_shipped();
         let (needed_from, max_held_bytes) = match &self.feed {
             Some(feed) => (feed.needed_from(), feed.limits().max_held_bytes),
             None => (Lsn::MAX, 0),
@@ -501,6 +606,7 @@ mod tests {
             max_segment_bytes,
             max_segment_age: Duration::from_secs(3600),
             feed: None,
+            ship: None,
         }
     }
 
@@ -891,6 +997,21 @@ mod tests {
             wal.close().await;
             assert_eq!(collect(dir.path()).0.len(), 3, "{sync_mode}");
         }
+    }
+
+    #[test]
+    fn a_shipped_groups_key_names_its_lsn_range_in_log_order() {
+        let key = shipped_key("_wal/writer-01/", 7, 1_234);
+        assert_eq!(
+            key,
+            "_wal/writer-01/00000000000000000007-00000000000000001234.wal"
+        );
+        assert_eq!(shipped_range(&key), Some((7, 1_234)));
+        assert!(
+            shipped_key("p/", 9, 9) < shipped_key("p/", 10, 12),
+            "names sort by LSN"
+        );
+        assert_eq!(shipped_range("_wal/writer-01/notes.txt"), None);
     }
 
     #[tokio::test]

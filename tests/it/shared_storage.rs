@@ -434,3 +434,127 @@ async fn singleton_tasks_run_once_per_slot_across_leader_kills() {
         "every 10-second bin once: {bins:?}"
     );
 }
+
+/// Acceptance 5 (beyond Arc): with `cluster.shared_wal` each writer copies its WAL to the bucket
+/// before acknowledging. A writer killed with -9 and never restarted (its directory deleted)
+/// loses nothing it acknowledged: once it has been silent for `failover_timeout`, another writer
+/// flushes the rows from the copies, and every acknowledged row is stored exactly once.
+#[tokio::test]
+async fn with_a_shared_wal_a_writer_lost_for_good_loses_nothing_acknowledged() {
+    // Rows stay buffered (no age flush): what the lost writer acknowledged is only in its WAL.
+    let mut cluster = three_writers_and_a_reader(&[
+        ("ARC_CLUSTER_SHARED_WAL", "true"),
+        ("ARC_CLUSTER_FAILOVER_TIMEOUT", "2"),
+        ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+    ])
+    .await;
+    let table = Table::new("lost", "rows");
+    let ledger = Ledger::new();
+    let targets = WRITERS
+        .iter()
+        .map(|w| cluster.node(w).server.url(""))
+        .collect();
+    let options = WorkloadOptions {
+        clients: 3,
+        timeout: Duration::from_secs(5),
+        ..WorkloadOptions::default()
+    };
+    let writes = start_writes(&ledger, targets, table.clone(), options);
+    writes_flow(&ledger, "writes acknowledged").await;
+    // Rows writer-02 certainly acknowledged (and holds only in its buffer and WAL).
+    let lost = &cluster.node("writer-02").server;
+    for batch in 0..10i64 {
+        let lines: String = (0..100i64)
+            .map(|i| {
+                let id = batch * 100 + i;
+                format!("direct id={id}i {}\n", 1_768_471_200_000_000_000 + id)
+            })
+            .collect();
+        let (status, body) = lost.post("/write?db=lost", &[], lines).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    writes_flow(&ledger, "more writes acknowledged").await;
+
+    cluster.kill9("writer-02");
+    let killed = Instant::now();
+    std::fs::remove_dir_all(&cluster.node("writer-02").server.dir).unwrap();
+    writes_flow(&ledger, "writes acknowledged by the surviving writers").await;
+    writes.stop().await;
+    eprintln!("requests: {}", ledger.requests());
+    for writer in ["writer-01", "writer-03"] {
+        cluster.node(writer).server.flush().await;
+    }
+    let reader = &cluster.node("reader-01").server;
+    let verdict = eventually(
+        "every acknowledged row once, the lost writer's too",
+        SETTLE,
+        || async {
+            let stored = queried_ids(reader, &table).await.ok()?;
+            check(&ledger, &stored).ok()
+        },
+    )
+    .await;
+    let direct = "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM lost.direct";
+    eventually("the 1,000 rows only writer-02 held", SETTLE, || async {
+        let (status, body) = crate::harness::call(
+            reader
+                .client
+                .post(reader.url("/api/v1/query"))
+                .json(&json!({ "sql": direct })),
+        )
+        .await;
+        (status == StatusCode::OK && body["data"] == json!([[1000, 1000, 0, 999]])).then_some(())
+    })
+    .await;
+    eprintln!(
+        "reader-01: {verdict}; writer-02's own 1,000 rows once; {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    let manifest = cluster.manifest("reader-01").await;
+    eprintln!("files by writer: {:?}", files_by_writer(&manifest));
+}
+
+/// With `cluster.shared_wal`, a writer taken for lost that comes back does not flush the rows
+/// another writer already flushed for it: it sets its old WAL aside, writes a new log, and
+/// every row stays stored once.
+#[tokio::test]
+async fn a_lost_writer_that_returns_flushes_nothing_twice() {
+    let mut cluster = three_writers_and_a_reader(&[
+        ("ARC_CLUSTER_SHARED_WAL", "true"),
+        ("ARC_CLUSTER_FAILOVER_TIMEOUT", "2"),
+        ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+    ])
+    .await;
+    let write = async |server: &crate::harness::Server, ids: std::ops::Range<i64>| {
+        let lines: String = ids
+            .map(|id| format!("direct id={id}i {}\n", 1_768_471_200_000_000_000 + id))
+            .collect();
+        let (status, body) = server.post("/write?db=back", &[], lines).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    };
+    write(&cluster.node("writer-02").server, 0..1000).await;
+    cluster.kill9("writer-02");
+    let counted = async |reader: &crate::harness::Server, expected: serde_json::Value| {
+        let sql = "SELECT count(*), count(DISTINCT id) FROM back.direct";
+        eventually(&format!("the reader counts {expected}"), SETTLE, || async {
+            let (status, body) = crate::harness::call(
+                reader
+                    .client
+                    .post(reader.url("/api/v1/query"))
+                    .json(&json!({ "sql": sql })),
+            )
+            .await;
+            (status == StatusCode::OK && body["data"] == expected).then_some(())
+        })
+        .await;
+    };
+    counted(&cluster.node("reader-01").server, json!([[1000, 1000]])).await;
+
+    cluster.restart("writer-02").await;
+    let returned = &cluster.node("writer-02").server;
+    write(returned, 1000..1010).await;
+    returned.flush().await;
+    counted(&cluster.node("reader-01").server, json!([[1010, 1010]])).await;
+    let log = returned.log();
+    assert!(log.contains("its WAL is set aside"), "{log}");
+}
