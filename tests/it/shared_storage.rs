@@ -558,3 +558,75 @@ async fn a_lost_writer_that_returns_flushes_nothing_twice() {
     let log = returned.log();
     assert!(log.contains("its WAL is set aside"), "{log}");
 }
+
+/// With `cluster.shared_wal`, a writer cut off from the cluster (but not from the bucket) while
+/// clients keep writing to it stops acknowledging once its lease runs out, before its log is
+/// handed over; the adopter flushes what it acknowledged, and once the link heals it restarts
+/// with a new log. Every acknowledged row is stored once.
+#[tokio::test]
+async fn a_cut_off_writer_stops_acknowledging_before_its_log_is_handed_over() {
+    let mut cluster = three_writers_and_a_reader(&[
+        ("ARC_CLUSTER_SHARED_WAL", "true"),
+        ("ARC_CLUSTER_FAILOVER_TIMEOUT", "2"),
+        ("ARC_CLUSTER_ROUTE_TIMEOUT", "1000"),
+        ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+    ])
+    .await;
+    let table = Table::new("fenced", "rows");
+    let ledger = Ledger::new();
+    // Every client writes to writer-02 only, so it keeps being asked while cut off.
+    let options = WorkloadOptions {
+        clients: 2,
+        timeout: Duration::from_secs(5),
+        ..WorkloadOptions::default()
+    };
+    let cut_off = cluster.node("writer-02").server.url("");
+    let writes = start_writes(&ledger, vec![cut_off], table.clone(), options);
+    writes_flow(&ledger, "writer-02 acknowledges").await;
+    cluster.isolate("writer-02");
+    let isolated = Instant::now();
+    // Only another writer can register writer-02's rows now (writer-02 cannot reach Raft).
+    let reader = &cluster.node("reader-01").server;
+    eventually(
+        "writer-02's rows flushed by another writer",
+        SETTLE,
+        || async {
+            let (status, body) = crate::harness::call(
+                reader
+                    .client
+                    .post(reader.url("/api/v1/query"))
+                    .json(&json!({ "sql": "SELECT count(*) FROM fenced.rows" })),
+            )
+            .await;
+            (status == StatusCode::OK && body["data"][0][0].as_i64() > Some(0)).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "writer-02's rows flushed by another writer {:.1} s after the cut",
+        isolated.elapsed().as_secs_f64()
+    );
+    // A lease (1 s) plus a margin after the cut, writer-02 acknowledges nothing more.
+    let lease_over = isolated + Duration::from_secs(2);
+    while Instant::now() < lease_over + Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ledger.first_acknowledged_after(lease_over),
+        None,
+        "writer-02 acknowledged a write sent after its lease ran out"
+    );
+    cluster.heal();
+    writes_flow(&ledger, "writer-02 acknowledges again with a new log").await;
+    writes.stop().await;
+    eprintln!("requests: {}", ledger.requests());
+    for writer in WRITERS {
+        cluster.node(writer).server.flush().await;
+    }
+    let verdict = eventually("every acknowledged row once", SETTLE, || async {
+        let stored = queried_ids(reader, &table).await.ok()?;
+        check(&ledger, &stored).ok()
+    })
+    .await;
+    eprintln!("reader-01: {verdict}");
+}
