@@ -565,7 +565,7 @@ async fn a_lost_writer_that_returns_flushes_nothing_twice() {
 /// with a new log. Every acknowledged row is stored once.
 #[tokio::test]
 async fn a_cut_off_writer_stops_acknowledging_before_its_log_is_handed_over() {
-    let mut cluster = three_writers_and_a_reader(&[
+    let cluster = three_writers_and_a_reader(&[
         ("ARC_CLUSTER_SHARED_WAL", "true"),
         ("ARC_CLUSTER_FAILOVER_TIMEOUT", "2"),
         ("ARC_CLUSTER_ROUTE_TIMEOUT", "1000"),
