@@ -28,7 +28,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// 200 once start-up (WAL replay) is done; 503 before that, while draining on shutdown, and
-/// on a shared-storage writer that cannot register files (a load balancer's signal to route
+/// on a shared-storage writer that cannot take writes now (a load balancer's signal to route
 /// around it).
 pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     let uptime_sec = state.started_at.elapsed().as_secs_f64();
@@ -36,12 +36,12 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Valu
         .services()
         .ok()
         .and_then(|s| s.cluster.as_ref())
-        .and_then(|cluster| cluster.cannot_register_files());
+        .and_then(|cluster| cluster.cannot_take_writes());
     match state.phase.load(Ordering::SeqCst) {
         READY if cut_off.is_some() => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
-                "status": "not_ready", "time": now(), "reason": "cannot_register_files",
+                "status": "not_ready", "time": now(), "reason": "cannot_take_writes",
                 "message": cut_off,
             })),
         ),

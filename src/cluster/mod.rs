@@ -181,15 +181,18 @@ impl Cluster {
 
     /// With shared storage, why this writer should get no new writes from a load balancer: it
     /// knows no Raft leader (it is cut off from the majority, or an election runs), so it
-    /// cannot register files; its peers can.
-    pub fn cannot_register_files(&self) -> Option<String> {
-        (self.shared_storage && self.role().ingests() && self.metrics().current_leader.is_none())
-            .then(|| {
-                format!(
-                    "writer {} knows no Raft leader and cannot register files",
-                    self.local.name
-                )
-            })
+    /// cannot register files, or (with `shared_wal`) its lease on its log does not hold.
+    pub fn cannot_take_writes(&self) -> Option<String> {
+        if !self.shared_storage || !self.role().ingests() {
+            return None;
+        }
+        if self.metrics().current_leader.is_none() {
+            let name = &self.local.name;
+            return Some(format!(
+                "writer {name} knows no Raft leader and cannot register files"
+            ));
+        }
+        self.check_write_lease().err().map(|e| e.to_string())
     }
 
     /// Whether this node ingests: the assigned writer, or with shared storage any writer.

@@ -4,13 +4,17 @@
 //! each other's objects. Readers query the bucket.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::cluster_harness::{NodeSpec, StorageMode, TestCluster, eventually, get_json};
-use crate::workload::{Ledger, Table, WorkloadOptions, check, queried_ids, start_writes};
+use crate::harness::{Server, call};
+use crate::workload::{
+    Clients, Ledger, Table, Verdict, WorkloadOptions, check, queried_ids, start_writes,
+};
 
 const SETTLE: Duration = Duration::from_secs(90);
 const WRITERS: [&str; 3] = ["writer-01", "writer-02", "writer-03"];
@@ -40,6 +44,45 @@ async fn three_writers_and_a_reader(settings: &[(&str, &str)]) -> TestCluster {
     let mut specs: Vec<NodeSpec> = WRITERS.iter().map(|w| node(w, "writer")).collect();
     specs.push(node("reader-01", "reader"));
     TestCluster::start_with(StorageMode::Garage, specs).await
+}
+
+/// Clients writing to `writers` in turn (moving on after any answer but an acknowledgement),
+/// recorded in `ledger`.
+fn write_to(
+    cluster: &TestCluster,
+    writers: &[&str],
+    table: &Table,
+    ledger: &Arc<Ledger>,
+) -> Clients {
+    let targets = writers
+        .iter()
+        .map(|w| cluster.node(w).server.url(""))
+        .collect();
+    let options = WorkloadOptions {
+        clients: writers.len().max(2),
+        timeout: Duration::from_secs(5),
+        ..WorkloadOptions::default()
+    };
+    start_writes(ledger, targets, table.clone(), options)
+}
+
+/// The rows of a query, once it answers 200.
+async fn answer(server: &Server, sql: &str) -> Option<serde_json::Value> {
+    let request = server
+        .client
+        .post(server.url("/api/v1/query"))
+        .json(&json!({ "sql": sql }));
+    let (status, body) = call(request).await;
+    (status == StatusCode::OK).then(|| body["data"].clone())
+}
+
+/// Waits until `server` answers every acknowledged row of `table` exactly once.
+async fn every_acknowledged_row_once(server: &Server, ledger: &Ledger, table: &Table) -> Verdict {
+    eventually("every acknowledged row once", SETTLE, || async {
+        let stored = queried_ids(server, table).await.ok()?;
+        check(ledger, &stored).ok()
+    })
+    .await
 }
 
 /// Waits until a write sent from now on is acknowledged.
@@ -76,16 +119,7 @@ async fn writers_sharing_a_bucket_lose_nothing_acknowledged_when_one_is_killed_a
     }
     let table = Table::new("shared", "rows");
     let ledger = Ledger::new();
-    let targets = WRITERS
-        .iter()
-        .map(|w| cluster.node(w).server.url(""))
-        .collect();
-    let options = WorkloadOptions {
-        clients: 3,
-        timeout: Duration::from_secs(5),
-        ..WorkloadOptions::default()
-    };
-    let writes = start_writes(&ledger, targets, table.clone(), options);
+    let writes = write_to(&cluster, &WRITERS, &table, &ledger);
     writes_flow(&ledger, "writes acknowledged").await;
     // Rows of every writer reach the bucket before the kill.
     eventually("every writer flushed a file", SETTLE, || async {
@@ -151,7 +185,7 @@ async fn writers_sharing_a_bucket_lose_nothing_acknowledged_when_one_is_killed_a
         (status == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
     })
     .await;
-    assert_eq!(answer["reason"], "cannot_register_files", "{answer}");
+    assert_eq!(answer["reason"], "cannot_take_writes", "{answer}");
     eprintln!(
         "{cut_off} unready {:.1} s after it was cut off",
         isolated.elapsed().as_secs_f64()
@@ -259,7 +293,7 @@ async fn a_delete_sent_to_one_writer_removes_rows_buffered_on_the_others() {
 
 /// POSTs a JSON body and decodes the JSON answer.
 async fn post_json(
-    server: &crate::harness::Server,
+    server: &Server,
     path: &str,
     body: &serde_json::Value,
 ) -> (StatusCode, serde_json::Value) {
@@ -450,16 +484,7 @@ async fn with_a_shared_wal_a_writer_lost_for_good_loses_nothing_acknowledged() {
     .await;
     let table = Table::new("lost", "rows");
     let ledger = Ledger::new();
-    let targets = WRITERS
-        .iter()
-        .map(|w| cluster.node(w).server.url(""))
-        .collect();
-    let options = WorkloadOptions {
-        clients: 3,
-        timeout: Duration::from_secs(5),
-        ..WorkloadOptions::default()
-    };
-    let writes = start_writes(&ledger, targets, table.clone(), options);
+    let writes = write_to(&cluster, &WRITERS, &table, &ledger);
     writes_flow(&ledger, "writes acknowledged").await;
     // Rows writer-02 certainly acknowledged (and holds only in its buffer and WAL).
     let lost = &cluster.node("writer-02").server;
@@ -485,25 +510,10 @@ async fn with_a_shared_wal_a_writer_lost_for_good_loses_nothing_acknowledged() {
         cluster.node(writer).server.flush().await;
     }
     let reader = &cluster.node("reader-01").server;
-    let verdict = eventually(
-        "every acknowledged row once, the lost writer's too",
-        SETTLE,
-        || async {
-            let stored = queried_ids(reader, &table).await.ok()?;
-            check(&ledger, &stored).ok()
-        },
-    )
-    .await;
+    let verdict = every_acknowledged_row_once(reader, &ledger, &table).await;
     let direct = "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM lost.direct";
     eventually("the 1,000 rows only writer-02 held", SETTLE, || async {
-        let (status, body) = crate::harness::call(
-            reader
-                .client
-                .post(reader.url("/api/v1/query"))
-                .json(&json!({ "sql": direct })),
-        )
-        .await;
-        (status == StatusCode::OK && body["data"] == json!([[1000, 1000, 0, 999]])).then_some(())
+        (answer(reader, direct).await? == json!([[1000, 1000, 0, 999]])).then_some(())
     })
     .await;
     eprintln!(
@@ -525,7 +535,7 @@ async fn a_lost_writer_that_returns_flushes_nothing_twice() {
         ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
     ])
     .await;
-    let write = async |server: &crate::harness::Server, ids: std::ops::Range<i64>| {
+    let write = async |server: &Server, ids: std::ops::Range<i64>| {
         let lines: String = ids
             .map(|id| format!("direct id={id}i {}\n", 1_768_471_200_000_000_000 + id))
             .collect();
@@ -534,17 +544,10 @@ async fn a_lost_writer_that_returns_flushes_nothing_twice() {
     };
     write(&cluster.node("writer-02").server, 0..1000).await;
     cluster.kill9("writer-02");
-    let counted = async |reader: &crate::harness::Server, expected: serde_json::Value| {
+    let counted = async |reader: &Server, expected: serde_json::Value| {
         let sql = "SELECT count(*), count(DISTINCT id) FROM back.direct";
         eventually(&format!("the reader counts {expected}"), SETTLE, || async {
-            let (status, body) = crate::harness::call(
-                reader
-                    .client
-                    .post(reader.url("/api/v1/query"))
-                    .json(&json!({ "sql": sql })),
-            )
-            .await;
-            (status == StatusCode::OK && body["data"] == expected).then_some(())
+            (answer(reader, sql).await? == expected).then_some(())
         })
         .await;
     };
@@ -575,13 +578,7 @@ async fn a_cut_off_writer_stops_acknowledging_before_its_log_is_handed_over() {
     let table = Table::new("fenced", "rows");
     let ledger = Ledger::new();
     // Every client writes to writer-02 only, so it keeps being asked while cut off.
-    let options = WorkloadOptions {
-        clients: 2,
-        timeout: Duration::from_secs(5),
-        ..WorkloadOptions::default()
-    };
-    let cut_off = cluster.node("writer-02").server.url("");
-    let writes = start_writes(&ledger, vec![cut_off], table.clone(), options);
+    let writes = write_to(&cluster, &["writer-02"], &table, &ledger);
     writes_flow(&ledger, "writer-02 acknowledges").await;
     cluster.isolate("writer-02");
     let isolated = Instant::now();
@@ -591,14 +588,8 @@ async fn a_cut_off_writer_stops_acknowledging_before_its_log_is_handed_over() {
         "writer-02's rows flushed by another writer",
         SETTLE,
         || async {
-            let (status, body) = crate::harness::call(
-                reader
-                    .client
-                    .post(reader.url("/api/v1/query"))
-                    .json(&json!({ "sql": "SELECT count(*) FROM fenced.rows" })),
-            )
-            .await;
-            (status == StatusCode::OK && body["data"][0][0].as_i64() > Some(0)).then_some(())
+            let rows = answer(reader, "SELECT count(*) FROM fenced.rows").await?;
+            (rows[0][0].as_i64() > Some(0)).then_some(())
         },
     )
     .await;
@@ -623,10 +614,6 @@ async fn a_cut_off_writer_stops_acknowledging_before_its_log_is_handed_over() {
     for writer in WRITERS {
         cluster.node(writer).server.flush().await;
     }
-    let verdict = eventually("every acknowledged row once", SETTLE, || async {
-        let stored = queried_ids(reader, &table).await.ok()?;
-        check(&ledger, &stored).ok()
-    })
-    .await;
+    let verdict = every_acknowledged_row_once(reader, &ledger, &table).await;
     eprintln!("reader-01: {verdict}");
 }
