@@ -7,14 +7,21 @@
 //!    it, p50/p99/max, while a paced load runs;
 //! 3. catch-up of a reader started after the files exist: files/s and MB/s;
 //! 4. ingest and per-request latency with `cluster.replication_ack` none, one and quorum, each on
-//!    a fresh writer with two readers.
+//!    a fresh writer with two readers;
+//! 5. shared storage (Pattern A) on a local Garage: ingest and per-request latency of a writer
+//!    with and without `cluster.shared_wal` (which copies each WAL group to the bucket before
+//!    acknowledging), side by side.
 //!
 //! ```text
 //! cargo bench --bench replication -- [--seconds 10] [--workers 4] [--batch 5000]
-//!     [--rate 200000] [--probes 200]
+//!     [--rate 200000] [--probes 200] [--only shared-wal]
 //! ```
 
 mod common;
+#[path = "../tests/it/garage.rs"]
+mod garage;
+#[path = "../tests/it/process.rs"]
+mod process;
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +37,8 @@ struct Options {
     /// Rows/s of the paced load during the freshness probes.
     rate: u64,
     probes: usize,
+    /// Run only section 5.
+    only_shared_wal: bool,
 }
 
 fn parse_options() -> Result<Options> {
@@ -39,6 +48,7 @@ fn parse_options() -> Result<Options> {
         batch: 5000,
         rate: 200_000,
         probes: 200,
+        only_shared_wal: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -49,6 +59,10 @@ fn parse_options() -> Result<Options> {
             "--batch" => options.batch = value()?.parse()?,
             "--rate" => options.rate = value()?.parse()?,
             "--probes" => options.probes = value()?.parse()?,
+            "--only" => match value()?.as_str() {
+                "shared-wal" => options.only_shared_wal = true,
+                other => bail!("unknown section {other} (known: shared-wal)"),
+            },
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             other => bail!("unknown argument {other}"),
@@ -246,14 +260,46 @@ async fn replication_status(url: &str) -> Result<Value> {
     Ok(body["data"]["replication"].clone())
 }
 
+/// Section 5: a writer on shared storage (a one-node cluster on Garage), with and without
+/// `cluster.shared_wal`.
+async fn shared_wal(options: &Options) -> Result<()> {
+    let garage = garage::garage_server();
+    let mut medians = Vec::new();
+    for shared_wal in ["false", "true"] {
+        let prefix = format!("bench-{}-shared-wal-{shared_wal}", std::process::id());
+        let mut env = garage::s3_env(&garage.s3_endpoint, &prefix);
+        env.push(("ARC_CLUSTER_SHARED_STORAGE_MODE".into(), "true".into()));
+        env.push(("ARC_CLUSTER_SHARED_WAL".into(), shared_wal.into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (writer, _) = start_node_with("writer-01", "writer", None, &env).await?;
+        let (rate, latencies) = sustained(&writer.url, options).await?;
+        let p50 = percentile(&latencies, 0.5);
+        println!(
+            "shared storage, shared_wal = {shared_wal:<5}: {rate:>12.0} rows/s, request p50 {p50:.1} ms, p99 {:.1} ms",
+            percentile(&latencies, 0.99)
+        );
+        medians.push((rate, p50));
+    }
+    let ((rate_off, p50_off), (rate_on, p50_on)) = (medians[0], medians[1]);
+    println!(
+        "shared_wal: request p50 {:+.1} ms, {:.2} of the rate without it",
+        p50_on - p50_off,
+        rate_on / rate_off
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = parse_options()?;
-    let (writer, seed) = start_node("writer-01", "writer", None).await?;
     println!(
         "replication benchmark: {} workers × {} rows per request, {} s per load",
         options.workers, options.batch, options.seconds
     );
+    if options.only_shared_wal {
+        return shared_wal(&options).await;
+    }
+    let (writer, seed) = start_node("writer-01", "writer", None).await?;
     let (alone, _) = sustained(&writer.url, &options).await?;
     println!("ingest, writer alone:            {alone:>12.0} rows/s");
 
@@ -347,5 +393,5 @@ async fn main() -> Result<()> {
         );
         drop((reader_1, reader_2, writer));
     }
-    Ok(())
+    shared_wal(&options).await
 }

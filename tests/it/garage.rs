@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::harness::{die_with_parent, free_port};
+use crate::process::{die_with_parent, free_port};
 
 pub const BUCKET: &str = "arc-data";
 pub const ACCESS_KEY: &str = "GK0123456789abcdef01234567";

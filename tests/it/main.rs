@@ -13,6 +13,7 @@ mod failover;
 mod faults;
 mod garage;
 mod harness;
+mod process;
 mod query;
 mod replication;
 mod retention;
