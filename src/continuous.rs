@@ -135,7 +135,7 @@ pub struct CqRunner {
 }
 
 impl CqRunner {
-    /// Runs one window and records the execution; `Run::DryRun` only shows the query.
+    /// Runs one window and records the execution; `RunAs::DryRun` only shows the query.
     pub async fn execute(
         &self,
         query: &ContinuousQuery,
