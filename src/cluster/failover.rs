@@ -170,11 +170,9 @@ impl Cluster {
                 _ = tokio::time::sleep(CHECK_INTERVAL) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            if !self.is_leader() {
-                leading_since = None;
+            let Some(leading_since) = self.leading_since(&mut leading_since) else {
                 continue;
-            }
-            let leading_since = *leading_since.get_or_insert_with(Instant::now);
+            };
             let Some(watch) = self.writer_watch(leading_since) else {
                 continue;
             };

@@ -99,12 +99,11 @@ impl Cluster {
                 _ = tokio::time::sleep(CHECK_INTERVAL) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            if !self.is_leader() {
-                leading_since = None;
+            let Some(since) = self.leading_since(&mut leading_since) else {
                 given_away.clear();
                 continue;
-            }
-            let leading_for = leading_since.get_or_insert_with(Instant::now).elapsed();
+            };
+            let leading_for = since.elapsed();
             let writers = self.writers_seen();
             given_away.retain(|name| {
                 writers

@@ -235,6 +235,20 @@ impl Cluster {
         self.metrics().current_leader == Some(self.local_id)
     }
 
+    /// Since when this node leads, kept in `since` across periodic checks (a leader's
+    /// controllers wait out a lease its predecessor may have granted); `None` while it does not
+    /// lead.
+    pub(super) fn leading_since(
+        &self,
+        since: &mut Option<std::time::Instant>,
+    ) -> Option<std::time::Instant> {
+        if !self.is_leader() {
+            *since = None;
+            return None;
+        }
+        Some(*since.get_or_insert_with(std::time::Instant::now))
+    }
+
     /// Returns once this node's leadership is no longer `leading` (never, once Raft stopped).
     pub async fn leadership_changed_from(&self, leading: bool) {
         let mut metrics = self.raft.metrics();
