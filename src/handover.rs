@@ -126,6 +126,7 @@ impl RoleWatch {
     }
 
     async fn take_over(&mut self, epoch: u64) {
+        crate::logging::set_role(crate::config::NodeRole::Writer);
         tracing::warn!(epoch, "this reader was promoted to writer; taking over");
         let _ = self.stop_follower.send(true);
         let follower = self.follower.lock().unwrap().take();

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use arcdb::config::{self, LogFormat};
+use arcdb::logging;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -14,10 +15,29 @@ struct Args {
     /// Configuration file (default: first of ./arc.toml, /etc/arc/arc.toml, ~/.arc/arc.toml).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Subcommand>,
 }
+
+#[derive(clap::Subcommand)]
+enum Subcommand {
+    /// Exits 0 when the local server answers `GET /health` with 200 (a container HEALTHCHECK
+    /// that needs no curl in the image).
+    Healthcheck {
+        /// The server's API port.
+        #[arg(long, env = "ARC_SERVER_PORT", default_value_t = 8000)]
+        port: u16,
+    },
+}
+
+/// Longest a health check waits for the answer.
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Subcommand::Healthcheck { port }) = args.command {
+        return healthcheck(port);
+    }
     let loaded = match config::load(args.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -26,11 +46,17 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&loaded.config.log.level, loaded.config.log.format);
+    logging::init_node_span(&loaded.config);
+    logging::enter_node_span();
     if let Some(source) = &loaded.source {
         tracing::info!(file = %source.display(), "configuration loaded");
     }
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
+    }
+    // Arc Enterprise deployments set it; every feature here is available without one.
+    if std::env::var_os("ARC_LICENSE_KEY").is_some() {
+        tracing::info!("ARC_LICENSE_KEY is set and ignored: arcdb needs no license key");
     }
     match serve(loaded.config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,7 +83,12 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn serve(config: config::Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(logging::enter_node_span)
+        .on_thread_stop(logging::exit_node_span)
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let (requested, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -87,5 +118,32 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn healthcheck(port: u16) -> ExitCode {
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(HEALTHCHECK_TIMEOUT)
+                    .build()?;
+                let url = format!("http://127.0.0.1:{port}/health");
+                Ok(client.get(url).send().await?.status())
+            })
+        });
+    match answer {
+        Ok(status) if status.is_success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("arcdb: /health answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("arcdb: /health did not answer: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -31,6 +31,7 @@ use crate::flush::{FlushOrigin, Flusher, PendingUploads};
 use crate::handover;
 use crate::ingest::{IngestLimits, Ingester, replay_entry, replicate_entry};
 use crate::meta::{Meta, MetaError, SINGLE_WRITER_LOG};
+use crate::metrics::metrics;
 use crate::query::QueryEngine;
 use crate::reclaim;
 use crate::replication::{AckPolicy, Follower, Puller, ReadBarrier, ReplicaView, ReplicationStats};
@@ -433,6 +434,7 @@ async fn start_services(
         Arc::new(Buffers::new(&state, state.max_flushed_lsn(&log)))
     };
     let role = cluster.as_ref().map_or(config.cluster.role, |c| c.role());
+    crate::logging::set_role(role);
     if shared_storage && config.cluster.replication_enabled {
         tracing::warn!(
             "cluster.replication_enabled is ignored with cluster.shared_storage_mode: readers \
@@ -525,6 +527,9 @@ async fn start_services(
         );
         let recovery = tokio::task::spawn_blocking(move || {
             let state = replay_meta.state();
+            let recovered = |rows: usize| {
+                metrics().wal.recovery_records.inc_by(rows as u64);
+            };
             wal::replay(&dir, |lsn, payload| {
                 if follows {
                     // A reader's log mirrors its writer's. Its view of local files starts
@@ -537,9 +542,9 @@ async fn start_services(
                             state.flushed_through(SINGLE_WRITER_LOG, database, measurement)
                         }
                     };
-                    replicate_entry(&replay_buffers, flushed, lsn, payload).map(|_| ())
+                    replicate_entry(&replay_buffers, flushed, lsn, payload).map(recovered)
                 } else {
-                    replay_entry(&replay_buffers, &state, &replay_log, lsn, payload).map(|_| ())
+                    replay_entry(&replay_buffers, &state, &replay_log, lsn, payload).map(recovered)
                 }
             })
         })
@@ -550,6 +555,9 @@ async fn start_services(
             truncated_segments = recovery.truncated_segments,
             "WAL replayed"
         );
+        if recovery.entries > 0 {
+            metrics().wal.recoveries.inc();
+        }
         replayed_through = recovery.last_lsn.unwrap_or(0);
         let next_lsn = buffers.lock().last_lsn().max(replayed_through) + 1;
         Some(Arc::new(Wal::start(options, next_lsn, recovery)?))

@@ -96,17 +96,29 @@ async fn authenticate(
     state: &AppState,
     secret: Option<String>,
 ) -> Result<TokenRecord, AuthFailure> {
+    let counters = &crate::metrics::metrics().auth;
+    counters.requests.inc();
     let secret = secret.ok_or_else(|| {
+        counters.failures.inc();
         AuthFailure::new(StatusCode::UNAUTHORIZED, AuthError::Missing.to_string())
     })?;
     let authenticator = authenticator(state)?;
     let result = match authenticator.authenticate_cached(&secret) {
-        Some(result) => result,
+        Some(result) => {
+            counters.cache_hits.inc();
+            result
+        }
         // A cache miss runs the slow hash: keep it off the async workers.
-        None => tokio::task::spawn_blocking(move || authenticator.authenticate(&secret))
-            .await
-            .map_err(|e| AuthFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        None => {
+            counters.cache_misses.inc();
+            tokio::task::spawn_blocking(move || authenticator.authenticate(&secret))
+                .await
+                .map_err(|e| AuthFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        }
     };
+    if result.is_err() {
+        counters.failures.inc();
+    }
     result.map_err(|err| match err {
         AuthError::Meta(err) => {
             AuthFailure::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())

@@ -11,6 +11,7 @@ mod databases;
 mod delete;
 mod health;
 mod json_rows;
+mod metrics;
 mod msgpack;
 mod query;
 mod retention;
@@ -139,6 +140,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(health::ready))
         .route("/ready/write", get(health::ready_for_writes))
         .route("/api/v1/auth/verify", get(auth::verify))
+        .route("/metrics", get(metrics::prometheus))
+        .route("/api/v1/metrics", get(metrics::json))
+        .route("/api/v1/metrics/endpoints", get(metrics::endpoints))
         .merge(
             Router::new()
                 .route("/api/v1/write/msgpack", post(write::msgpack))
@@ -254,7 +258,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(common_headers))
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// Counts every answered request and how long it took until its response started.
+async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    crate::metrics::metrics()
+        .http
+        .record(response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
 }
 
 /// `/api/v1/retention` (when `retention.enabled`): reading needs a token, changing needs admin.

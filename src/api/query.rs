@@ -23,6 +23,7 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 use serde_json::{Value, json};
 
+use crate::metrics::metrics;
 use crate::query::{MeasurementSummary, QueryError, ShowCommand, parse_show};
 
 use super::{ApiError, AppState, json_rows, msgpack};
@@ -142,22 +143,38 @@ async fn start(
     database: Option<&str>,
     started: Instant,
 ) -> Result<Started, QueryFailure> {
+    let counters = &metrics().query;
+    counters.requests.inc();
+    let failed = |failure: QueryFailure| {
+        counters.errors.inc();
+        if failure.status == StatusCode::GATEWAY_TIMEOUT {
+            counters.timeouts.inc();
+        }
+        failure
+    };
     let engine = state
         .query_engine()
-        .map_err(|e| QueryFailure::from_api(e, started))?;
+        .map_err(|e| failed(QueryFailure::from_api(e, started)))?;
     let deadline = started + state.query_timeout;
-    let timed_out = || QueryFailure::new(StatusCode::GATEWAY_TIMEOUT, TIMED_OUT, started);
+    let timed_out = || {
+        failed(QueryFailure::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            TIMED_OUT,
+            started,
+        ))
+    };
     let running = tokio::time::timeout_at(deadline.into(), engine.execute(sql, database))
         .await
         .map_err(|_| timed_out())?
-        .map_err(|e| QueryFailure::from_error(e, started))?;
+        .map_err(|e| failed(QueryFailure::from_error(e, started)))?;
     let files_scanned = running.files_scanned();
     let mut stream = running.stream;
     let first = tokio::time::timeout_at(deadline.into(), stream.next())
         .await
         .map_err(|_| timed_out())?
         .transpose()
-        .map_err(|e| QueryFailure::from_error(e.into(), started))?;
+        .map_err(|e| failed(QueryFailure::from_error(e.into(), started)))?;
+    counters.latency.observe(started.elapsed().as_secs_f64());
     Ok(Started {
         stream,
         first,
@@ -173,7 +190,41 @@ fn batches_until(
     deadline: Instant,
 ) -> impl Stream<Item = Result<RecordBatch, String>> {
     let rest = stream.map(|r| r.map_err(|e| e.to_string()));
-    futures::stream::iter(first.map(Ok)).chain(until_deadline(rest, deadline))
+    counted(futures::stream::iter(first.map(Ok)).chain(until_deadline(rest, deadline)))
+}
+
+/// Counts a started query's rows as they go out, and its outcome once the stream ends or fails
+/// (a client that hangs up first leaves it uncounted).
+fn counted(
+    batches: impl Stream<Item = Result<RecordBatch, String>>,
+) -> impl Stream<Item = Result<RecordBatch, String>> {
+    futures::stream::unfold(
+        (Box::pin(batches), false),
+        |(mut batches, failed)| async move {
+            let counters = &metrics().query;
+            match batches.next().await {
+                Some(Ok(batch)) => {
+                    counters.rows.inc_by(batch.num_rows() as u64);
+                    Some((Ok(batch), (batches, failed)))
+                }
+                Some(Err(message)) => {
+                    if !failed {
+                        counters.errors.inc();
+                        if message == TIMED_OUT {
+                            counters.timeouts.inc();
+                        }
+                    }
+                    Some((Err(message), (batches, true)))
+                }
+                None => {
+                    if !failed {
+                        counters.success.inc();
+                    }
+                    None
+                }
+            }
+        },
+    )
 }
 
 fn until_deadline(
@@ -353,6 +404,10 @@ fn show_response(
             )
         }
     };
+    let counters = &metrics().query;
+    counters.requests.inc();
+    counters.success.inc();
+    counters.rows.inc_by(data.len() as u64);
     Ok(Json(json!({
         "success": true,
         "columns": columns,

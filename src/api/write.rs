@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::ingest::{PayloadFormat, Precision, WriteRequest};
+use crate::metrics::metrics;
 
 use super::{ApiError, AppState};
 
@@ -128,15 +129,29 @@ async fn write(
     body: Body,
     headers: &HeaderMap,
 ) -> Result<StatusCode, ApiError> {
+    let ingest = &metrics().ingest;
+    let protocol = match format {
+        PayloadFormat::Msgpack => &ingest.msgpack,
+        PayloadFormat::LineProtocol(_) => &ingest.line_protocol,
+    };
     let services = state.services()?;
-    let body = read_body(body, headers, state.max_payload_bytes).await?;
+    let body = match read_body(body, headers, state.max_payload_bytes).await {
+        Ok(body) => body,
+        Err(err) => {
+            ingest.record(protocol, 0, None);
+            return Err(err);
+        }
+    };
+    let bytes = body.len();
     let request = WriteRequest {
         database: database.to_string(),
         format,
         body,
         received_at_us: chrono::Utc::now().timestamp_micros(),
     };
-    services.ingester.write(request).await?;
+    let stored = services.ingester.write(request).await;
+    ingest.record(protocol, bytes, stored.as_ref().ok().copied());
+    stored?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -98,6 +98,13 @@ impl Chunk {
     }
 }
 
+/// See [`BufferSet::occupancy`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferOccupancy {
+    pub rows: usize,
+    pub chunks_flushing: usize,
+}
+
 /// Buffered rows as a query sees them.
 #[derive(Debug, Clone)]
 pub struct ChunkSnapshot {
@@ -383,6 +390,19 @@ impl BufferSet {
     /// Memory held by buffered rows, flushed or not yet.
     pub fn buffered_bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// What is buffered now, for the metrics endpoint: rows in memory (flushed or not yet,
+    /// received from a writer included) and chunks handed to a flush that is not done.
+    pub fn occupancy(&self) -> BufferOccupancy {
+        let mut occupancy = BufferOccupancy::default();
+        for table in self.tables.values() {
+            occupancy.rows += table.active.as_ref().map_or(0, |c| c.rows);
+            occupancy.rows += table.frozen.iter().map(|c| c.rows).sum::<usize>();
+            occupancy.rows += table.replicated.iter().map(|c| c.rows).sum::<usize>();
+            occupancy.chunks_flushing += table.frozen.len();
+        }
+        occupancy
     }
 
     /// Notified each time buffered memory is released (chunks flushed or found in files).

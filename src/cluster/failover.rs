@@ -326,8 +326,13 @@ impl Cluster {
             epoch: epoch + 1,
             failover,
         };
-        if let Err(err) = self.submit(command).await {
-            tracing::warn!(error = %err, "the promotion did not commit; will decide again");
+        match self.submit(command).await {
+            Ok(()) => {
+                crate::metrics::metrics().cluster.failovers.inc();
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the promotion did not commit; will decide again")
+            }
         }
     }
 

@@ -14,6 +14,7 @@ mod internal;
 mod lease;
 mod log_adoption;
 mod membership;
+mod metrics;
 mod network;
 pub mod peer_auth;
 mod protocol;

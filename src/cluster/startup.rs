@@ -176,6 +176,7 @@ impl Cluster {
         }
         tokio::spawn(Arc::clone(&cluster).join_until_member(stop.clone()));
         tokio::spawn(Arc::clone(&cluster).send_heartbeats(stop.clone()));
+        tokio::spawn(Arc::clone(&cluster).count_leader_changes(stop.clone()));
         tokio::spawn(Arc::clone(&cluster).snapshot_periodically(
             Duration::from_secs(config.raft_snapshot_interval.max(1)),
             stop.clone(),

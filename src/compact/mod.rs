@@ -339,8 +339,14 @@ impl Compactor {
         progress.active.remove(&job_id);
         let totals = &mut progress.totals;
         totals.busy_ms += duration_ms;
+        let counters = &crate::metrics::metrics().compaction;
+        counters.jobs.inc();
         let finished = match result {
             Ok(done) => {
+                counters.success.inc();
+                counters.files_compacted.inc_by(batch.inputs.len() as u64);
+                counters.bytes_read.inc_by(done.bytes_in);
+                counters.bytes_written.inc_by(done.merged.size_bytes);
                 tracing::info!(
                     job_id,
                     partition = %batch.partition_path,
@@ -373,6 +379,7 @@ impl Compactor {
             Err(err) => {
                 tracing::error!(job_id, partition = %batch.partition_path, error = %err, "compaction job failed; its inputs stay as they are");
                 totals.total_failed += 1;
+                counters.failed.inc();
                 FinishedJob {
                     job: active,
                     status: "failed",

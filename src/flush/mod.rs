@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::buffer::{Buffers, FlushPolicy, MeasurementKey};
 use crate::config::IngestConfig;
 use crate::meta::{Meta, MetaCommand, SettleError};
+use crate::metrics::metrics;
 use crate::storage::{Storage, StorageError};
 use crate::wal::Wal;
 
@@ -246,7 +247,18 @@ impl Flusher {
                     .flushed_through(&self.log, &key.database, &key.measurement)
                     >= chunk.max_lsn;
             if !registered {
-                written += self.write_chunk(key, &chunk).await?;
+                let counters = &metrics().flush;
+                match self.write_chunk(key, &chunk).await {
+                    Ok(files) => {
+                        written += files;
+                        counters.flushes.inc();
+                        counters.records_written.inc_by(chunk.rows as u64);
+                    }
+                    Err(err) => {
+                        counters.failures.inc();
+                        return Err(err);
+                    }
+                }
             }
             let durable_through = {
                 let mut buffers = self.buffers.lock();

@@ -308,7 +308,10 @@ impl Wal {
         };
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || {
+                crate::logging::enter_node_span();
+                writer.run(receiver)
+            })
             .map_err(|e| WalError::io(Path::new("wal-writer thread"), e))?;
         Ok(Wal {
             commands,
@@ -423,7 +426,20 @@ impl Writer {
                     next = receiver.try_recv().ok();
                 }
             }
+            let group_bytes = self.buf.len() as u64;
             let outcome = self.write_group();
+            let counters = &crate::metrics::metrics().wal;
+            match &outcome {
+                Ok(()) if !waiters.is_empty() => {
+                    counters.entries.inc_by(waiters.len() as u64);
+                    counters.bytes.inc_by(group_bytes);
+                    counters.syncs.inc();
+                }
+                Ok(()) => {}
+                Err(_) => {
+                    counters.failed_writes.inc();
+                }
+            }
             if let Some(feed) = &self.feed {
                 feed.publish(published);
             }
