@@ -52,6 +52,9 @@ pub fn docker_available() -> bool {
 
 /// Makes [`BASE_IMAGE`] from Debian's packages unless the engine has it.
 pub fn ensure_base_image() {
+    // Tests run in parallel: one of them makes it, the others wait.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     if run("docker", &["image", "inspect", BASE_IMAGE])
         .status
         .success()
