@@ -533,12 +533,9 @@ fn parse_digits(digits: &[u8]) -> Digits {
 /// A finite float, or `None` (infinities and NaN count as text).
 #[inline]
 fn parse_float(raw: &[u8]) -> Option<f64> {
-    if !raw.is_ascii() {
-        return None;
-    }
-    // SAFETY: ASCII is valid UTF-8.
-    let text = unsafe { std::str::from_utf8_unchecked(raw) };
-    let value: f64 = text.parse().ok()?;
+    // From the bytes, without a UTF-8 check first; float parsing was ~8 % of a line-protocol
+    // load's profile with the standard library's parser.
+    let value: f64 = fast_float2::parse(raw).ok()?;
     value.is_finite().then_some(value)
 }
 
