@@ -191,7 +191,7 @@ impl Metrics {
     /// Registers every metric under its name (counters get `_total` from the encoder).
     fn registered(mut self) -> Metrics {
         let r = &mut self.registry;
-        let counters: [(&str, &str, &Counter); 44] = [
+        let counters: &[(&str, &str, &Counter)] = &[
             (
                 "arc_http_requests",
                 "HTTP requests answered",
@@ -409,7 +409,7 @@ impl Metrics {
                 &self.cluster.failovers,
             ),
         ];
-        for (name, help, counter) in counters {
+        for &(name, help, counter) in counters {
             r.register(name, help, counter.clone());
         }
         r.register(
