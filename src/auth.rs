@@ -12,7 +12,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
-use crate::meta::{AdminCommand, Meta, MetaCommand, MetaError, Permission, TokenRecord};
+use crate::meta::{
+    AdminCommand, AdminError, ApplyError, Meta, MetaCommand, MetaError, Permission, TokenRecord,
+};
 
 /// PBKDF2-HMAC-SHA256 rounds (OWASP's figure, as Arc uses).
 const PBKDF2_ROUNDS: u32 = 600_000;
@@ -326,8 +328,7 @@ pub fn bootstrap(meta: &Meta, config: &AuthConfig) -> Result<Bootstrap, MetaErro
             now,
             None,
         );
-        meta.commit(MetaCommand::Admin(AdminCommand::CreateToken(token)))?;
-        return Ok(outcome);
+        return create_unless_taken(meta, token, outcome);
     }
     if config.force_bootstrap && !configured.is_empty() && !secret_known {
         let name = (0..)
@@ -338,10 +339,25 @@ pub fn bootstrap(meta: &Meta, config: &AuthConfig) -> Result<Bootstrap, MetaErro
             .find(|name| !recovery_names.contains(name))
             .expect("an unused name exists");
         let token = new_token(&name, "Recovery admin token", all, configured, now, None);
-        meta.commit(MetaCommand::Admin(AdminCommand::CreateToken(token)))?;
-        return Ok(Bootstrap::CreatedFromConfig { name });
+        return create_unless_taken(meta, token, Bootstrap::CreatedFromConfig { name });
     }
     Ok(Bootstrap::Nothing)
+}
+
+/// Creates a start-up token. Nodes of a cluster starting together each propose one: the first
+/// applied stands, and the others find its name taken and make none (only the winner prints).
+fn create_unless_taken(
+    meta: &Meta,
+    token: TokenRecord,
+    outcome: Bootstrap,
+) -> Result<Bootstrap, MetaError> {
+    match meta.commit(MetaCommand::Admin(AdminCommand::CreateToken(token))) {
+        Ok(()) => Ok(outcome),
+        Err(MetaError::Rejected(ApplyError::Admin(AdminError::NameTaken(_)))) => {
+            Ok(Bootstrap::Nothing)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// The secret a request carries, in Arc's order: `Authorization: Bearer`, `Authorization:
@@ -440,6 +456,37 @@ mod tests {
             assert_eq!(request_secret(&headers, None), Some(expected.into()));
         }
         assert_eq!(request_secret(&HeaderMap::new(), Some("p=")), None);
+    }
+
+    #[test]
+    fn a_start_up_token_whose_name_another_node_took_first_is_not_made_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        let token = |secret: &str| {
+            new_token(
+                ADMIN_TOKEN_NAME,
+                "",
+                vec![Permission::Admin],
+                secret,
+                1,
+                None,
+            )
+        };
+        let winner = || Bootstrap::CreatedRandom {
+            secret: "a".repeat(40),
+        };
+        assert_eq!(
+            create_unless_taken(&meta, token(&"a".repeat(40)), winner()).unwrap(),
+            winner()
+        );
+        let loser = Bootstrap::CreatedRandom {
+            secret: "b".repeat(40),
+        };
+        assert_eq!(
+            create_unless_taken(&meta, token(&"b".repeat(40)), loser).unwrap(),
+            Bootstrap::Nothing
+        );
+        assert_eq!(meta.state().admin().tokens().count(), 1);
     }
 
     #[test]

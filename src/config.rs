@@ -1631,7 +1631,13 @@ impl ClusterConfig {
             return Ok(());
         }
         let when = "cluster.enabled is true";
-        require_set("cluster.shared_secret", &self.shared_secret, when)?;
+        // Peers authenticate every request with it (the seeds: no replication without it).
+        require_set(
+            "cluster.shared_secret",
+            &self.shared_secret,
+            "cluster.enabled is true: set ARC_CLUSTER_SHARED_SECRET to the same secret of at \
+             least 32 characters on every node",
+        )?;
         let secret_chars = self.shared_secret.chars().count();
         if secret_chars < MIN_SHARED_SECRET_CHARS {
             // The secret itself is never echoed.
@@ -2273,7 +2279,8 @@ mod tests {
         );
         let refused = load_env(&[("ARC_CLUSTER_ENABLED", "true")]).unwrap_err();
         assert!(
-            refused.to_string().contains("cluster.shared_secret"),
+            refused.to_string().contains("cluster.shared_secret")
+                && refused.to_string().contains("ARC_CLUSTER_SHARED_SECRET"),
             "{refused}"
         );
     }

@@ -26,6 +26,8 @@ impl Cluster {
             shared_storage: self.shared_storage,
             storage: self.storage.clone(),
             role_from_failover: false,
+            // A joining node's own setting replaces this guess when it registers itself.
+            follows_writer: self.follows_writer,
         }
     }
 

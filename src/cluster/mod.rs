@@ -94,6 +94,8 @@ pub struct Cluster {
     shared_storage: bool,
     /// Where this node's files live, recorded with its registration.
     storage: String,
+    /// `cluster.replication_enabled` on local storage, recorded with its registration.
+    follows_writer: bool,
     /// Why the cluster forbade this node to join, once it has.
     forbidden: Mutex<Option<String>>,
     /// This writer's durable entries, once its WAL is open and replication is enabled.

@@ -47,13 +47,20 @@ impl Cluster {
         }
     }
 
-    /// The registered readers, by name.
-    pub fn registered_readers(&self) -> HashSet<String> {
-        self.nodes()
+    /// The registered readers: those that stream the writer's log, by name, and how many do
+    /// not (started without `cluster.replication_enabled`, they hold no write).
+    pub fn registered_readers(&self) -> (HashSet<String>, usize) {
+        let readers: Vec<String> = self
+            .nodes()
             .into_iter()
             .filter(|n| n.role == NodeRole::Reader)
             .map(|n| n.id)
-            .collect()
+            .collect();
+        let state = self.applied.state.read().unwrap();
+        let (following, others): (HashSet<String>, HashSet<String>) = readers
+            .into_iter()
+            .partition(|name| state.nodes().get(name).is_some_and(|r| r.follows_writer));
+        (following, others.len())
     }
 
     /// Where each reader's stream from this writer is.

@@ -132,6 +132,7 @@ impl Cluster {
             route_retries: config.route_retries,
             shared_storage: config.shared_storage_mode,
             storage,
+            follows_writer: config.replication_enabled && !config.shared_storage_mode,
             forbidden: Mutex::new(None),
             wal_feed: std::sync::OnceLock::new(),
             stream_readers: Arc::default(),

@@ -46,6 +46,15 @@ pub struct NodeRecord {
     /// whatever its configuration says (writer or reader).
     #[serde(default)]
     pub role_from_failover: bool,
+    /// Started with `cluster.replication_enabled` on local storage: as a reader it streams the
+    /// writer's log, so `cluster.replication_ack` waits for it and a failover may promote it.
+    /// Records from before this field are taken to follow (the stricter reading).
+    #[serde(default = "follows_by_default")]
+    pub follows_writer: bool,
+}
+
+fn follows_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +275,9 @@ impl NodeRegistry {
                 "it is a {}, and only a reader holds the writer's log",
                 record.role
             ))),
+            Some(record) if !record.follows_writer => Err(not_promotable(
+                "it does not stream the writer's log (cluster.replication_enabled is off)".into(),
+            )),
             Some(_) => Ok(()),
         }
     }
@@ -314,6 +326,7 @@ mod tests {
             shared_storage: false,
             storage: "local".into(),
             role_from_failover: false,
+            follows_writer: true,
         }
     }
 
@@ -434,7 +447,14 @@ mod tests {
                 "{refused}"
             );
         }
-        for name in ["writer-01", "compactor-01", "nobody"] {
+        cluster.register(
+            "reader-02",
+            &NodeRecord {
+                follows_writer: false,
+                ..record(NodeRole::Reader)
+            },
+        );
+        for name in ["writer-01", "compactor-01", "nobody", "reader-02"] {
             let refused = cluster.check_promote(name, 2).unwrap_err();
             assert!(
                 matches!(refused, NodeError::NotPromotable { .. }),
@@ -460,6 +480,13 @@ mod tests {
             cluster.check_register("writer-01", &record(NodeRole::Writer)),
             Err(NodeError::RoleChanged { .. })
         ));
+    }
+
+    #[test]
+    fn a_record_from_before_follows_writer_is_taken_to_follow() {
+        let old = r#"{"role":"reader","coordinator_addr":"r:9000","api_addr":"r:8000","shared_storage":false}"#;
+        let record: NodeRecord = serde_json::from_str(old).unwrap();
+        assert!(record.follows_writer);
     }
 
     #[test]

@@ -897,6 +897,7 @@ mod tests {
             shared_storage: false,
             storage: "local".into(),
             role_from_failover: false,
+            follows_writer: true,
         }
     }
 

@@ -52,12 +52,20 @@ impl AckError {
     }
 }
 
-/// Pure: readers that must hold a write out of `readers` registered ones.
-pub fn readers_needed(mode: ReplicationAck, readers: usize) -> usize {
+/// Pure: readers that must hold a write, out of `following` registered readers that stream
+/// this writer's log while `others` registered readers do not. With no reader registered at
+/// all, `one` and `quorum` still need one: a writer started before its readers refuses writes
+/// rather than keep them unreplicated. When readers are registered and none streams (the
+/// seeds' example: shared bucket, replication on the writer only), none can hold a write and
+/// none is waited for.
+pub fn readers_needed(mode: ReplicationAck, following: usize, others: usize) -> usize {
+    if following == 0 && others > 0 {
+        return 0;
+    }
     match mode {
         ReplicationAck::None => 0,
         ReplicationAck::One => 1,
-        ReplicationAck::Quorum => readers / 2 + 1,
+        ReplicationAck::Quorum => following / 2 + 1,
     }
 }
 
@@ -75,8 +83,8 @@ impl AckPolicy {
         if self.mode == ReplicationAck::None {
             return Ok(());
         }
-        let readers = self.cluster.registered_readers();
-        let needed = readers_needed(self.mode, readers.len());
+        let (readers, others) = self.cluster.registered_readers();
+        let needed = readers_needed(self.mode, readers.len(), others);
         let (_, streaming) = self.cluster.stream_positions().holding(&readers, Lsn::MAX);
         if streaming < needed {
             return Err(AckError::TooFewReaders {
@@ -109,8 +117,8 @@ impl AckPolicy {
             let next_ack = positions.next_ack();
             tokio::pin!(next_ack);
             next_ack.as_mut().enable();
-            let readers = self.cluster.registered_readers();
-            let needed = readers_needed(self.mode, readers.len());
+            let (readers, others) = self.cluster.registered_readers();
+            let needed = readers_needed(self.mode, readers.len(), others);
             let (holding, _) = positions.holding(&readers, lsn);
             if holding >= needed {
                 return Ok(());
@@ -133,13 +141,18 @@ mod tests {
 
     #[test]
     fn one_needs_a_reader_and_quorum_a_majority_of_them() {
-        assert_eq!(readers_needed(ReplicationAck::None, 3), 0);
-        assert_eq!(readers_needed(ReplicationAck::One, 3), 1);
+        assert_eq!(readers_needed(ReplicationAck::None, 3, 0), 0);
+        assert_eq!(readers_needed(ReplicationAck::One, 3, 0), 1);
         for (readers, needed) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)] {
-            assert_eq!(readers_needed(ReplicationAck::Quorum, readers), needed);
+            assert_eq!(readers_needed(ReplicationAck::Quorum, readers, 0), needed);
+            // Readers that do not stream count for nothing.
+            assert_eq!(readers_needed(ReplicationAck::Quorum, readers, 2), needed);
         }
         // No reader registered: one still needs one, so writes are refused, never unreplicated.
-        assert_eq!(readers_needed(ReplicationAck::One, 0), 1);
-        assert_eq!(readers_needed(ReplicationAck::Quorum, 0), 1);
+        assert_eq!(readers_needed(ReplicationAck::One, 0, 0), 1);
+        assert_eq!(readers_needed(ReplicationAck::Quorum, 0, 0), 1);
+        // Readers registered, none streaming: nobody can hold a write.
+        assert_eq!(readers_needed(ReplicationAck::One, 0, 2), 0);
+        assert_eq!(readers_needed(ReplicationAck::Quorum, 0, 1), 0);
     }
 }

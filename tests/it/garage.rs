@@ -18,7 +18,7 @@ pub struct Garage {
     _dir: tempfile::TempDir,
 }
 
-fn garage_binary() -> PathBuf {
+pub fn garage_binary() -> PathBuf {
     if let Ok(path) = std::env::var("GARAGE_BIN") {
         return path.into();
     }
@@ -106,9 +106,19 @@ admin_token = "arcdb-test-admin"
         )
     });
 
+    set_up_bucket(|args| garage(&config, args));
+    Garage {
+        s3_endpoint: format!("127.0.0.1:{s3}"),
+        _dir: dir,
+    }
+}
+
+/// Gives a freshly started single-node Garage its layout, [`BUCKET`] and the key
+/// [`ACCESS_KEY`]/[`SECRET_KEY`] allowed on it; `garage` runs one CLI command against it.
+pub fn set_up_bucket(garage: impl Fn(&[&str]) -> Result<String, String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let node_id = loop {
-        match garage(&config, &["node", "id"]) {
+        match garage(&["node", "id"]) {
             Ok(out) => {
                 let id = out
                     .split_whitespace()
@@ -136,14 +146,10 @@ admin_token = "arcdb-test-admin"
     for step in steps {
         // The layout may need a moment before buckets can be created.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while let Err(err) = garage(&config, step) {
+        while let Err(err) = garage(step) {
             assert!(Instant::now() < deadline, "{err}");
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-    Garage {
-        s3_endpoint: format!("127.0.0.1:{s3}"),
-        _dir: dir,
     }
 }
 
