@@ -4,8 +4,9 @@
 # and the script prints lines/s acknowledged, arcdb's sustained rate (its final flush included)
 # and the ratio.
 #
-#   benches/lp_vs_victoriametrics.sh [seconds=60] [lines=5000] [tags=1] [fields=3]
+#   benches/lp_vs_victoriametrics.sh [seconds=60] [lines=5000] [tags=1] [fields=3] [none|gzip]
 #
+# With `gzip` the body is sent gzip-compressed (`Content-Encoding: gzip`), as Telegraf does.
 # Needs: wrk and victoria-metrics (Debian packages), and a release build of arcdb
 # (`cargo build --release`; the binary is taken from CARGO_TARGET_DIR or ./target).
 # arcdb runs with its defaults: WAL on with fdatasync, local storage. VictoriaMetrics
@@ -17,6 +18,7 @@ seconds=${1:-60}
 lines=${2:-5000}
 tags=${3:-1}
 fields=${4:-3}
+encoding=${5:-none}
 threads=2
 connections=8
 arcdb=$(realpath "${CARGO_TARGET_DIR:-target}/release/arcdb")
@@ -48,13 +50,26 @@ for i in range(lines):
     print(f"cpu,host=host_{i % 1000}{tagset} {fieldset} {base + i * 1_000_000}")
 PY
 
+body=$work/body.lp
+encoding_header=
+case $encoding in
+  none) ;;
+  gzip)
+    gzip -c "$work/body.lp" > "$work/body.lp.gz"
+    body=$work/body.lp.gz
+    encoding_header='wrk.headers["Content-Encoding"] = "gzip"'
+    ;;
+  *) echo "unknown encoding $encoding (none or gzip)" >&2; exit 1 ;;
+esac
+
 cat > "$work/post.lua" <<LUA
 wrk.method = "POST"
-local f = io.open("$work/body.lp", "rb")
+local f = io.open("$body", "rb")
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Authorization"] = "Bearer $token"
 wrk.headers["Content-Type"] = "text/plain"
+$encoding_header
 LUA
 
 wait_ready() {
@@ -102,8 +117,8 @@ read -r vm_lines vm_refused vm_p99 < <(run_wrk "http://127.0.0.1:$vm_port/write"
 arc_rate=$(echo "$arc_lines / $seconds" | bc -l)
 arc_sustained=$(echo "$arc_lines / ($seconds + $flush_s)" | bc -l)
 vm_rate=$(echo "$vm_lines / $seconds" | bc -l)
-printf 'body: %d lines, %d tag(s), %d field(s); wrk -t%d -c%d -d%ds\n' \
-  "$lines" "$tags" "$fields" "$threads" "$connections" "$seconds"
+printf 'body: %d lines, %d tag(s), %d field(s), %s (%d bytes sent); wrk -t%d -c%d -d%ds\n' \
+  "$lines" "$tags" "$fields" "$encoding" "$(stat -c %s "$body")" "$threads" "$connections" "$seconds"
 printf 'arcdb:           %12.0f lines/s acknowledged, %12.0f sustained (final flush %.2f s), p99 %s, %s non-2xx, peak RSS %s\n' \
   "$arc_rate" "$arc_sustained" "$flush_s" "$arc_p99" "$arc_refused" "$arc_peak"
 printf 'VictoriaMetrics: %12.0f lines/s acknowledged, p99 %s, %s non-2xx\n' "$vm_rate" "$vm_p99" "$vm_refused"

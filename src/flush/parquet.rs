@@ -185,7 +185,9 @@ fn split_by_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, EncodeE
 /// equal keys keep their write order (the row position breaks ties), which compaction relies on
 /// to keep the latest of duplicate points.
 ///
-/// Time alone is sorted as (time, position) integer pairs. Other keys are encoded once in
+/// Time alone is sorted as (time, position) integer pairs, with the standard library's stable
+/// sort: it finds the runs already in order (each request's rows usually are) and merges them,
+/// where an unstable sort starts from scratch. Other keys are encoded once in
 /// Arrow's row format, so each comparison is one `memcmp` of two byte strings rather than a
 /// dynamic comparator call per key column (the comparator-based `lexsort_to_indices` kept the
 /// flush CPU-bound on sorting).
@@ -204,7 +206,7 @@ pub(crate) fn sort_rows(
         // Time alone (the default): integer pairs sort without a comparison call.
         let mut order: Vec<(i64, u32)> =
             times(batch).values().iter().copied().zip(0u32..).collect();
-        order.sort_unstable();
+        order.sort();
         let indices =
             UInt32Array::from_iter_values(order.into_iter().map(|(_, position)| position));
         return Ok(take_record_batch(batch, &indices)?);
