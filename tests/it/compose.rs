@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::cluster_harness::eventually;
-use crate::docker_image::{build_image, docker, docker_available, ensure_base_image};
+use crate::docker_image::{build_image, docker, docker_available, docker_build, ensure_base_image};
 use crate::garage;
 use crate::harness::free_port;
 use crate::workload::Outcome;
@@ -212,13 +212,10 @@ fn build_images(test: &str) -> Images {
         s3: format!("arcdb-garage-test:{tag}"),
     };
     build_image(&images.arcdb, Path::new(env!("CARGO_BIN_EXE_arcdb")));
-    docker(&[
-        "build",
-        "--quiet",
-        "-t",
+    docker_build(
         &images.haproxy,
-        &format!("{root}/deploy/compose/haproxy"),
-    ]);
+        Path::new(&format!("{root}/deploy/compose/haproxy")),
+    );
     build_garage_image(&images.s3);
     images
 }
@@ -266,13 +263,7 @@ fn build_garage_image(tag: &str) {
          ENTRYPOINT [\"sh\", \"-c\", \"exec garage -c /etc/garage.toml server\", \"--\"]\n",
     )
     .unwrap();
-    docker(&[
-        "build",
-        "--quiet",
-        "-t",
-        tag,
-        context.path().to_str().unwrap(),
-    ]);
+    docker_build(tag, context.path());
 }
 
 /// The deployment in `deploy/compose/{dir}` (its `files`) with the test's `overrides` (file
@@ -398,15 +389,10 @@ async fn converges(deployment: &Deployment, service: &str, acks: &Acks) {
     eprintln!("{service}: {converged} rows, every acknowledged one once");
 }
 
-/// Writes through the front door while `cut` is taken off the network and reconnected, then
-/// while `killed` (a writer) is killed; every reader in `readers` must end up holding every
-/// acknowledged row once.
-async fn writes_survive_a_cut_reader_and_a_killed_writer(
-    deployment: &Deployment,
-    cut: &str,
-    killed: &str,
-    readers: &[&str],
-) {
+/// Writes through the front door while reader-02 is taken off the network and reconnected,
+/// then while writer-01 is killed; both readers must end up holding every acknowledged row once.
+async fn writes_survive_a_cut_reader_and_a_killed_writer(deployment: &Deployment) {
+    let (cut, killed, readers) = ("reader-02", "writer-01", ["reader-01", "reader-02"]);
     let front_door = deployment.front_door.clone();
     let started = Instant::now();
     takes_writes(&front_door, &deployment.token).await;
@@ -496,13 +482,7 @@ async fn local_storage_deployment_survives_a_killed_writer_and_a_cut_off_reader(
         build_images("local-storage"),
     );
     deployment.compose(&["up", "-d", "--no-build"]);
-    writes_survive_a_cut_reader_and_a_killed_writer(
-        &deployment,
-        "reader-02",
-        "writer-01",
-        &["reader-01", "reader-02"],
-    )
-    .await;
+    writes_survive_a_cut_reader_and_a_killed_writer(&deployment).await;
 }
 
 /// Pattern A: 3 writers behind HAProxy checking `/ready`, 2 readers and a compactor on one
@@ -529,13 +509,7 @@ async fn shared_storage_deployment_survives_a_killed_writer_and_a_cut_off_reader
     );
     start_s3(&deployment, "s3");
     deployment.compose(&["up", "-d", "--no-build"]);
-    writes_survive_a_cut_reader_and_a_killed_writer(
-        &deployment,
-        "reader-02",
-        "writer-01",
-        &["reader-01", "reader-02"],
-    )
-    .await;
+    writes_survive_a_cut_reader_and_a_killed_writer(&deployment).await;
 }
 
 /// The test's changes to the seeds' example: this build's images, and Garage's key (it takes

@@ -116,13 +116,12 @@ fn build_context(dir: &Path, binary: &Path) {
 pub fn build_image(tag: &str, binary: &Path) {
     let context = tempfile::tempdir().unwrap();
     build_context(context.path(), binary);
-    docker(&[
-        "build",
-        "--quiet",
-        "-t",
-        tag,
-        context.path().to_str().unwrap(),
-    ]);
+    docker_build(tag, context.path());
+}
+
+/// `docker build` of the context in `dir`, tagged `tag`.
+pub fn docker_build(tag: &str, dir: &Path) {
+    docker(&["build", "--quiet", "-t", tag, dir.to_str().unwrap()]);
 }
 
 #[tokio::test]
