@@ -94,7 +94,8 @@ pub struct Cluster {
     shared_storage: bool,
     /// Where this node's files live, recorded with its registration.
     storage: String,
-    /// `cluster.replication_enabled` on local storage, recorded with its registration.
+    /// `cluster.replication_enabled` without shared storage (a reader then streams the writer's
+    /// log), recorded with its registration.
     follows_writer: bool,
     /// Why the cluster forbade this node to join, once it has.
     forbidden: Mutex<Option<String>>,

@@ -46,8 +46,9 @@ pub struct NodeRecord {
     /// whatever its configuration says (writer or reader).
     #[serde(default)]
     pub role_from_failover: bool,
-    /// Started with `cluster.replication_enabled` on local storage: as a reader it streams the
-    /// writer's log, so `cluster.replication_ack` waits for it and a failover may promote it.
+    /// Started with `cluster.replication_enabled` and without `cluster.shared_storage_mode`: as
+    /// a reader it streams the writer's log, so `cluster.replication_ack` waits for it and a
+    /// failover may promote it.
     /// Records from before this field are taken to follow (the stricter reading).
     #[serde(default = "follows_by_default")]
     pub follows_writer: bool,
