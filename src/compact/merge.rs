@@ -846,7 +846,16 @@ mod tests {
             vec![]
         };
         let options = ParquetOptions::from_config(&IngestConfig::default());
-        let encoded = encode_hour(&batch, 0, &tags, &target, &options).unwrap();
+        let rows = (0..batch.num_rows() as u32).map(|r| (0, r)).collect();
+        let encoded = encode_hour(
+            std::slice::from_ref(&batch),
+            rows,
+            0,
+            &tags,
+            &target,
+            &options,
+        )
+        .unwrap();
         let path = dir.join(name);
         std::fs::write(&path, &encoded.bytes).unwrap();
         path

@@ -27,7 +27,9 @@ use crate::metrics::metrics;
 use crate::storage::{Storage, StorageError};
 use crate::wal::Wal;
 
-use self::parquet::{EncodeError, FlushTarget, ParquetOptions, encode_hour, split_chunk};
+use self::parquet::{
+    ChunkRows, EncodeError, FlushTarget, ParquetOptions, encode_hour, split_chunk,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -347,16 +349,26 @@ impl Flusher {
             source,
         };
         let split = Arc::clone(chunk);
-        let slices = tokio::task::spawn_blocking(move || split_chunk(&split))
+        let ChunkRows {
+            batches,
+            hours,
+            tags,
+        } = tokio::task::spawn_blocking(move || split_chunk(&split))
             .await
             .expect("split task panicked")
             .map_err(encode_error)?;
         // Hours are independent files: encode them in parallel.
-        let tags = Arc::new(slices.tags);
-        let encodings = slices.slices.into_iter().map(|(hour, rows)| {
-            let (target, tags, options) =
-                (Arc::clone(&target), Arc::clone(&tags), self.options.clone());
-            tokio::task::spawn_blocking(move || encode_hour(&rows, hour, &tags, &target, &options))
+        let tags = Arc::new(tags);
+        let encodings = hours.into_iter().map(|(hour, rows)| {
+            let (batches, target, tags, options) = (
+                Arc::clone(&batches),
+                Arc::clone(&target),
+                Arc::clone(&tags),
+                self.options.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                encode_hour(&batches, rows, hour, &tags, &target, &options)
+            })
         });
         let files = join_all(encodings)
             .await

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, TimestampMicrosecondArray, UInt32Array, new_null_array};
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::array::{Array, ArrayRef, TimestampMicrosecondArray, new_null_array};
+use arrow::compute::interleave_record_batch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{Row, RowConverter, SortField};
@@ -90,42 +90,57 @@ pub struct FlushTarget {
     pub max_lsn: crate::wal::Lsn,
 }
 
-/// A chunk's rows cut into one batch per UTC hour, each encoded on its own (in parallel).
+/// A row of a chunk: (batch, row within that batch).
+pub type RowRef = (u32, u32);
+
+/// Rows per batch handed to the Parquet writer: the sorted rows are gathered from the chunk's
+/// batches a slice at a time, so a flush never holds a sorted copy of the whole chunk.
+const WRITE_SLICE_ROWS: usize = 65_536;
+
+/// A chunk's batches on one schema, and its rows grouped by UTC hour (each hour is one file).
 #[derive(Debug)]
-pub struct HourSlices {
-    pub slices: Vec<(i64, RecordBatch)>,
+pub struct ChunkRows {
+    /// `time` first, then the union of the chunk's columns by name; a batch lacking a column
+    /// has nulls there.
+    pub batches: Arc<[RecordBatch]>,
+    /// Each hour's rows in write order.
+    pub hours: Vec<(i64, Vec<RowRef>)>,
     pub tags: Vec<String>,
 }
 
-pub fn split_chunk(chunk: &Chunk) -> Result<HourSlices, EncodeError> {
-    let batch = unify(&chunk.batches)?;
+pub fn split_chunk(chunk: &Chunk) -> Result<ChunkRows, EncodeError> {
+    let batches = align(&chunk.batches)?;
+    let schema = batches[0].schema();
     let tags: Vec<String> = chunk
         .tags
         .iter()
-        .filter(|t| batch.schema().index_of(t).is_ok())
+        .filter(|t| schema.index_of(t).is_ok())
         .cloned()
         .collect();
-    Ok(HourSlices {
-        slices: split_by_hour(&batch)?,
+    let hours = rows_by_hour(&batches);
+    Ok(ChunkRows {
+        batches: batches.into(),
+        hours,
         tags,
     })
 }
 
-/// Sorts and encodes one hour's rows into a file.
+/// Sorts and encodes one hour's rows (of `batches`) into a file.
 pub fn encode_hour(
-    rows: &RecordBatch,
+    batches: &[RecordBatch],
+    rows: Vec<RowRef>,
     hour: i64,
     tags: &[String],
     target: &FlushTarget,
     options: &ParquetOptions,
 ) -> Result<EncodedFile, EncodeError> {
-    let sorted = sort_rows(rows, &target.sort_keys)?;
-    write_file(&sorted, hour, tags, target, options)
+    let order = sort_order(batches, rows, &target.sort_keys)?;
+    write_file(batches, &order, hour, tags, target, options)
 }
 
-/// Concatenates batches whose column sets differ: the union of columns, `time` first then by
-/// name, missing columns filled with nulls.
-fn unify(batches: &[RecordBatch]) -> Result<RecordBatch, EncodeError> {
+/// The batches on one schema: `time` first, then the union of their columns by name, missing
+/// columns filled with nulls. Nothing is copied but the null columns.
+fn align(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, EncodeError> {
     let mut columns: BTreeMap<&str, &Field> = BTreeMap::new();
     for batch in batches {
         for field in batch.schema_ref().fields().iter().skip(1) {
@@ -137,7 +152,7 @@ fn unify(batches: &[RecordBatch]) -> Result<RecordBatch, EncodeError> {
         .chain(columns.values().map(|f| (*f).clone().with_nullable(true)))
         .collect();
     let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let aligned: Vec<RecordBatch> = batches
+    let aligned = batches
         .iter()
         .map(|batch| {
             let arrays: Vec<ArrayRef> = schema
@@ -151,7 +166,7 @@ fn unify(batches: &[RecordBatch]) -> Result<RecordBatch, EncodeError> {
             RecordBatch::try_new(Arc::clone(&schema), arrays)
         })
         .collect::<Result<_, _>>()?;
-    Ok(concat_batches(&schema, &aligned)?)
+    Ok(aligned)
 }
 
 fn times(batch: &RecordBatch) -> &TimestampMicrosecondArray {
@@ -162,75 +177,126 @@ fn times(batch: &RecordBatch) -> &TimestampMicrosecondArray {
         .expect("column 0 is the µs time column")
 }
 
-fn split_by_hour(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, EncodeError> {
-    let time = times(batch).values();
-    let first = hour_start(time[0]);
-    if time.iter().all(|t| hour_start(*t) == first) {
-        return Ok(vec![(first, batch.clone())]);
+fn rows_by_hour(batches: &[RecordBatch]) -> Vec<(i64, Vec<RowRef>)> {
+    let all_rows = || {
+        batches.iter().zip(0u32..).flat_map(|(batch, b)| {
+            times(batch)
+                .values()
+                .iter()
+                .zip(0u32..)
+                .map(move |(t, r)| (*t, (b, r)))
+        })
+    };
+    let Some((first_time, _)) = all_rows().next() else {
+        return Vec::new();
+    };
+    let first = hour_start(first_time);
+    if all_rows().all(|(t, _)| hour_start(t) == first) {
+        return vec![(first, all_rows().map(|(_, row)| row).collect())];
     }
-    let mut rows_by_hour: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-    for (row, t) in time.iter().enumerate() {
-        rows_by_hour
-            .entry(hour_start(*t))
-            .or_default()
-            .push(row as u32);
+    let mut hours: BTreeMap<i64, Vec<RowRef>> = BTreeMap::new();
+    for (t, row) in all_rows() {
+        hours.entry(hour_start(t)).or_default().push(row);
     }
-    rows_by_hour
-        .into_iter()
-        .map(|(hour, rows)| Ok((hour, take_record_batch(batch, &UInt32Array::from(rows))?)))
-        .collect()
+    hours.into_iter().collect()
 }
 
-/// Sorts by the sort keys (which end with `time`); keys the batch lacks are skipped. Rows with
-/// equal keys keep their write order (the row position breaks ties), which compaction relies on
-/// to keep the latest of duplicate points.
-///
-/// Time alone is sorted as (time, position) integer pairs, with the standard library's stable
-/// sort: it finds the runs already in order (each request's rows usually are) and merges them,
-/// where an unstable sort starts from scratch. Other keys are encoded once in
-/// Arrow's row format, so each comparison is one `memcmp` of two byte strings rather than a
-/// dynamic comparator call per key column (the comparator-based `lexsort_to_indices` kept the
-/// flush CPU-bound on sorting).
+/// Sorts one batch by the sort keys (see [`sort_order`]).
 pub(crate) fn sort_rows(
     batch: &RecordBatch,
     sort_keys: &[String],
 ) -> Result<RecordBatch, EncodeError> {
+    let rows = (0..batch.num_rows() as u32).map(|r| (0, r)).collect();
+    let order = sort_order(std::slice::from_ref(batch), rows, sort_keys)?;
+    gather(std::slice::from_ref(batch), &order)
+}
+
+/// `rows` (given in write order) ordered by the sort keys (which end with `time`); keys the
+/// batches lack are skipped. Rows with equal keys keep their write order, which compaction
+/// relies on to keep the latest of duplicate points.
+///
+/// Time alone is sorted as (time, row) integer tuples, with the standard library's stable
+/// sort: it finds the runs already in order (each request's rows usually are) and merges them,
+/// where an unstable sort starts from scratch. Other keys are encoded once in Arrow's row
+/// format, so each comparison is one `memcmp` of two byte strings rather than a dynamic
+/// comparator call per key column (the comparator-based `lexsort_to_indices` kept the flush
+/// CPU-bound on sorting).
+fn sort_order(
+    batches: &[RecordBatch],
+    rows: Vec<RowRef>,
+    sort_keys: &[String],
+) -> Result<Vec<RowRef>, EncodeError> {
+    let schema = batches[0].schema();
     let keys: Vec<usize> = sort_keys
         .iter()
-        .filter_map(|k| batch.schema_ref().index_of(k).ok())
+        .filter_map(|k| schema.index_of(k).ok())
         .collect();
-    if keys.is_empty() || (keys == [0] && times(batch).values().is_sorted()) {
-        return Ok(batch.clone());
+    if keys.is_empty() {
+        return Ok(rows);
     }
     if keys == [0] {
-        // Time alone (the default): integer pairs sort without a comparison call.
-        let mut order: Vec<(i64, u32)> =
-            times(batch).values().iter().copied().zip(0u32..).collect();
-        order.sort();
-        let indices =
-            UInt32Array::from_iter_values(order.into_iter().map(|(_, position)| position));
-        return Ok(take_record_batch(batch, &indices)?);
+        let times: Vec<&[i64]> = batches.iter().map(|b| times(b).values().as_ref()).collect();
+        let time_of = |(b, r): RowRef| times[b as usize][r as usize];
+        if rows.is_sorted_by_key(|row| time_of(*row)) {
+            return Ok(rows);
+        }
+        // Write order is (batch, row) order, so the tuples are unique and ties on time stay
+        // in write order.
+        let mut keyed: Vec<(i64, RowRef)> =
+            rows.into_iter().map(|row| (time_of(row), row)).collect();
+        keyed.sort();
+        return Ok(keyed.into_iter().map(|(_, row)| row).collect());
     }
     let fields = keys
         .iter()
-        .map(|&i| SortField::new(batch.column(i).data_type().clone()))
+        .map(|&i| SortField::new(schema.field(i).data_type().clone()))
         .collect();
-    let columns: Vec<ArrayRef> = keys.iter().map(|&i| Arc::clone(batch.column(i))).collect();
-    let rows = RowConverter::new(fields)?.convert_columns(&columns)?;
-    let mut order: Vec<(Row<'_>, u32)> = rows.iter().zip(0u32..).collect();
-    order.sort_unstable();
-    let indices = UInt32Array::from_iter_values(order.into_iter().map(|(_, position)| position));
-    Ok(take_record_batch(batch, &indices)?)
+    let converter = RowConverter::new(fields)?;
+    let total_rows = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut encoded = converter.empty_rows(total_rows, 0);
+    let mut first_row = Vec::with_capacity(batches.len());
+    for batch in batches {
+        first_row.push(encoded.num_rows());
+        let columns: Vec<ArrayRef> = keys.iter().map(|&i| Arc::clone(batch.column(i))).collect();
+        converter.append(&mut encoded, &columns)?;
+    }
+    let mut keyed: Vec<(Row<'_>, RowRef)> = rows
+        .into_iter()
+        .map(|(b, r)| (encoded.row(first_row[b as usize] + r as usize), (b, r)))
+        .collect();
+    keyed.sort_unstable();
+    Ok(keyed.into_iter().map(|(_, row)| row).collect())
+}
+
+/// The rows `order` names, as one batch: a slice when they are consecutive rows of one batch,
+/// else gathered.
+fn gather(batches: &[RecordBatch], order: &[RowRef]) -> Result<RecordBatch, EncodeError> {
+    if let Some(&(b, first)) = order.first() {
+        let consecutive = order
+            .iter()
+            .zip(first..)
+            .all(|(&(batch, row), expected)| batch == b && row == expected);
+        if consecutive {
+            return Ok(batches[b as usize].slice(first as usize, order.len()));
+        }
+    }
+    let sources: Vec<&RecordBatch> = batches.iter().collect();
+    let indices: Vec<(usize, usize)> = order
+        .iter()
+        .map(|&(b, r)| (b as usize, r as usize))
+        .collect();
+    Ok(interleave_record_batch(&sources, &indices)?)
 }
 
 fn write_file(
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
+    order: &[RowRef],
     hour: i64,
     tags: &[String],
     target: &FlushTarget,
     options: &ParquetOptions,
 ) -> Result<EncodedFile, EncodeError> {
-    let schema = batch.schema();
+    let schema = batches[0].schema();
     let sorting = sorting_columns(&schema, &target.sort_keys);
     let mut props = WriterProperties::builder()
         .set_compression(options.compression)
@@ -252,16 +318,22 @@ fn write_file(
             tags.join(","),
         )]));
     }
-    let mut buffer = Vec::with_capacity(batch.get_array_memory_size() / 2);
+    // Encoded files come out at roughly half the rows' in-memory size.
+    let memory: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    let total_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut buffer = Vec::with_capacity(memory / total_rows.max(1) * order.len() / 2);
     let mut writer = ArrowWriter::try_new(&mut buffer, Arc::clone(&schema), Some(props.build()))?;
-    writer.write(batch)?;
+    let (mut min_time_us, mut max_time_us) = (i64::MAX, i64::MIN);
+    for slice in order.chunks(WRITE_SLICE_ROWS) {
+        let rows = gather(batches, slice)?;
+        for &t in times(&rows).values() {
+            min_time_us = min_time_us.min(t);
+            max_time_us = max_time_us.max(t);
+        }
+        writer.write(&rows)?;
+    }
     writer.close()?;
 
-    let time = times(batch);
-    let (min_time_us, max_time_us) = time
-        .values()
-        .iter()
-        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
     let columns = file_columns(&schema);
     let entry = FileEntry {
         path: flush_file_key(
@@ -275,7 +347,7 @@ fn write_file(
         measurement: target.measurement.clone(),
         min_time_us,
         max_time_us,
-        rows: batch.num_rows() as u64,
+        rows: order.len() as u64,
         size_bytes: buffer.len() as u64,
         sha256: hex(&Sha256::digest(&buffer)),
         min_lsn: target.min_lsn,
@@ -391,6 +463,107 @@ mod tests {
             let positions = sorted.column(3).as_any().downcast_ref::<Int64Array>().unwrap();
             let expected: Vec<i64> = expected.values().iter().map(|&i| i64::from(i)).collect();
             proptest::prop_assert_eq!(positions.values().to_vec(), expected);
+        }
+    }
+
+    /// A chunk of batches with different columns, rows in two hours and more rows than one
+    /// write slice: each hour's file holds its rows sorted, ties in write order across batches,
+    /// and nulls where a batch lacked a column.
+    #[test]
+    fn chunks_of_several_batches_are_written_sorted_per_hour() {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        const HOUR_US: i64 = 3_600_000_000;
+        let batch = |first: i64, rows: i64, extra: &str, late_row: Option<i64>| {
+            let schema = Arc::new(Schema::new(vec![
+                time_field(),
+                Field::new(extra, arrow::datatypes::DataType::Utf8, true),
+                Field::new("v", arrow::datatypes::DataType::Int64, true),
+            ]));
+            let time = (first..first + rows).map(|i| {
+                if Some(i) == late_row {
+                    HOUR_US + 7
+                } else {
+                    i % 5
+                }
+            });
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(time).with_timezone("UTC"),
+                    ),
+                    Arc::new(StringArray::from_iter_values(
+                        (first..first + rows).map(|i| format!("h{}", i % 3)),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(first..first + rows)),
+                ],
+            )
+            .unwrap()
+        };
+        let rows = WRITE_SLICE_ROWS as i64;
+        let batches = align(&[
+            batch(0, rows, "host", None),
+            batch(rows, rows, "dc", Some(rows + 10)),
+        ])
+        .unwrap();
+        let hours = rows_by_hour(&batches);
+        assert_eq!(
+            hours
+                .iter()
+                .map(|(hour, rows)| (*hour, rows.len()))
+                .collect::<Vec<_>>(),
+            vec![(0, 2 * WRITE_SLICE_ROWS - 1), (HOUR_US, 1)]
+        );
+        for keys in [vec!["time"], vec!["host", "time"]] {
+            let target = FlushTarget {
+                database: "db".into(),
+                measurement: "m".into(),
+                sort_keys: keys.iter().map(|k| k.to_string()).collect(),
+                flushed_at: Utc::now(),
+                node_id: "n".into(),
+                log: String::new(),
+                min_lsn: 1,
+                max_lsn: 1,
+            };
+            let options = ParquetOptions::from_config(&IngestConfig::default());
+            let (hour, hour_rows) = hours[0].clone();
+            let file = encode_hour(&batches, hour_rows, hour, &[], &target, &options).unwrap();
+            assert_eq!((file.entry.min_time_us, file.entry.max_time_us), (0, 4));
+            let read: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file.bytes)
+                .unwrap()
+                .build()
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let all = arrow::compute::concat_batches(&read[0].schema(), &read).unwrap();
+            assert_eq!(all.num_rows(), 2 * WRITE_SLICE_ROWS - 1);
+            let column = |name: &str| Arc::clone(all.column_by_name(name).unwrap());
+            let host = column("host");
+            let host = host.as_any().downcast_ref::<StringArray>().unwrap();
+            let dc = column("dc");
+            let dc = dc.as_any().downcast_ref::<StringArray>().unwrap();
+            let v = column("v");
+            let v = v.as_any().downcast_ref::<Int64Array>().unwrap();
+            let time = times(&all).values();
+            let key = |i: usize| {
+                let host = host.is_valid(i).then(|| host.value(i));
+                if keys.len() == 2 {
+                    (host, time[i])
+                } else {
+                    (None, time[i])
+                }
+            };
+            for i in 0..all.num_rows() {
+                // Batch 0 rows have a host and no dc; batch 1 rows the other way round.
+                assert_eq!(host.is_valid(i), v.value(i) < rows, "row {i}");
+                assert_eq!(dc.is_valid(i), v.value(i) >= rows, "row {i}");
+                if i > 0 {
+                    assert!(key(i - 1) <= key(i), "{keys:?}: row {i} out of order");
+                    if key(i - 1) == key(i) {
+                        assert!(v.value(i - 1) < v.value(i), "{keys:?}: tie at row {i}");
+                    }
+                }
+            }
         }
     }
 
