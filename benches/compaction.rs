@@ -1,7 +1,8 @@
 //! Compaction benchmark: loads the query benchmark's data set with Arc's default buffer size
-//! (so ingest leaves many small files), runs the query suite, compacts the hourly tier, runs the
-//! suite again, compacts the daily tier and runs it a third time. Prints compaction throughput
-//! (input MB/s and rows/s) and the suite's median times at each stage.
+//! (so ingest leaves many small files), runs the query suite (TSBS's devops query types),
+//! compacts the hourly tier, runs the suite again, compacts the daily tier and runs it a third
+//! time. Prints compaction throughput (input MB/s and rows/s) and the suite's median times at
+//! each stage.
 //!
 //! ```text
 //! cargo bench --bench compaction -- [--rows 50000000] [--hosts 1000] [--iterations 3]
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use devops::{load, median, parse_options, suite, timed};
+use devops::{Query, load, median, parse_options, suite, timed};
 
 async fn get(client: &reqwest::Client, url: &str) -> Result<Value> {
     let response = client.get(url).send().await?;
@@ -35,12 +36,17 @@ async fn file_count(client: &reqwest::Client, url: &str) -> Result<u64> {
 }
 
 /// Median time of each suite query, in ms.
-async fn run_suite(client: &reqwest::Client, url: &str, iterations: usize) -> Result<Vec<f64>> {
+async fn run_suite(
+    client: &reqwest::Client,
+    url: &str,
+    suite: &[Query],
+    iterations: usize,
+) -> Result<Vec<f64>> {
     let mut medians = Vec::new();
-    for (_, sql, _) in suite() {
+    for query in suite {
         let mut times = Vec::new();
         for _ in 0..iterations {
-            times.push(timed(client, url, "/api/v1/query", &sql).await?.0 * 1000.0);
+            times.push(timed(client, url, "/api/v1/query", &query.sql).await?.0 * 1000.0);
         }
         medians.push(median(times));
     }
@@ -88,6 +94,7 @@ async fn compact(client: &reqwest::Client, url: &str, tier: &str) -> Result<Tier
 
 fn main() -> Result<()> {
     let options = parse_options(3)?;
+    let suite = suite(options.rows, options.hosts)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -114,7 +121,7 @@ fn main() -> Result<()> {
         let mut stages = vec![(
             "after ingest".to_string(),
             file_count(&client, &server.url).await?,
-            run_suite(&client, &server.url, options.iterations).await?,
+            run_suite(&client, &server.url, &suite, options.iterations).await?,
         )];
         for tier in ["hourly", "daily"] {
             let run = compact(&client, &server.url, tier).await?;
@@ -130,7 +137,7 @@ fn main() -> Result<()> {
             stages.push((
                 format!("after {tier}"),
                 file_count(&client, &server.url).await?,
-                run_suite(&client, &server.url, options.iterations).await?,
+                run_suite(&client, &server.url, &suite, options.iterations).await?,
             ));
         }
 
@@ -139,8 +146,8 @@ fn main() -> Result<()> {
             print!(" {:>22}", format!("{name} ({files} files)"));
         }
         println!();
-        for (q, (name, _, _)) in suite().iter().enumerate() {
-            print!("{name:<30}");
+        for (q, query) in suite.iter().enumerate() {
+            print!("{:<30}", query.name);
             for (_, _, times) in &stages {
                 print!(" {:>22.1}", times[q]);
             }

@@ -1,11 +1,14 @@
 //! The TSBS "devops cpu"-like data set and query suite the query and compaction benchmarks share:
-//! hosts with five tags and ten float fields, one point per host every 10 s.
+//! hosts with five tags and ten float fields, one point per host every 10 s from 2026-01-01, and
+//! TSBS's 15 devops query types over it.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 /// Command-line options of the benchmarks over this data set.
@@ -153,57 +156,181 @@ pub async fn load(url: &str, rows: u64, hosts: u64) -> Result<()> {
     Ok(())
 }
 
-fn ts(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .unwrap()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+/// One query of the suite.
+pub struct Query {
+    /// The TSBS query type, e.g. `single-groupby-5-8-1`.
+    pub name: String,
+    pub sql: String,
 }
 
-/// The suite: (name, SQL over table `cpu`, aggregation?).
-pub fn suite() -> Vec<(&'static str, String, bool)> {
-    let from = START_US + HOUR_US;
-    let window = format!(
-        "time >= TIMESTAMP '{}' AND time < TIMESTAMP '{}'",
-        ts(from),
-        ts(from + 12 * HOUR_US)
-    );
-    vec![
-        (
-            "lastpoint per host",
-            "SELECT c.hostname, c.time, c.usage_user FROM cpu c JOIN \
-             (SELECT hostname, max(time) AS t FROM cpu GROUP BY hostname) l \
-             ON c.hostname = l.hostname AND c.time = l.t ORDER BY c.hostname"
-                .to_string(),
-            true,
-        ),
-        (
-            "max per host per hour, 12 h",
-            format!(
-                "SELECT hostname, date_trunc('hour', time) AS hour, max(usage_user) AS m \
-                 FROM cpu WHERE {window} GROUP BY hostname, hour ORDER BY hostname, hour"
+/// Seed of the query parameters, so that every run asks the same questions.
+const SEED: u64 = 15;
+
+/// The 15 TSBS "devops" (cpu-only) query types, written as a user would write them, over the data
+/// `load(url, rows, hosts)` leaves. As in TSBS, hosts are drawn without replacement and every time
+/// window is a random one of the type's width inside the loaded time range; unlike TSBS, window
+/// bounds are whole seconds, hosts are picked with `=` or `IN` rather than a chain of `OR`s, and
+/// every query has a total `ORDER BY` (high-cpu adds `ORDER BY time, hostname`), so answers
+/// compare row by row.
+///
+/// `lastpoint` is the portable greatest-row-per-group form, a join on each host's `max(time)`
+/// (TSBS's TimescaleDB query uses `DISTINCT ON` instead).
+pub fn suite(rows: u64, hosts: u64) -> Result<Vec<Query>> {
+    const WIDEST_WINDOW_HOURS: i64 = 12;
+    if hosts < 8 {
+        bail!("the queries pick up to 8 hosts; --hosts is {hosts}");
+    }
+    let end_us = START_US + (rows / hosts) as i64 * INTERVAL_US;
+    if end_us - START_US <= WIDEST_WINDOW_HOURS * HOUR_US {
+        bail!(
+            "the data set spans {:.1} h, but queries take {WIDEST_WINDOW_HOURS}-hour windows of it: \
+             raise --rows or lower --hosts (rows / hosts × 10 s must exceed {WIDEST_WINDOW_HOURS} h)",
+            (end_us - START_US) as f64 / HOUR_US as f64
+        );
+    }
+    let mut draw = Draw {
+        rng: StdRng::seed_from_u64(SEED),
+        hosts,
+        end_us,
+    };
+    let mut suite = Vec::new();
+    // Max of the first `metrics` fields per minute, over `host_count` hosts together.
+    for (metrics, host_count, hours) in [
+        (1, 1, 1),
+        (1, 1, 12),
+        (1, 8, 1),
+        (5, 1, 1),
+        (5, 1, 12),
+        (5, 8, 1),
+    ] {
+        let hosts = draw.hosts(host_count);
+        let window = draw.window(hours);
+        suite.push(Query {
+            name: format!("single-groupby-{metrics}-{host_count}-{hours}"),
+            sql: format!(
+                "SELECT time_bucket(INTERVAL '1 minute', time) AS minute, {} FROM cpu \
+                 WHERE {hosts} AND {window} GROUP BY minute ORDER BY minute",
+                aggregates("max", metrics)
             ),
-            true,
+        });
+    }
+    // Max of every field per hour over 8 hours.
+    for host_count in [1, 8] {
+        let hosts = draw.hosts(host_count);
+        let window = draw.window(8);
+        suite.push(Query {
+            name: format!("cpu-max-all-{host_count}"),
+            sql: format!(
+                "SELECT time_bucket(INTERVAL '1 hour', time) AS hour, {} FROM cpu \
+                 WHERE {hosts} AND {window} GROUP BY hour ORDER BY hour",
+                aggregates("max", FIELDS.len())
+            ),
+        });
+    }
+    // Mean of the first `metrics` fields per host per hour over 12 hours, every host.
+    for (label, metrics) in [("1", 1), ("5", 5), ("all", FIELDS.len())] {
+        let window = draw.window(12);
+        suite.push(Query {
+            name: format!("double-groupby-{label}"),
+            sql: format!(
+                "SELECT time_bucket(INTERVAL '1 hour', time) AS hour, hostname, {} FROM cpu \
+                 WHERE {window} GROUP BY hour, hostname ORDER BY hour, hostname",
+                aggregates("avg", metrics)
+            ),
+        });
+    }
+    // Whole rows above a usage threshold over 12 hours, of every host or of one.
+    for (label, host_count) in [("all", None), ("1", Some(1))] {
+        let hosts = host_count
+            .map(|count| format!(" AND {}", draw.hosts(count)))
+            .unwrap_or_default();
+        let window = draw.window(12);
+        suite.push(Query {
+            name: format!("high-cpu-{label}"),
+            sql: format!(
+                "SELECT * FROM cpu WHERE usage_user > 90.0 AND {window}{hosts} \
+                 ORDER BY time, hostname"
+            ),
+        });
+    }
+    suite.push(Query {
+        name: "lastpoint".to_string(),
+        sql: "SELECT c.* FROM cpu c JOIN \
+              (SELECT hostname, max(time) AS last_time FROM cpu GROUP BY hostname) l \
+              ON c.hostname = l.hostname AND c.time = l.last_time ORDER BY c.hostname"
+            .to_string(),
+    });
+    // The last five minutes before the end of a random hour, over every host.
+    let end = draw.window_end(1);
+    suite.push(Query {
+        name: "groupby-orderby-limit".to_string(),
+        sql: format!(
+            "SELECT time_bucket(INTERVAL '1 minute', time) AS minute, \
+             max(usage_user) AS max_usage_user FROM cpu WHERE time < '{end}' \
+             GROUP BY minute ORDER BY minute DESC LIMIT 5"
         ),
-        (
-            "high-cpu filter, 12 h",
-            format!("SELECT count(*) FROM cpu WHERE usage_user > 90.0 AND {window}"),
-            true,
-        ),
-        ("count", "SELECT count(*) FROM cpu".to_string(), true),
-        (
-            "group by tag",
-            "SELECT region, avg(usage_user) AS u, avg(usage_system) AS s FROM cpu \
-             GROUP BY region ORDER BY region"
-                .to_string(),
-            true,
-        ),
-        (
-            "LIMIT 1000000",
-            "SELECT * FROM cpu LIMIT 1000000".to_string(),
-            false,
-        ),
-    ]
+    });
+    Ok(suite)
+}
+
+/// `agg(field) AS agg_field, …` over the first `count` fields, TSBS's column names.
+fn aggregates(agg: &str, count: usize) -> String {
+    FIELDS[..count]
+        .iter()
+        .map(|field| format!("{agg}({field}) AS {agg}_{field}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Draws the random parameters of the suite's queries.
+struct Draw {
+    rng: StdRng,
+    hosts: u64,
+    /// The end of the loaded time range (exclusive), µs.
+    end_us: i64,
+}
+
+impl Draw {
+    /// A filter on `count` distinct random hosts.
+    fn hosts(&mut self, count: usize) -> String {
+        let names: Vec<String> =
+            rand::seq::index::sample(&mut self.rng, self.hosts as usize, count)
+                .into_iter()
+                .map(|host| format!("'host_{host}'"))
+                .collect();
+        match names.as_slice() {
+            [name] => format!("hostname = {name}"),
+            _ => format!("hostname IN ({})", names.join(", ")),
+        }
+    }
+
+    /// Start of a random window `hours` wide inside the loaded time range, µs.
+    fn window_start(&mut self, hours: i64) -> i64 {
+        let latest_start_s = (self.end_us - hours * HOUR_US - START_US) / 1_000_000;
+        START_US + self.rng.random_range(0..latest_start_s) * 1_000_000
+    }
+
+    /// `time >= '…' AND time < '…'` over a random window `hours` wide.
+    fn window(&mut self, hours: i64) -> String {
+        let start = self.window_start(hours);
+        format!(
+            "time >= '{}' AND time < '{}'",
+            rfc3339(start),
+            rfc3339(start + hours * HOUR_US)
+        )
+    }
+
+    /// The end of a random window `hours` wide.
+    fn window_end(&mut self, hours: i64) -> String {
+        rfc3339(self.window_start(hours) + hours * HOUR_US)
+    }
+}
+
+fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .expect("a time of the data set")
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Runs a query through the HTTP API and reads the whole answer; returns (seconds, bytes).
