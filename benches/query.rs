@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use devops::{Query, load, median, parse_options, suite, timed};
+use devops::{Query, load, median, parse_options, post_query, suite, timed};
 
 /// Row throughput is measured on this query; it is not one of the TSBS types.
 const THROUGHPUT_SQL: &str = "SELECT * FROM cpu LIMIT 1000000";
@@ -35,15 +35,7 @@ struct Answer {
 
 /// arcdb's answer to `sql`, parsed (untimed).
 async fn arcdb_answer(client: &reqwest::Client, url: &str, sql: &str) -> Result<Answer> {
-    let response = client
-        .post(format!("{url}/api/v1/query"))
-        .header("x-arc-database", "bench")
-        .json(&json!({ "sql": sql }))
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("{sql}: {}", response.text().await?);
-    }
+    let response = post_query(client, url, "/api/v1/query", sql).await?;
     Ok(response.json().await?)
 }
 

@@ -333,14 +333,13 @@ fn rfc3339(us: i64) -> String {
         .to_string()
 }
 
-/// Runs a query through the HTTP API and reads the whole answer; returns (seconds, bytes).
-pub async fn timed(
+/// Sends `sql` to the query endpoint `path` for database `bench`; fails on an error status.
+pub async fn post_query(
     client: &reqwest::Client,
     url: &str,
     path: &str,
     sql: &str,
-) -> Result<(f64, usize)> {
-    let started = Instant::now();
+) -> Result<reqwest::Response> {
     let response = client
         .post(format!("{url}{path}"))
         .header("x-arc-database", "bench")
@@ -350,6 +349,18 @@ pub async fn timed(
     if !response.status().is_success() {
         bail!("{sql}: {}", response.text().await?);
     }
+    Ok(response)
+}
+
+/// Runs a query through the HTTP API and reads the whole answer; returns (seconds, bytes).
+pub async fn timed(
+    client: &reqwest::Client,
+    url: &str,
+    path: &str,
+    sql: &str,
+) -> Result<(f64, usize)> {
+    let started = Instant::now();
+    let response = post_query(client, url, path, sql).await?;
     // Read every byte but keep none: the client shares the two cores with the server.
     let mut body = response.bytes_stream();
     let mut received = 0;
