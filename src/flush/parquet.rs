@@ -251,21 +251,21 @@ fn sort_order(
         .iter()
         .map(|&i| SortField::new(schema.field(i).data_type().clone()))
         .collect();
-    let converter = RowConverter::new(fields)?;
-    let total_rows = batches.iter().map(RecordBatch::num_rows).sum();
-    let mut encoded = converter.empty_rows(total_rows, 0);
-    let mut first_row = Vec::with_capacity(batches.len());
-    for batch in batches {
-        first_row.push(encoded.num_rows());
-        let columns: Vec<ArrayRef> = keys.iter().map(|&i| Arc::clone(batch.column(i))).collect();
-        converter.append(&mut encoded, &columns)?;
-    }
-    let mut keyed: Vec<(Row<'_>, RowRef)> = rows
-        .into_iter()
-        .map(|(b, r)| (encoded.row(first_row[b as usize] + r as usize), (b, r)))
-        .collect();
+    // Only the key columns of these rows are encoded: a chunk's other hours are not this
+    // file's business.
+    let key_batches = batches
+        .iter()
+        .map(|batch| batch.project(&keys))
+        .collect::<Result<Vec<_>, _>>()?;
+    let row_keys = gather(&key_batches, &rows)?;
+    let encoded = RowConverter::new(fields)?.convert_columns(row_keys.columns())?;
+    // The position breaks ties, so equal keys keep their write order.
+    let mut keyed: Vec<(Row<'_>, usize)> = encoded.iter().zip(0..).collect();
     keyed.sort_unstable();
-    Ok(keyed.into_iter().map(|(_, row)| row).collect())
+    Ok(keyed
+        .into_iter()
+        .map(|(_, position)| rows[position])
+        .collect())
 }
 
 /// The rows `order` names, as one batch: a slice when they are consecutive rows of one batch,
