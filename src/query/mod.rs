@@ -4,6 +4,8 @@
 //! `measurement` means `<x-arc-database>.measurement` (or `default.measurement`).
 
 mod functions;
+mod latest_plan;
+mod latest_rows;
 mod table;
 
 use std::sync::Arc;
@@ -133,6 +135,7 @@ impl QueryEngine {
                 buffers,
                 view,
                 log,
+                latest: latest_rows::LatestRowsCache::default(),
             }),
             runtime,
             arc_functions: functions::arc_functions(),
@@ -240,6 +243,7 @@ impl QueryEngine {
         for function in &self.arc_functions {
             ctx.register_udf(function.clone());
         }
+        ctx.add_optimizer_rule(Arc::new(latest_plan::LatestRowsRule));
         let files_scanned = Arc::new(AtomicU64::new(0));
         ctx.register_catalog(
             CATALOG,

@@ -18,10 +18,11 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 
+use super::latest_rows::LatestRowsCache;
 use crate::buffer::{Buffers, ChunkSnapshot, MeasurementKey};
 use crate::meta::{FileEntry, Meta};
 use crate::replication::ReplicaView;
@@ -39,6 +40,8 @@ pub struct TableSources {
     pub view: Option<Arc<ReplicaView>>,
     /// The log numbering this node's buffered rows.
     pub log: String,
+    /// Each group's latest rows per file, for the scans of [`RowSet::LatestPerGroup`].
+    pub latest: LatestRowsCache,
 }
 
 impl TableSources {
@@ -190,6 +193,16 @@ impl SchemaProvider for DatabaseSchema {
     }
 }
 
+/// Which of a measurement's rows a table reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowSet {
+    All,
+    /// Each group's (equal values of these columns) rows at its latest time, plus possibly
+    /// other rows: all a query needs that asks only for those rows (see
+    /// [`super::latest_plan`]). Files come from their summaries, buffered rows are all read.
+    LatestPerGroup(Vec<String>),
+}
+
 /// One measurement: `time` first, then its columns in name order.
 #[derive(Debug)]
 pub struct MeasurementTable {
@@ -197,6 +210,7 @@ pub struct MeasurementTable {
     schema: SchemaRef,
     sources: Arc<TableSources>,
     files_scanned: Arc<AtomicU64>,
+    rows: RowSet,
 }
 
 impl MeasurementTable {
@@ -211,32 +225,102 @@ impl MeasurementTable {
             schema: table_schema(columns),
             sources,
             files_scanned,
+            rows: RowSet::All,
         }
     }
 
-    /// Buffered batches reshaped to the table schema (columns they lack become nulls).
-    fn aligned_batches(&self, chunks: &[ChunkSnapshot]) -> Result<Vec<RecordBatch>> {
-        let mut out = Vec::new();
-        for batch in chunks.iter().flat_map(|c| &c.batches) {
-            let columns = self
-                .schema
-                .fields()
-                .iter()
-                .map(|field| match batch.column_by_name(field.name()) {
-                    Some(column) if column.data_type() == field.data_type() => {
-                        Ok(Arc::clone(column))
-                    }
-                    Some(column) => Ok(arrow::compute::cast(column, field.data_type())?),
-                    None => Ok(arrow::array::new_null_array(
-                        field.data_type(),
-                        batch.num_rows(),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
-        }
-        Ok(out)
+    pub fn key(&self) -> &MeasurementKey {
+        &self.key
     }
+
+    pub fn row_set(&self) -> &RowSet {
+        &self.rows
+    }
+
+    /// The same measurement, reading only each group's latest rows.
+    pub fn latest_per_group(&self, group: Vec<String>) -> MeasurementTable {
+        MeasurementTable {
+            key: self.key.clone(),
+            schema: Arc::clone(&self.schema),
+            sources: Arc::clone(&self.sources),
+            files_scanned: Arc::clone(&self.files_scanned),
+            rows: RowSet::LatestPerGroup(group),
+        }
+    }
+
+    /// The buffered chunks and the files a scan within `range` reads. Buffers first, then the
+    /// manifest: a chunk whose flush registers in between is then in both, and its files are
+    /// skipped by LSN range. The other order could miss it. A compacted file carries the union
+    /// of its inputs' LSN ranges; chunks of a measurement have disjoint ranges and never overlap
+    /// a registered file's, so a chunk covers a compacted file only if every input row came
+    /// from that chunk (then the chunk holds them all). The manifest is read once, so a swap
+    /// shows inputs or output, never both.
+    fn select(&self, range: TimeRange) -> (Vec<ChunkSnapshot>, Vec<FileEntry>) {
+        let mut chunks = self.sources.buffers.lock().snapshot(&self.key);
+        let (flushed, listed) = self.sources.files_version(&self.key);
+        // A chunk at or below the flushed-through LSN is registered but not yet released (its
+        // flush is still being confirmed, or on a reader the writer's files have just arrived):
+        // its rows are in the version's files, maybe already compacted into a file no chunk's
+        // range covers, so the files answer for it.
+        chunks.retain(|c| c.max_lsn > flushed);
+        let files = listed
+            .into_iter()
+            .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
+            .filter(|f| {
+                // Another writer's file has LSNs of another log: no chunk here holds its rows.
+                f.log != self.sources.log
+                    || !chunks
+                        .iter()
+                        .any(|c| c.min_lsn <= f.min_lsn && f.max_lsn <= c.max_lsn)
+            })
+            .collect();
+        (chunks, files)
+    }
+
+    fn parquet_exec(
+        &self,
+        state: &dyn Session,
+        files: &[FileEntry],
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut source = ParquetSource::new(Arc::clone(&self.schema));
+        if let Some(predicate) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+        let sizes: Vec<(String, u64)> = files
+            .iter()
+            .map(|f| (f.path.clone(), f.size_bytes))
+            .collect();
+        let groups = file_groups(&sizes, state.config().target_partitions());
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::parse(STORAGE_URL)?, Arc::new(source))
+                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// `batch` reshaped to `schema`: columns by name, cast where the type differs, nulls where it
+/// lacks one.
+fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => Ok(Arc::clone(column)),
+            Some(column) => Ok(arrow::compute::cast(column, field.data_type())?),
+            None => Ok(arrow::array::new_null_array(
+                field.data_type(),
+                batch.num_rows(),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
 #[async_trait]
@@ -264,55 +348,43 @@ impl TableProvider for MeasurementTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let range = time_range(filters);
-        // Buffers first, then the manifest: a chunk whose flush registers in between is then in
-        // both, and its files are skipped by LSN range. The other order could miss it. A
-        // compacted file carries the union of its inputs' LSN ranges; chunks of a measurement
-        // have disjoint ranges and never overlap a registered file's, so a chunk covers a
-        // compacted file only if every input row came from that chunk (then the chunk holds
-        // them all). The manifest is read once, so a swap shows inputs or output, never both.
-        let mut chunks = self.sources.buffers.lock().snapshot(&self.key);
-        let (flushed, listed) = self.sources.files_version(&self.key);
-        // A chunk at or below the flushed-through LSN is registered but not yet released (its
-        // flush is still being confirmed, or on a reader the writer's files have just arrived):
-        // its rows are in the version's files, maybe already compacted into a file no chunk's
-        // range covers, so the files answer for it.
-        chunks.retain(|c| c.max_lsn > flushed);
-        let files: Vec<FileEntry> = listed
-            .into_iter()
-            .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
-            .filter(|f| {
-                // Another writer's file has LSNs of another log: no chunk here holds its rows.
-                f.log != self.sources.log
-                    || !chunks
-                        .iter()
-                        .any(|c| c.min_lsn <= f.min_lsn && f.max_lsn <= c.max_lsn)
-            })
-            .collect();
-        self.files_scanned
-            .fetch_add(files.len() as u64, Ordering::Relaxed);
-
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !files.is_empty() {
-            let mut source = ParquetSource::new(Arc::clone(&self.schema));
-            if let Some(predicate) = conjunction(filters.iter().cloned()) {
-                let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
-                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        let (chunks, whole_files) = match &self.rows {
+            RowSet::All => self.select(time_range(filters)),
+            RowSet::LatestPerGroup(group) => {
+                let (chunks, files) = self.select(TimeRange::ALL);
+                let read = |file: &FileEntry| {
+                    let scan =
+                        self.parquet_exec(state, std::slice::from_ref(file), None, &[], None)?;
+                    execute_stream(scan, state.task_ctx())
+                };
+                let answer = self
+                    .sources
+                    .latest
+                    .answer(&self.key, group, &files, &self.schema, read)
+                    .await?;
+                self.files_scanned
+                    .fetch_add(answer.files_read, Ordering::Relaxed);
+                if let Some(rows) = answer.rows {
+                    inputs.push(MemorySourceConfig::try_new_exec(
+                        &[vec![rows]],
+                        Arc::clone(&self.schema),
+                        projection.cloned(),
+                    )?);
+                }
+                (chunks, answer.whole_files)
             }
-            let sizes: Vec<(String, u64)> = files
-                .iter()
-                .map(|f| (f.path.clone(), f.size_bytes))
-                .collect();
-            let groups = file_groups(&sizes, state.config().target_partitions());
-            let config =
-                FileScanConfigBuilder::new(ObjectStoreUrl::parse(STORAGE_URL)?, Arc::new(source))
-                    .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-                    .with_projection_indices(projection.cloned())?
-                    .with_limit(limit)
-                    .build();
-            inputs.push(DataSourceExec::from_data_source(config));
+        };
+        self.files_scanned
+            .fetch_add(whole_files.len() as u64, Ordering::Relaxed);
+        if !whole_files.is_empty() {
+            inputs.push(self.parquet_exec(state, &whole_files, projection, filters, limit)?);
         }
-        let batches = self.aligned_batches(&chunks)?;
+        let batches = chunks
+            .iter()
+            .flat_map(|c| &c.batches)
+            .map(|batch| align(batch, &self.schema))
+            .collect::<Result<Vec<_>>>()?;
         if !batches.is_empty() {
             inputs.push(MemorySourceConfig::try_new_exec(
                 &[batches],

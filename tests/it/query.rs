@@ -675,3 +675,165 @@ async fn json_and_msgpack_results_are_compressed_on_request() {
     assert!(response.headers().get("content-encoding").is_none());
     assert!(server.stop().await.success());
 }
+
+/// `data` and `files_scanned` of a profiled query that must succeed.
+async fn profiled(server: &Server, sql: &str) -> (Value, u64) {
+    let (status, body) = query(server, sql, &[("x-arc-profile", "true")]).await;
+    assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+    let scanned = body["profile"]["files_scanned"].as_u64().unwrap();
+    (body["data"].clone(), scanned)
+}
+
+#[tokio::test]
+async fn the_last_point_of_every_series_reads_no_file_once_warm_and_equals_a_full_scan() {
+    let mut server = Server::start(&[
+        ("ARC_DELETE_ENABLED", "true"),
+        ("ARC_INGEST_MAX_BUFFER_AGE_MS", "3600000"),
+    ])
+    .await;
+    let at = |hour: i64, second: i64| T0_NS + hour * HOUR_NS + second * 1_000_000_000;
+    // Three hours, three files: host c stops in the first hour, so its last point is only in
+    // the oldest file; host b's last time has two rows.
+    let mut lines = String::new();
+    for hour in 0..3 {
+        for second in [0, 10] {
+            for host in ["a", "b"] {
+                let v = hour * 100 + second;
+                lines.push_str(&format!(
+                    "m,host={host} v={v},w={v}i {}\n",
+                    at(hour, second)
+                ));
+            }
+        }
+    }
+    lines.push_str(&format!("m,host=c v=7,w=7i {}\n", at(0, 20)));
+    lines.push_str(&format!("m,host=b v=210,w=210i {}\n", at(2, 10)));
+    write_lines(&server, "lp", &lines).await;
+    server.flush().await;
+    // A fourth hour flushed, then rows left in the buffer: a newer a, and d, nowhere else.
+    write_lines(
+        &server,
+        "lp",
+        &format!("m,host=a v=300,w=300i {}\n", at(3, 0)),
+    )
+    .await;
+    server.flush().await;
+    write_lines(
+        &server,
+        "lp",
+        &format!(
+            "m,host=a v=301,w=301i {}\nm,host=d v=1,w=1i {}\n",
+            at(3, 5),
+            at(1, 0)
+        ),
+    )
+    .await;
+    const FILES: u64 = 4;
+
+    // Each form as users write it, and the same question with a filter on `time` that keeps
+    // every row but rules the summaries out (it reads a column that is not a group).
+    let forms = |time_filter: Option<&str>| {
+        let only = |f: &str| {
+            time_filter.map_or(String::new(), |t| format!("WHERE {}", t.replace("time", f)))
+        };
+        let and = time_filter.map_or(String::new(), |t| format!("AND {t}"));
+        [
+            format!(
+                "SELECT c.host, c.v, c.w, c.time FROM lp.m c JOIN \
+                 (SELECT host, max(time) AS last FROM lp.m {} GROUP BY host) l \
+                 ON c.host = l.host AND c.time = l.last {} ORDER BY c.host, c.v",
+                only("time"),
+                only("c.time")
+            ),
+            format!(
+                "SELECT DISTINCT ON (host) host, v, time FROM lp.m {} ORDER BY host, time DESC",
+                only("time")
+            ),
+            format!(
+                "SELECT host, last_value(v ORDER BY time) AS v, max(time) AS t \
+                 FROM lp.m {} GROUP BY host ORDER BY host",
+                only("time")
+            ),
+            format!(
+                "SELECT host, v, time FROM lp.m WHERE host = 'c' {and} ORDER BY time DESC LIMIT 1"
+            ),
+            format!("SELECT max(time) AS last FROM lp.m {}", only("time")),
+        ]
+    };
+    let summarised = forms(None);
+    let full = forms(Some("time >= '2000-01-01T00:00:00Z'"));
+    // The join reads the measurement twice.
+    let scans = [2, 1, 1, 1, 1];
+    for ((fast, slow), scans) in summarised.iter().zip(&full).zip(scans) {
+        let (expected, scanned) = profiled(&server, slow).await;
+        assert_eq!(scanned, scans * FILES, "{slow}");
+        let (cold, _) = profiled(&server, fast).await;
+        let (warm, scanned) = profiled(&server, fast).await;
+        assert_eq!(cold, expected, "{fast}");
+        assert_eq!(warm, expected, "{fast}");
+        assert_eq!(scanned, 0, "warm, no file is read: {fast}");
+    }
+    // Questions that need more than the latest rows read every file, however often asked.
+    for (sql, files) in [
+        (
+            "SELECT host, max(time) AS t, count(*) AS n FROM lp.m GROUP BY host",
+            FILES,
+        ),
+        (
+            "SELECT host, first_value(v ORDER BY time) AS v FROM lp.m GROUP BY host",
+            FILES,
+        ),
+        (
+            "SELECT host, last_value(v ORDER BY w) AS v FROM lp.m GROUP BY host",
+            FILES,
+        ),
+        ("SELECT * FROM lp.m ORDER BY time DESC LIMIT 2", FILES),
+        // The first two hours' files.
+        (
+            "SELECT * FROM lp.m WHERE time < '2026-01-15T12:00:00Z' ORDER BY time DESC LIMIT 1",
+            2,
+        ),
+    ] {
+        profiled(&server, sql).await;
+        let (_, scanned) = profiled(&server, sql).await;
+        assert_eq!(scanned, files, "{sql}");
+    }
+    let (join, _) = profiled(&server, &summarised[0]).await;
+    let points: Vec<(String, i64, String)> = join
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let text = |i: usize| row[i].as_str().unwrap().to_string();
+            (text(0), row[2].as_i64().unwrap(), text(3))
+        })
+        .collect();
+    let point = |host: &str, w: i64, time: &str| (host.to_string(), w, time.to_string());
+    assert_eq!(
+        points,
+        vec![
+            point("a", 301, "2026-01-15T13:00:05Z"),
+            point("b", 210, "2026-01-15T12:00:10Z"),
+            point("b", 210, "2026-01-15T12:00:10Z"),
+            point("c", 7, "2026-01-15T10:00:20Z"),
+            point("d", 1, "2026-01-15T11:00:00Z"),
+        ],
+        "buffered rows count, ties are all kept"
+    );
+
+    // A delete rewrites c's file; the summaries follow the new file.
+    let (status, body) = server
+        .post(
+            "/api/v1/delete",
+            &[("content-type", "application/json")],
+            json!({"database": "lp", "measurement": "m", "where": "host = 'c'", "confirm": true})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (after, _) = profiled(&server, &summarised[0]).await;
+    let (expected, _) = profiled(&server, &full[0]).await;
+    assert_eq!(after, expected);
+    assert!(!after.to_string().contains("\"c\""), "{after}");
+    assert!(server.stop().await.success());
+}
