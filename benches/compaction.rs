@@ -1,8 +1,9 @@
 //! Compaction benchmark: loads the query benchmark's data set with Arc's default buffer size
 //! (so ingest leaves many small files), runs the query suite (TSBS's devops query types),
 //! compacts the hourly tier, runs the suite again, compacts the daily tier and runs it a third
-//! time. Prints compaction throughput (input MB/s and rows/s) and the suite's median times at
-//! each stage.
+//! time. At each stage the suite also runs through DuckDB over the same (live) files, and every
+//! answer is compared with DuckDB's. Prints compaction throughput (input MB/s and rows/s) and
+//! each stage's medians and ratios; fails if an answer differs.
 //!
 //! ```text
 //! cargo bench --bench compaction -- [--rows 50000000] [--hosts 1000] [--iterations 3]
@@ -17,7 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use devops::{Query, load, median, parse_options, suite, timed};
+use devops::{
+    Comparison, Query, check_answers, compare_with_duckdb, load, parse_options, print_comparison,
+    suite,
+};
 
 async fn get(client: &reqwest::Client, url: &str) -> Result<Value> {
     let response = client.get(url).send().await?;
@@ -35,22 +39,46 @@ async fn file_count(client: &reqwest::Client, url: &str) -> Result<u64> {
         .context("file_count missing")
 }
 
-/// Median time of each suite query, in ms.
-async fn run_suite(
+/// The data set's live files (the manifest's, not the replaced ones awaiting deletion), one
+/// absolute path per line in a file for `duckdb_suite.py`.
+async fn live_files(
     client: &reqwest::Client,
     url: &str,
+    root: &std::path::Path,
+) -> Result<tempfile::NamedTempFile> {
+    let mut paths = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = get(
+            client,
+            &format!("{url}/api/v1/cluster/files?database=bench&limit=10000&cursor={cursor}"),
+        )
+        .await?;
+        for file in page["files"].as_array().context("files missing")? {
+            let path = file["path"].as_str().context("path missing")?;
+            paths.push(root.join(path).display().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    let mut listing = tempfile::NamedTempFile::new()?;
+    std::io::Write::write_all(&mut listing, paths.join("\n").as_bytes())?;
+    Ok(listing)
+}
+
+/// The suite on arcdb and DuckDB over the current files.
+async fn run_stage(
+    client: &reqwest::Client,
+    server: &common::LocalServer,
     suite: &[Query],
     iterations: usize,
-) -> Result<Vec<f64>> {
-    let mut medians = Vec::new();
-    for query in suite {
-        let mut times = Vec::new();
-        for _ in 0..iterations {
-            times.push(timed(client, url, "/api/v1/query", &query.sql).await?.0 * 1000.0);
-        }
-        medians.push(median(times));
-    }
-    Ok(medians)
+) -> Result<Comparison> {
+    let listing = live_files(client, &server.url, &server.storage_root()).await?;
+    let mut source = std::ffi::OsString::from("@");
+    source.push(listing.path());
+    compare_with_duckdb(client, &server.url, suite, iterations, &source).await
 }
 
 struct TierRun {
@@ -121,7 +149,7 @@ fn main() -> Result<()> {
         let mut stages = vec![(
             "after ingest".to_string(),
             file_count(&client, &server.url).await?,
-            run_suite(&client, &server.url, &suite, options.iterations).await?,
+            run_stage(&client, &server, &suite, options.iterations).await?,
         )];
         for tier in ["hourly", "daily"] {
             let run = compact(&client, &server.url, tier).await?;
@@ -137,22 +165,21 @@ fn main() -> Result<()> {
             stages.push((
                 format!("after {tier}"),
                 file_count(&client, &server.url).await?,
-                run_suite(&client, &server.url, &suite, options.iterations).await?,
+                run_stage(&client, &server, &suite, options.iterations).await?,
             ));
         }
 
-        print!("\n{:<30}", "query (median ms)");
-        for (name, files, _) in &stages {
-            print!(" {:>22}", format!("{name} ({files} files)"));
+        let mut differences = Vec::new();
+        for (name, files, comparison) in &stages {
+            println!("\n{name} ({files} files):");
+            print_comparison(&suite, comparison);
+            differences.extend(
+                comparison
+                    .differences
+                    .iter()
+                    .map(|(query, difference)| (query.clone(), format!("{name}: {difference}"))),
+            );
         }
-        println!();
-        for (q, query) in suite.iter().enumerate() {
-            print!("{:<30}", query.name);
-            for (_, _, times) in &stages {
-                print!(" {:>22.1}", times[q]);
-            }
-            println!();
-        }
-        Ok(())
+        check_answers(&suite, &differences)
     })
 }

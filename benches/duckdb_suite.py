@@ -1,6 +1,7 @@
 """Runs the query benchmark's SQL through DuckDB over arcdb's Parquet files.
 
-Usage: duckdb_suite.py <parquet glob> <iterations> <JSON list of {"name", "sql"}> <answers dir>
+Usage: duckdb_suite.py <parquet glob | @file of paths> <iterations> <JSON list of {"name", "sql"}>
+                       <answers dir>
 Prints a JSON object: query name -> median seconds. A first, untimed run of each query writes its
 answer to <answers dir>/<name>.json in the shape of arcdb's JSON answer,
 {"columns": [...], "data": [[...], ...]}, timestamps as RFC 3339 strings. Timed runs then fetch
@@ -32,8 +33,15 @@ def main() -> None:
     con = duckdb.connect()
     # Time literals and TIMESTAMPTZ values in UTC, as in arcdb, whatever the machine's zone.
     con.execute("SET TimeZone = 'UTC'")
+    if glob.startswith("@"):
+        # An exact list: after a compaction the replaced files stay on disk for a while.
+        with open(glob[1:]) as listing:
+            files = [line.strip() for line in listing if line.strip()]
+        source = "[" + ", ".join(f"'{f}'" for f in files) + "]"
+    else:
+        source = f"'{glob}'"
     con.execute(
-        f"CREATE VIEW cpu AS SELECT * FROM read_parquet('{glob}', union_by_name = true)"
+        f"CREATE VIEW cpu AS SELECT * FROM read_parquet({source}, union_by_name = true)"
     )
     medians = {}
     for query in queries:

@@ -2,6 +2,8 @@
 //! hosts with five tags and ten float fields, one point per host every 10 s from 2026-01-01, and
 //! TSBS's 15 devops query types over it.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -9,7 +11,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 /// Command-line options of the benchmarks over this data set.
 pub struct Options {
@@ -373,4 +376,212 @@ pub async fn timed(
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// A query's answer: what `POST /api/v1/query` returns, and what `duckdb_suite.py` writes.
+#[derive(Deserialize)]
+pub struct Answer {
+    pub columns: Vec<String>,
+    pub data: Vec<Vec<Value>>,
+}
+
+/// arcdb's answer to `sql`, parsed (untimed).
+pub async fn arcdb_answer(client: &reqwest::Client, url: &str, sql: &str) -> Result<Answer> {
+    let response = post_query(client, url, "/api/v1/query", sql).await?;
+    Ok(response.json().await?)
+}
+
+/// Where arcdb's answer first departs from DuckDB's, if it does. Rows compare in order: every
+/// query of the suite has a total `ORDER BY`.
+pub fn first_difference(arcdb: &Answer, duckdb: &Answer) -> Option<String> {
+    if arcdb.columns != duckdb.columns {
+        return Some(format!(
+            "columns differ: arcdb {:?}, DuckDB {:?}",
+            arcdb.columns, duckdb.columns
+        ));
+    }
+    let row = |answer: &Answer, i: usize| {
+        answer.data.get(i).map_or("no row".to_string(), |cells| {
+            Value::from(cells.clone()).to_string()
+        })
+    };
+    let rows = arcdb.data.len().max(duckdb.data.len());
+    (0..rows)
+        .find(|&i| match (arcdb.data.get(i), duckdb.data.get(i)) {
+            (Some(a), Some(d)) => {
+                a.len() != d.len() || a.iter().zip(d).any(|(a, d)| !same_value(a, d))
+            }
+            _ => true,
+        })
+        .map(|i| {
+            format!(
+                "row {i} of {} (arcdb) / {} (DuckDB) differs:\n  arcdb  {}\n  DuckDB {}",
+                arcdb.data.len(),
+                duckdb.data.len(),
+                row(arcdb, i),
+                row(duckdb, i)
+            )
+        })
+}
+
+/// Numbers equal within 1e-9 relative (engines sum in different orders); strings that are both
+/// RFC 3339 times compare as instants, since the engines spell UTC differently.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (
+                a.as_f64().unwrap_or(f64::NAN),
+                b.as_f64().unwrap_or(f64::NAN),
+            );
+            a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+        }
+        (Value::String(a), Value::String(b)) => {
+            a == b
+                || matches!(
+                    (
+                        chrono::DateTime::parse_from_rfc3339(a),
+                        chrono::DateTime::parse_from_rfc3339(b),
+                    ),
+                    (Ok(a), Ok(b)) if a == b
+                )
+        }
+        _ => a == b,
+    }
+}
+
+/// Runs the suite in DuckDB over `parquet` (a glob, or `@` and a file listing the files); returns
+/// each query's median seconds, by name, and leaves each answer in `answers/<name>.json`.
+pub fn run_duckdb(
+    parquet: &std::ffi::OsStr,
+    iterations: usize,
+    suite: &[Query],
+    answers: &Path,
+) -> Result<Value> {
+    let queries: Vec<Value> = suite
+        .iter()
+        .map(|query| json!({ "name": query.name, "sql": query.sql }))
+        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/duckdb_suite.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(parquet)
+        .arg(iterations.to_string())
+        .arg(serde_json::to_string(&queries)?)
+        .arg(answers)
+        .output()
+        .context("running python3 benches/duckdb_suite.py")?;
+    if !output.status.success() {
+        bail!(
+            "DuckDB suite failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// One run of the suite on arcdb and DuckDB over the same files.
+pub struct Comparison {
+    /// Per query: arcdb's median, DuckDB's median and arcdb's first (untimed-for-the-median)
+    /// run, in seconds.
+    pub seconds: Vec<(f64, f64, f64)>,
+    /// Queries whose answers differ, and where.
+    pub differences: Vec<(String, String)>,
+}
+
+/// Runs the suite through DuckDB over `parquet` (see [`run_duckdb`]), then through arcdb: each
+/// query once for its answer (compared with DuckDB's), then `iterations` timed runs.
+pub async fn compare_with_duckdb(
+    client: &reqwest::Client,
+    url: &str,
+    suite: &[Query],
+    iterations: usize,
+    parquet: &std::ffi::OsStr,
+) -> Result<Comparison> {
+    let answers = tempfile::tempdir()?;
+    let duckdb_seconds = run_duckdb(parquet, iterations, suite, answers.path())?;
+    let mut seconds = Vec::new();
+    let mut differences = Vec::new();
+    for query in suite {
+        // In a block so that both answers, hundreds of MB at full scale, are freed before timing.
+        let (difference, first) = {
+            let started = Instant::now();
+            let arcdb = arcdb_answer(client, url, &query.sql).await?;
+            let first = started.elapsed().as_secs_f64();
+            let file = answers.path().join(format!("{}.json", query.name));
+            let duckdb: Answer = serde_json::from_slice(
+                &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+            )?;
+            (first_difference(&arcdb, &duckdb), first)
+        };
+        if let Some(difference) = difference {
+            differences.push((query.name.clone(), difference));
+        }
+        let mut times = Vec::new();
+        for _ in 0..iterations {
+            times.push(timed(client, url, "/api/v1/query", &query.sql).await?.0);
+        }
+        let duckdb = duckdb_seconds[&query.name]
+            .as_f64()
+            .context("DuckDB timing missing")?;
+        seconds.push((median(times), duckdb, first));
+    }
+    Ok(Comparison {
+        seconds,
+        differences,
+    })
+}
+
+/// Prints each query's medians and ratio, then the median and worst ratio. The first run pays
+/// for what later runs find cached (for arcdb, the latest-row summaries `lastpoint` reads); it
+/// is printed, not counted in the ratio.
+pub fn print_comparison(suite: &[Query], comparison: &Comparison) {
+    println!(
+        "\n{:<24} {:>12} {:>12} {:>12} {:>8}",
+        "query (median)", "arcdb ms", "DuckDB ms", "arcdb 1st ms", "ratio"
+    );
+    let mut ratios = Vec::new();
+    for (query, (arcdb, duckdb, first)) in suite.iter().zip(&comparison.seconds) {
+        let ratio = arcdb / duckdb;
+        ratios.push((ratio, query.name.as_str()));
+        println!(
+            "{:<24} {:>12.1} {:>12.1} {:>12.1} {ratio:>8.2}",
+            query.name,
+            arcdb * 1000.0,
+            duckdb * 1000.0,
+            first * 1000.0
+        );
+    }
+    let (worst, worst_name) = ratios
+        .iter()
+        .copied()
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .expect("the suite is not empty");
+    println!(
+        "arcdb/DuckDB ratio over the {} query types: median {:.2}, worst {worst:.2} ({worst_name})",
+        ratios.len(),
+        median(ratios.iter().map(|(ratio, _)| *ratio).collect()),
+    );
+}
+
+/// Prints every difference and fails if there is one.
+pub fn check_answers(suite: &[Query], differences: &[(String, String)]) -> Result<()> {
+    if !differences.is_empty() {
+        for (name, difference) in differences {
+            let sql = suite
+                .iter()
+                .find(|q| &q.name == name)
+                .map_or("", |q| &q.sql);
+            println!("\n{name}: {difference}\n  SQL: {sql}");
+        }
+        let names: Vec<&str> = differences.iter().map(|(name, _)| name.as_str()).collect();
+        bail!(
+            "arcdb's answer differs from DuckDB's for {}",
+            names.join(", ")
+        );
+    }
+    println!(
+        "correctness: arcdb's answers equal DuckDB's for all {} query types",
+        suite.len()
+    );
+    Ok(())
 }

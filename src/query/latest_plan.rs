@@ -5,15 +5,15 @@
 //! of G) when what sits on it picks, per group of G, rows at the group's latest time. Every such
 //! row is the latest of its group within its own file, so it is in that file's summary, and a
 //! summary holds nothing the table lacks; the operator then picks the same rows from the
-//! smaller input. Filters between the scan and that operator may only read columns of G (they
-//! keep or drop whole groups) and must be deterministic. The shapes recognised, each as users
-//! write "the last point of every host":
+//! smaller input. Filters between the scan and that operator must be deterministic and must not
+//! read `time`; the columns they read join G (see [`summary_groups`]). The shapes recognised,
+//! each as users write "the last point of every host":
 //! - a join of the rows with `SELECT g…, max(time) … GROUP BY g…` on every `g` and on `time`
 //!   equal to the maximum (both scans);
 //! - an aggregate grouped by columns whose aggregates are all `max(time)`,
 //!   `last_value(… ORDER BY time)` or `first_value(… ORDER BY time DESC)` (`DISTINCT ON (g…) …
 //!   ORDER BY g…, time DESC` is planned as the latter);
-//! - `ORDER BY time DESC LIMIT 1`, where the columns filtered on are the groups.
+//! - `ORDER BY time DESC LIMIT 1` (`WHERE host = 'h1'`: the last point of one host).
 //!
 //! Ties at the latest time stay exact: every tied row is in the summaries.
 
@@ -102,13 +102,16 @@ struct Chain {
     filtered: Option<BTreeSet<String>>,
 }
 
-impl Chain {
-    /// Whether the filters keep or drop whole groups of `group`.
-    fn filters_within(&self, group: &[String]) -> bool {
-        self.filtered
-            .as_ref()
-            .is_some_and(|columns| columns.iter().all(|c| group.contains(c)))
+/// Pure: the groups a scan's summaries are kept by: the query's own grouping columns and every
+/// column a filter on the way reads, so that each filter keeps or drops whole groups. A row at
+/// the latest time of a query group is then at the latest time of the finer group it is in.
+/// `None` where a filter reads a computed value or `time`.
+fn summary_groups(group: &[String], chains: &[&Chain]) -> Option<Vec<String>> {
+    let mut columns: BTreeSet<String> = group.iter().cloned().collect();
+    for chain in chains {
+        columns.extend(chain.filtered.clone()?);
     }
+    (!columns.contains(TIME)).then(|| columns.into_iter().collect())
 }
 
 fn chain(plan: &LogicalPlan) -> Option<Chain> {
@@ -197,16 +200,19 @@ fn grouping(aggregate: &Aggregate) -> Option<(Chain, Vec<String>)> {
         .iter()
         .map(|e| passed_on(e, &aggregate.input, &input.sources).filter(|c| c.as_str() != TIME))
         .collect::<Option<Vec<_>>>()?;
-    input.filters_within(&group).then_some((input, group))
+    Some((input, group))
 }
 
 fn latest_aggregate(aggregate: &Aggregate) -> Option<Vec<String>> {
     let (input, group) = grouping(aggregate)?;
-    aggregate
+    let latest = aggregate
         .aggr_expr
         .iter()
-        .all(|e| picks_latest(e, &aggregate.input, &input.sources, &group))
-        .then_some(group)
+        .all(|e| picks_latest(e, &aggregate.input, &input.sources, &group));
+    if !latest {
+        return None;
+    }
+    summary_groups(&group, &[&input])
 }
 
 /// Whether an aggregate's value is taken from a row at its group's latest time.
@@ -329,7 +335,7 @@ fn rows_at_max(
 ) -> Option<Vec<String>> {
     let rows = chain(rows_side)?;
     let (carried, group, max_input) = max_time_per_group(max_side)?;
-    if rows.key != max_input.key || !rows.filters_within(&group) {
+    if rows.key != max_input.key {
         return None;
     }
     let mut joined_groups = BTreeSet::new();
@@ -348,7 +354,10 @@ fn rows_at_max(
             _ => return None,
         }
     }
-    (joined_time && group.iter().all(|g| joined_groups.contains(g))).then_some(group)
+    if !joined_time || !group.iter().all(|g| joined_groups.contains(g)) {
+        return None;
+    }
+    summary_groups(&group, &[&rows, &max_input])
 }
 
 /// `ORDER BY time DESC LIMIT 1`: the latest row of the rows the filters keep.

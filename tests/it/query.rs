@@ -758,12 +758,15 @@ async fn the_last_point_of_every_series_reads_no_file_once_warm_and_equals_a_ful
                 "SELECT host, v, time FROM lp.m WHERE host = 'c' {and} ORDER BY time DESC LIMIT 1"
             ),
             format!("SELECT max(time) AS last FROM lp.m {}", only("time")),
+            format!(
+                "SELECT last_value(w ORDER BY time) AS w FROM lp.m WHERE host IN ('b', 'c') {and}"
+            ),
         ]
     };
     let summarised = forms(None);
     let full = forms(Some("time >= '2000-01-01T00:00:00Z'"));
     // The join reads the measurement twice.
-    let scans = [2, 1, 1, 1, 1];
+    let scans = [2, 1, 1, 1, 1, 1];
     for ((fast, slow), scans) in summarised.iter().zip(&full).zip(scans) {
         let (expected, scanned) = profiled(&server, slow).await;
         assert_eq!(scanned, scans * FILES, "{slow}");
