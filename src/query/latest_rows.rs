@@ -147,7 +147,7 @@ impl LatestRowsCache {
         group: &[String],
         files: &[FileEntry],
         schema: &SchemaRef,
-        read: impl Fn(&FileEntry) -> Result<SendableRecordBatchStream>,
+        read: impl Fn(&FileEntry) -> Result<SendableRecordBatchStream> + Sync,
     ) -> Result<LatestAnswer> {
         let entry = self.entry(key, group, schema);
         // One query per entry computes at a time, so concurrent dashboards read each file once.
@@ -159,18 +159,23 @@ impl LatestRowsCache {
         entry
             .per_file
             .retain(|path, _| current.contains(path.as_str()));
-        let missing = files
+        let missing: Vec<&FileEntry> = files
             .iter()
             .filter(|f| !entry.per_file.contains_key(&f.path))
-            .map(|file| Ok((file.path.clone(), file.rows, read(file)?)))
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         let files_read = missing.len() as u64;
+        // A scan starts when its turn comes: started scans run ahead on their own tasks.
         // Boxed: the futures' concrete types would tie the stream to lifetimes the caller's
         // `Send` future cannot name.
+        let read = &read;
         let reads: Vec<BoxFuture<'_, Result<(String, Summary)>>> = missing
             .into_iter()
-            .map(|(path, rows, stream)| {
-                async move { Ok((path, summarise(stream, rows, group).await?)) }.boxed()
+            .map(|file| {
+                async move {
+                    let summary = summarise(read(file)?, file.rows, group).await?;
+                    Ok((file.path.clone(), summary))
+                }
+                .boxed()
             })
             .collect();
         let computed: Vec<(String, Summary)> = futures::stream::iter(reads)
