@@ -130,10 +130,12 @@ struct Entry {
 }
 
 type EntryKey = (MeasurementKey, Vec<String>);
+/// An entry and when it was last asked for (a tick of the cache's clock).
+type UsedEntry = (u64, Arc<tokio::sync::Mutex<Entry>>);
 
 #[derive(Debug, Default)]
 pub struct LatestRowsCache {
-    entries: std::sync::Mutex<HashMap<EntryKey, (u64, Arc<tokio::sync::Mutex<Entry>>)>>,
+    entries: std::sync::Mutex<HashMap<EntryKey, UsedEntry>>,
     clock: AtomicU64,
 }
 
