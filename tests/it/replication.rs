@@ -1042,7 +1042,21 @@ async fn readers_swap_to_rewritten_files_and_delete_the_replaced_ones() {
         (count(reader, table).await == Some(280)).then_some(())
     })
     .await;
-    let before = parquet_files(&cluster.data_dir("reader-01").unwrap());
+    // The streamed WAL answers before the files arrive; a file the delete replaces before the
+    // reader copied it would leave the reader nothing to delete.
+    let manifest = cluster.manifest("writer-01").await;
+    let reader_dir = cluster.data_dir("reader-01").unwrap();
+    let local_keys = || -> Vec<String> {
+        parquet_files(&reader_dir)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    };
+    eventually("the reader holds every flushed file", SETTLE, || async {
+        (local_keys() == manifest).then_some(())
+    })
+    .await;
+    let before = parquet_files(&reader_dir);
 
     let response = writer
         .client
@@ -1064,17 +1078,10 @@ async fn readers_swap_to_rewritten_files_and_delete_the_replaced_ones() {
     )
     .await;
     let manifest = cluster.manifest("writer-01").await;
-    let reader_dir = cluster.data_dir("reader-01").unwrap();
     eventually(
         "the reader holds exactly the manifest's files",
         SETTLE,
-        || async {
-            let ours: Vec<String> = parquet_files(&reader_dir)
-                .into_iter()
-                .map(|(key, _)| key)
-                .collect();
-            (ours == manifest).then_some(())
-        },
+        || async { (local_keys() == manifest).then_some(()) },
     )
     .await;
     let after = parquet_files(&reader_dir);
