@@ -30,6 +30,9 @@ use crate::meta::FileEntry;
 /// (measurement, grouping columns) pairs whose summaries are kept; the least recently asked
 /// one goes first.
 const MAX_ENTRIES: usize = 64;
+/// Memory all summaries may take; past it the least recently asked entries go, and an entry
+/// larger on its own keeps only its folded rows (or nothing).
+const MAX_BYTES: usize = 256 << 20;
 /// A file whose summary keeps more rows than this and more than a quarter of the file is read
 /// whole instead: there are too few rows per group for a summary to save anything.
 const SMALL_SUMMARY_ROWS: usize = 1024;
@@ -130,8 +133,8 @@ struct Entry {
 }
 
 type EntryKey = (MeasurementKey, Vec<String>);
-/// An entry and when it was last asked for (a tick of the cache's clock).
-type UsedEntry = (u64, Arc<tokio::sync::Mutex<Entry>>);
+/// An entry, when it was last asked for (a tick of the cache's clock) and its bytes then.
+type UsedEntry = (u64, usize, Arc<tokio::sync::Mutex<Entry>>);
 
 #[derive(Debug, Default)]
 pub struct LatestRowsCache {
@@ -161,9 +164,17 @@ impl LatestRowsCache {
         entry
             .per_file
             .retain(|path, _| current.contains(path.as_str()));
+        // While files are only added, the folded rows stand for the files they folded; once one
+        // is gone, every summary is folded again.
+        let previous = entry
+            .folded
+            .take()
+            .filter(|(paths, _)| paths.iter().all(|path| current.contains(path.as_str())));
+        let folded_paths = previous.as_ref().map(|(paths, _)| paths);
+        let is_folded = |path: &String| folded_paths.is_some_and(|paths| paths.contains(path));
         let missing: Vec<&FileEntry> = files
             .iter()
-            .filter(|f| !entry.per_file.contains_key(&f.path))
+            .filter(|f| !entry.per_file.contains_key(&f.path) && !is_folded(&f.path))
             .collect();
         let files_read = missing.len() as u64;
         // A scan starts when its turn comes: started scans run ahead on their own tasks.
@@ -189,6 +200,10 @@ impl LatestRowsCache {
         let mut whole_files = Vec::new();
         let mut summarised = BTreeSet::new();
         for file in files {
+            if is_folded(&file.path) {
+                summarised.insert(file.path.clone());
+                continue;
+            }
             match entry.per_file[&file.path] {
                 Summary::Rows(_) => {
                     summarised.insert(file.path.clone());
@@ -196,19 +211,24 @@ impl LatestRowsCache {
                 Summary::TooManyGroups => whole_files.push(file.clone()),
             }
         }
-        let rows = match entry.folded.take() {
-            Some((paths, rows)) if paths == summarised => rows,
-            // Only files added since: fold the new ones into the previous result.
-            Some((paths, rows)) if paths.is_subset(&summarised) => {
-                let added = summarised.difference(&paths).map(String::as_str);
-                fold(rows.into_iter().chain(summaries(&entry, added)), group)?
+        let rows = match previous {
+            Some((paths, rows)) => {
+                let added: Vec<&str> = summarised.difference(&paths).map(String::as_str).collect();
+                match added.is_empty() {
+                    true => rows,
+                    false => fold(
+                        rows.into_iter().chain(summaries(&entry, added.into_iter())),
+                        group,
+                    )?,
+                }
             }
-            _ => fold(
+            None => fold(
                 summaries(&entry, summarised.iter().map(String::as_str)),
                 group,
             )?,
         };
         entry.folded = Some((summarised, rows.clone()));
+        self.bound(key, group, &mut entry);
         Ok(LatestAnswer {
             rows,
             whole_files,
@@ -225,21 +245,59 @@ impl LatestRowsCache {
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         let mut entries = self.entries.lock().expect("latest-rows cache lock");
         let entry_key = (key.clone(), group.to_vec());
-        if let Some((used, entry)) = entries.get_mut(&entry_key) {
+        if let Some((used, _, entry)) = entries.get_mut(&entry_key) {
             *used = now;
             return Arc::clone(entry);
         }
-        if entries.len() >= MAX_ENTRIES
-            && let Some(oldest) = entries
-                .iter()
-                .min_by_key(|(_, (used, _))| *used)
-                .map(|(k, _)| k.clone())
-        {
-            entries.remove(&oldest);
+        if entries.len() >= MAX_ENTRIES {
+            evict_oldest(&mut entries, &entry_key);
         }
         let entry = Arc::new(tokio::sync::Mutex::new(Entry::new(Arc::clone(schema))));
-        entries.insert(entry_key, (now, Arc::clone(&entry)));
+        entries.insert(entry_key, (now, 0, Arc::clone(&entry)));
         entry
+    }
+
+    /// Records `entry`'s size and keeps the cache within [`MAX_BYTES`]: older entries go
+    /// first; then this one drops its per-file summaries (new files still fold into its
+    /// folded rows; a removed file means reading the files again), then its folded rows.
+    fn bound(&self, key: &MeasurementKey, group: &[String], entry: &mut Entry) {
+        let mut entries = self.entries.lock().expect("latest-rows cache lock");
+        let entry_key = (key.clone(), group.to_vec());
+        let mut bytes = entry.bytes();
+        loop {
+            let others: usize = entries
+                .iter()
+                .filter(|(k, _)| **k != entry_key)
+                .map(|(_, (_, bytes, _))| bytes)
+                .sum();
+            if others + bytes <= MAX_BYTES {
+                break;
+            }
+            if others > 0 {
+                evict_oldest(&mut entries, &entry_key);
+            } else if !entry.per_file.is_empty() {
+                entry.per_file.clear();
+                bytes = entry.bytes();
+            } else {
+                entry.folded = None;
+                bytes = 0;
+            }
+        }
+        if let Some((_, recorded, _)) = entries.get_mut(&entry_key) {
+            *recorded = bytes;
+        }
+    }
+}
+
+/// Drops the least recently asked entry other than `keep`.
+fn evict_oldest(entries: &mut HashMap<EntryKey, UsedEntry>, keep: &EntryKey) {
+    if let Some(oldest) = entries
+        .iter()
+        .filter(|(k, _)| *k != keep)
+        .min_by_key(|(_, (used, _, _))| *used)
+        .map(|(k, _)| k.clone())
+    {
+        entries.remove(&oldest);
     }
 }
 
@@ -250,6 +308,21 @@ impl Entry {
             per_file: HashMap::new(),
             folded: None,
         }
+    }
+
+    fn bytes(&self) -> usize {
+        let batch = |rows: &Option<RecordBatch>| {
+            rows.as_ref().map_or(0, RecordBatch::get_array_memory_size)
+        };
+        let per_file: usize = self
+            .per_file
+            .values()
+            .map(|summary| match summary {
+                Summary::Rows(rows) => batch(rows),
+                Summary::TooManyGroups => 0,
+            })
+            .sum();
+        per_file + self.folded.as_ref().map_or(0, |(_, rows)| batch(rows))
     }
 }
 

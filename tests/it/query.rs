@@ -824,6 +824,24 @@ async fn the_last_point_of_every_series_reads_no_file_once_warm_and_equals_a_ful
         "buffered rows count, ties are all kept"
     );
 
+    // A flush adds files (hours 1 and 3 from the buffered rows, and hour 4): only they are
+    // read, and folded into the rest.
+    write_lines(
+        &server,
+        "lp",
+        &format!("m,host=a v=400,w=400i {}\n", at(4, 0)),
+    )
+    .await;
+    server.flush().await;
+    let (added, scanned) = profiled(&server, &summarised[0]).await;
+    assert_eq!(scanned, 3, "only the new files are read");
+    let (expected, _) = profiled(&server, &full[0]).await;
+    assert_eq!(added, expected);
+    assert!(
+        added.to_string().contains("2026-01-15T14:00:00Z"),
+        "{added}"
+    );
+
     // A delete rewrites c's file; the summaries follow the new file.
     let (status, body) = server
         .post(
