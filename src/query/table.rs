@@ -285,9 +285,10 @@ impl MeasurementTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        // No page index: the files this server writes have pages of about 1 MB, one or two per
-        // column chunk, so it can hardly prune anything, while loading it cost every scanned
-        // file (and each byte range of a cut file) a further read and decode. Without it
+        // No page index: pages are about 1 MB, so with Arc's default buffer (50,000 rows per
+        // flush) and compaction's 122,880-row groups a column chunk has one or two pages and
+        // the index can hardly prune, while loading it cost every scanned file (and each byte
+        // range of a cut file) a further read and decode. Without it
         // `single-groupby-5-1-12` over freshly flushed files took 41.8 ms instead of 54.7
         // (benches/compaction.rs, figures in BENCHMARKS.md).
         let mut source = ParquetSource::new(Arc::clone(&self.schema)).with_enable_page_index(false);
