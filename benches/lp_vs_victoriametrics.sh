@@ -106,6 +106,8 @@ curl -sf -X POST -H "Authorization: Bearer $token" \
 flush_s=$(echo "$(date +%s.%N) - $flush_start" | bc -l)
 arc_peak=$(awk '/VmHWM/ {printf "%.2f GiB", $2 / 1048576}' "/proc/${pids[0]}/status")
 kill "${pids[0]}"
+# VictoriaMetrics gets the cores only once arcdb has exited.
+wait "${pids[0]}" 2>/dev/null || true
 
 vm_port=$(free_port)
 victoria-metrics -storageDataPath "$work/vm" -httpListenAddr "127.0.0.1:$vm_port" \
