@@ -16,7 +16,7 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondTyp
 use arrow::error::ArrowError;
 
 use super::DecodeError;
-use super::batch::{MeasurementBatch, RowBatcher, Value, checked_time};
+use super::batch::{MeasurementBatch, RowBatcher, Value, checked_time, same_bytes};
 use super::names::{MAX_MEASUREMENT_LEN, valid_name_bytes};
 
 /// Unit of the timestamps in a line-protocol body.
@@ -94,7 +94,15 @@ pub fn parse(
     let mut value_buf = Vec::new();
     // Validating the measurement name once per run of lines that share it.
     let mut last_valid_measurement: Option<&[u8]> = None;
+    let mut layouts = Layouts::default();
+    let mut layout_values = Vec::new();
+    let mut columns = Vec::new();
     let mut accepted = 0usize;
+    let to_time = |timestamp: Option<i64>| {
+        timestamp
+            .and_then(|timestamp| precision.to_micros(timestamp))
+            .unwrap_or(now_us)
+    };
 
     let mut rest = body;
     while !rest.is_empty() {
@@ -106,6 +114,18 @@ pub fn parse(
             }
             None => std::mem::take(&mut rest),
         };
+        let text = trim(text);
+        // Layouts read text without checking it: only a validated body takes them.
+        if utf8 == Utf8::Valid
+            && let Some((layout, timestamp)) = layouts.read(text, &mut layout_values)
+        {
+            let mut row = rows.start_row(&layout.measurement, to_time(timestamp));
+            for (part, value) in layout.parts.iter().zip(&layout_values) {
+                row.set(part.column, *value)?;
+            }
+            accepted += 1;
+            continue;
+        }
         if !line.parse(text) {
             continue;
         }
@@ -119,20 +139,17 @@ pub fn parse(
         let Ok(measurement) = std::str::from_utf8(line.measurement) else {
             continue;
         };
-        let time = line
-            .timestamp
-            .and_then(|timestamp| precision.to_micros(timestamp))
-            .unwrap_or(now_us);
 
-        let mut row = rows.start_row(measurement, time);
+        let mut row = rows.start_row(measurement, to_time(line.timestamp));
+        columns.clear();
         for tag in &line.tags {
             let key = tag.key.unescape(KEY_ESCAPES, &mut key_buf, utf8);
             let value = tag.value.unescape(KEY_ESCAPES, &mut value_buf, utf8);
-            row.tag(&key, &value)?;
+            columns.push(row.tag(&key, &value)?);
         }
         for field in &line.fields {
             let key = field.key.unescape(KEY_ESCAPES, &mut key_buf, utf8);
-            match field.value {
+            let column = match field.value {
                 FieldValue::Int(v) => row.field(&key, Value::Int(v))?,
                 FieldValue::Float(v) => row.field(&key, Value::Float(v))?,
                 FieldValue::Bool(v) => row.field(&key, Value::Bool(v))?,
@@ -140,15 +157,181 @@ pub fn parse(
                     let value = text.unescape(STRING_ESCAPES, &mut value_buf, utf8);
                     row.field(&key, Value::Str(&value))?
                 }
-            }
+            };
+            columns.push(column);
         }
         accepted += 1;
+        if utf8 == Utf8::Valid {
+            layouts.learn(measurement, text, &line, &columns);
+        }
     }
 
     if accepted == 0 {
         return Err(DecodeError::NoValidRecords);
     }
     Ok(rows.finish())
+}
+
+/// How many layouts a body keeps: enough for the measurements a Telegraf batch interleaves.
+const MAX_LAYOUTS: usize = 8;
+
+/// The layouts of lines the full parser accepted, for the lines that repeat them.
+///
+/// A body usually repeats a few layouts (one per measurement and set of keys) line after line.
+/// A layout is the bytes in front of each value (`cpu,host=`, ` f0=`, `,f1=`) and the column
+/// each value went to. A line that has exactly those bytes in front of values of the same kinds
+/// is read by comparing the bytes whole and writing each value straight to its column: the full
+/// parser, a left-to-right scanner, would make the same decisions over the same bytes. Anything
+/// else (an escaped tag value, a string field, another key or value kind, more fields) goes to
+/// the full parser.
+#[derive(Debug, Default)]
+struct Layouts {
+    layouts: Vec<Layout>,
+    /// The layout that read the previous line, tried first.
+    last: usize,
+    /// Where the next layout goes once all places are taken.
+    next_slot: usize,
+}
+
+#[derive(Debug, PartialEq)]
+struct Layout {
+    measurement: String,
+    parts: Vec<LayoutPart>,
+}
+
+#[derive(Debug, PartialEq)]
+struct LayoutPart {
+    /// The bytes between the previous value (or the line start) and this value.
+    prefix: Vec<u8>,
+    kind: PartKind,
+    column: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartKind {
+    Tag,
+    Int,
+    Float,
+    Bool,
+}
+
+impl Layouts {
+    /// Reads `line` with the first layout it repeats into `values` (one per part), with its
+    /// timestamp.
+    fn read<'a>(
+        &mut self,
+        line: &'a [u8],
+        values: &mut Vec<Value<'a>>,
+    ) -> Option<(&Layout, Option<i64>)> {
+        let count = self.layouts.len();
+        for k in 0..count {
+            let index = (self.last + k) % count;
+            if let Some(timestamp) = self.layouts[index].read(line, values) {
+                self.last = index;
+                return Some((&self.layouts[index], timestamp));
+            }
+        }
+        None
+    }
+
+    /// Keeps the layout of `line`, which the full parser read into `parts` and wrote to
+    /// `columns` (tags, then fields), unless it has parts a layout cannot read.
+    fn learn(
+        &mut self,
+        measurement: &str,
+        line: &[u8],
+        parts: &LineParts,
+        columns: &[Option<usize>],
+    ) {
+        let tags = parts.tags.iter().map(|tag| {
+            let kind = (!tag.value.has_backslash).then_some(PartKind::Tag);
+            (kind, tag.span)
+        });
+        let fields = parts.fields.iter().map(|field| {
+            let kind = match field.value {
+                FieldValue::Int(_) => Some(PartKind::Int),
+                FieldValue::Float(_) => Some(PartKind::Float),
+                FieldValue::Bool(_) => Some(PartKind::Bool),
+                FieldValue::Str(_) => None,
+            };
+            (kind, field.span)
+        });
+        let mut layout = Layout {
+            measurement: measurement.to_owned(),
+            parts: Vec::with_capacity(columns.len()),
+        };
+        let mut previous_end = 0;
+        for ((kind, (start, end)), column) in tags.chain(fields).zip(columns) {
+            let (Some(kind), Some(column)) = (kind, *column) else {
+                return;
+            };
+            layout.parts.push(LayoutPart {
+                prefix: line[previous_end..start].to_vec(),
+                kind,
+                column,
+            });
+            previous_end = end;
+        }
+        if self.layouts.contains(&layout) {
+            return;
+        }
+        if self.layouts.len() < MAX_LAYOUTS {
+            self.layouts.push(layout);
+        } else {
+            self.layouts[self.next_slot] = layout;
+            self.next_slot = (self.next_slot + 1) % MAX_LAYOUTS;
+        }
+    }
+}
+
+impl Layout {
+    /// `line`'s values and timestamp if it repeats this layout.
+    #[inline]
+    fn read<'a>(&self, line: &'a [u8], values: &mut Vec<Value<'a>>) -> Option<Option<i64>> {
+        values.clear();
+        let mut i = 0;
+        for part in &self.parts {
+            let prefix_end = i + part.prefix.len();
+            if !same_bytes(line.get(i..prefix_end)?, &part.prefix) {
+                return None;
+            }
+            i = prefix_end;
+            let start = i;
+            if part.kind == PartKind::Tag {
+                while i < line.len() {
+                    match line[i] {
+                        b',' | b' ' => break,
+                        b'\\' => return None,
+                        _ => i += 1,
+                    }
+                }
+                if i == start {
+                    return None;
+                }
+                // SAFETY: the caller's body is valid UTF-8 and the value is cut at ASCII bytes
+                // (see `Utf8::text`).
+                values.push(Value::Str(unsafe {
+                    std::str::from_utf8_unchecked(&line[start..i])
+                }));
+                continue;
+            }
+            while i < line.len() && line[i] != b',' && line[i] != b' ' {
+                i += 1;
+            }
+            let value = match (part.kind, classify_bare_value(&line[start..i])?) {
+                (PartKind::Int, FieldValue::Int(v)) => Value::Int(v),
+                (PartKind::Float, FieldValue::Float(v)) => Value::Float(v),
+                (PartKind::Bool, FieldValue::Bool(v)) => Value::Bool(v),
+                _ => return None,
+            };
+            values.push(value);
+        }
+        // More fields than the layout has.
+        if line.get(i) == Some(&b',') {
+            return None;
+        }
+        Some(timestamp_from(line, i))
+    }
 }
 
 /// Characters a backslash escapes in tag keys, tag values and field keys.
@@ -221,6 +404,8 @@ impl<'a> Text<'a> {
 struct RawTag<'a> {
     key: Text<'a>,
     value: Text<'a>,
+    /// Where the value is in the (trimmed) line.
+    span: (usize, usize),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -236,6 +421,8 @@ enum FieldValue<'a> {
 struct RawField<'a> {
     key: Text<'a>,
     value: FieldValue<'a>,
+    /// Where the value is in the (trimmed) line.
+    span: (usize, usize),
 }
 
 /// One line split into its parts; the vectors are reused from line to line.
@@ -251,12 +438,12 @@ struct LineParts<'a> {
 }
 
 impl<'a> LineParts<'a> {
-    /// Splits `line`; false when it is blank, a comment or invalid. Measurement name rules
-    /// are checked by the caller.
+    /// Splits `line` (trimmed); false when it is blank, a comment or invalid. Measurement name
+    /// rules are checked by the caller.
     fn parse(&mut self, line: &'a [u8]) -> bool {
         self.tags.clear();
         self.fields.clear();
-        self.parse_parts(trim(line)).is_some()
+        self.parse_parts(line).is_some()
     }
 
     fn parse_parts(&mut self, line: &'a [u8]) -> Option<()> {
@@ -279,7 +466,8 @@ impl<'a> LineParts<'a> {
                 return None;
             }
             if key.raw[0] != b'_' {
-                self.tags.push(RawTag { key, value });
+                let span = (key_end + 1, value_end);
+                self.tags.push(RawTag { key, value, span });
             }
             i = value_end;
         }
@@ -295,7 +483,8 @@ impl<'a> LineParts<'a> {
             }
             let (value, value_end) = scan_field_value(line, key_end + 1)?;
             if key.raw[0] != b'_' {
-                self.fields.push(RawField { key, value });
+                let span = (key_end + 1, value_end);
+                self.fields.push(RawField { key, value, span });
             }
             i = value_end;
             if i < len && line[i] == b',' {
@@ -308,16 +497,22 @@ impl<'a> LineParts<'a> {
             return None;
         }
 
-        i = skip_spaces(line, i);
-        let timestamp_end = line[i..]
-            .iter()
-            .position(|&b| b == b' ')
-            .map_or(len, |p| i + p);
-        self.timestamp = match parse_integer(&line[i..timestamp_end]) {
-            IntLiteral::Value(timestamp) => Some(timestamp),
-            IntLiteral::Overflow | IntLiteral::Malformed => None,
-        };
+        self.timestamp = timestamp_from(line, i);
         Some(())
+    }
+}
+
+/// The timestamp after the field set ending at `i`: `None` when missing or not an i64.
+#[inline]
+fn timestamp_from(line: &[u8], i: usize) -> Option<i64> {
+    let i = skip_spaces(line, i);
+    let end = line[i..]
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(line.len(), |p| i + p);
+    match parse_integer(&line[i..end]) {
+        IntLiteral::Value(timestamp) => Some(timestamp),
+        IntLiteral::Overflow | IntLiteral::Malformed => None,
     }
 }
 
@@ -1321,6 +1516,188 @@ mod tests {
         }
         line.push_str(if crlf { "\r\n" } else { "\n" });
         line
+    }
+
+    #[test]
+    fn lines_that_repeat_a_layout_with_a_difference_are_read_in_full() {
+        let body = concat!(
+            "m,host=a f=1.5,n=1i 1000\n",
+            "m,host=b f=2.5,n=2i 2000\n",
+            // An escaped tag value, a string, an integer in the float column, one more field,
+            // a field named like the tag, and a line that is dropped.
+            "m,host=c\\ d f=3.5,n=3i 3000\n",
+            "m,host=e f=\"x\",n=4i 4000\n",
+            "m,host=f f=6i,n=6i 6000\n",
+            "m,host=g f=7.5,n=7i,extra=t 7000\n",
+            "m,host=h f=8.5,host=1i 8000\n",
+            "m,host= f=9.5,n=9i 9000\n",
+        );
+        let error = parse_ns(body).unwrap_err();
+        assert_eq!(
+            error,
+            DecodeError::TypeConflict {
+                measurement: "m".into(),
+                column: "f".into(),
+                first: "float64",
+                second: "string",
+            }
+        );
+        let without_string = body.replace("f=\"x\"", "f=4.5");
+        let batch = single(&without_string);
+        assert_eq!(times(&batch), [1, 2, 3, 4, 6, 7, 8]);
+        assert_eq!(
+            column(&batch, "host"),
+            [s("a"), s("b"), s("c d"), s("e"), s("f"), s("g"), s("h")]
+        );
+        assert_eq!(
+            column(&batch, "f"),
+            [1.5, 2.5, 3.5, 4.5, 6.0, 7.5, 8.5].map(|v| Some(Cell::Float(v)))
+        );
+        assert_eq!(
+            column(&batch, "extra"),
+            [None, None, None, None, None, Some(Cell::Bool(true)), None]
+        );
+        assert_eq!(
+            column(&batch, "host_value"),
+            [None, None, None, None, None, None, Some(Cell::Int(1))]
+        );
+    }
+
+    /// A line as pieces, so that the next line can change one of them.
+    #[derive(Debug, Clone)]
+    struct LinePieces {
+        measurement: &'static str,
+        tags: Vec<(&'static str, &'static str)>,
+        fields: Vec<(&'static str, &'static str)>,
+        timestamp: &'static str,
+        end: &'static str,
+    }
+
+    impl LinePieces {
+        fn text(&self) -> String {
+            let mut line = self.measurement.to_owned();
+            for (key, value) in &self.tags {
+                line.push_str(&format!(",{key}={value}"));
+            }
+            let fields: Vec<String> = self
+                .fields
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!("{line} {}{}{}", fields.join(","), self.timestamp, self.end)
+        }
+    }
+
+    const TAG_VALUES: &[&str] = &["a", "b", "a\\ b", "a\\,b", "", "x=y", "\"q\"", "é"];
+    const FIELD_VALUES: &[&str] = &[
+        "5i",
+        "-7i",
+        "1.5",
+        "2",
+        "t",
+        "FALSE",
+        "\"a,b\"",
+        "\"\"",
+        "abc",
+        "9u",
+        "",
+        "1e400",
+        "99999999999999999999i",
+        "1.5,",
+        "2 3",
+    ];
+    const TIMESTAMPS: &[&str] = &["", " 123", " 1700000000000000000", " abc", "  5 x"];
+
+    /// Escapes, strings, other value kinds, keys that are dropped, renamed or repeated, missing
+    /// or junk timestamps, invalid lines.
+    fn line_pieces() -> impl Strategy<Value = LinePieces> {
+        let tag_key = prop::sample::select(vec!["host", "dc", "_x", "f0"]);
+        let field_key = prop::sample::select(vec!["f0", "f1", "host", "_y", "f\\ 2"]);
+        (
+            prop::sample::select(vec!["cpu", "mem", "c\\,pu"]),
+            prop::collection::vec((tag_key, prop::sample::select(TAG_VALUES)), 0..3),
+            prop::collection::vec((field_key, prop::sample::select(FIELD_VALUES)), 0..4),
+            prop::sample::select(TIMESTAMPS),
+            prop::sample::select(vec!["", "\r", " "]),
+        )
+            .prop_map(|(measurement, tags, fields, timestamp, end)| LinePieces {
+                measurement,
+                tags,
+                fields,
+                timestamp,
+                end,
+            })
+    }
+
+    /// How a line differs from the one before it.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Same,
+        TagValue(usize, &'static str),
+        FieldValue(usize, &'static str),
+        Timestamp(&'static str),
+        Other(LinePieces),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            2 => Just(Change::Same),
+            2 => (any::<usize>(), prop::sample::select(TAG_VALUES))
+                .prop_map(|(i, v)| Change::TagValue(i, v)),
+            3 => (any::<usize>(), prop::sample::select(FIELD_VALUES))
+                .prop_map(|(i, v)| Change::FieldValue(i, v)),
+            1 => prop::sample::select(TIMESTAMPS).prop_map(Change::Timestamp),
+            1 => line_pieces().prop_map(Change::Other),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A body with a line of invalid UTF-8 is read without layouts; otherwise the same
+        /// body must give the same batches or the same error.
+        #[test]
+        fn repeated_layouts_read_like_the_full_parser(
+            first in line_pieces(),
+            changes in prop::collection::vec(change(), 0..40),
+        ) {
+            let mut body = first.text() + "\n";
+            let mut line = first;
+            for change in changes {
+                match change {
+                    Change::Same => {}
+                    Change::TagValue(i, v) if !line.tags.is_empty() => {
+                        let n = line.tags.len();
+                        line.tags[i % n].1 = v;
+                    }
+                    Change::FieldValue(i, v) if !line.fields.is_empty() => {
+                        let n = line.fields.len();
+                        line.fields[i % n].1 = v;
+                    }
+                    Change::TagValue(..) | Change::FieldValue(..) => {}
+                    Change::Timestamp(t) => line.timestamp = t,
+                    Change::Other(other) => line = other,
+                }
+                body.push_str(&line.text());
+                body.push('\n');
+            }
+            let mut without_layouts = body.clone().into_bytes();
+            without_layouts.extend_from_slice(b"\xff\n");
+            let with = parse(body.as_bytes(), Precision::Nanoseconds, NOW);
+            let without = parse(&without_layouts, Precision::Nanoseconds, NOW);
+            match (with, without) {
+                (Ok(with), Ok(without)) => {
+                    prop_assert_eq!(with.len(), without.len());
+                    for (a, b) in with.iter().zip(&without) {
+                        prop_assert_eq!(&a.measurement, &b.measurement);
+                        prop_assert_eq!(&a.tags, &b.tags);
+                        prop_assert_eq!(&a.batch, &b.batch, "{}", body);
+                    }
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "{:?} vs {:?} for {}", a.map(|_| ()), b.map(|_| ()), body),
+            }
+        }
     }
 
     proptest! {
