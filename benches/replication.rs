@@ -260,15 +260,9 @@ async fn freshness(writer: &str, reader: &str, probes: usize) -> Result<Vec<f64>
 /// Returns once every reader in `readers` has applied every entry the writer holds durably
 /// and copied every file of the manifest.
 async fn readers_caught_up(writer: &str, readers: &[&str]) -> Result<()> {
-    let client = common::client_builder().build()?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let status: Value = client
-            .get(format!("{writer}/api/v1/cluster/status"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let status = cluster_status(writer).await?;
         // The writer reports each reader's lag against its durable LSN.
         let durable = status["data"]["replication_readers"]
             .as_array()
@@ -293,15 +287,19 @@ async fn readers_caught_up(writer: &str, readers: &[&str]) -> Result<()> {
     }
 }
 
-async fn replication_status(url: &str) -> Result<Value> {
+/// A node's `GET /api/v1/cluster/status` answer.
+async fn cluster_status(url: &str) -> Result<Value> {
     let client = common::client_builder().build()?;
-    let body: Value = client
+    Ok(client
         .get(format!("{url}/api/v1/cluster/status"))
         .send()
         .await?
         .json()
-        .await?;
-    Ok(body["data"]["replication"].clone())
+        .await?)
+}
+
+async fn replication_status(url: &str) -> Result<Value> {
+    Ok(cluster_status(url).await?["data"]["replication"].clone())
 }
 
 /// Section 5: a writer on shared storage (a one-node cluster on Garage), with and without
@@ -415,15 +413,9 @@ async fn main() -> Result<()> {
         let (reader_1, _) = start_node("reader-01", "reader", Some(&seed)).await?;
         let (reader_2, _) = start_node("reader-02", "reader", Some(&seed)).await?;
         // Writes wait for readers' streams to be open (or are refused under one and quorum).
-        let client = common::client_builder().build()?;
         let started = Instant::now();
         loop {
-            let status: Value = client
-                .get(format!("{}/api/v1/cluster/status", writer.url))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let status = cluster_status(&writer.url).await?;
             let readers = status["data"]["replication_readers"].as_array().cloned();
             let connected = readers
                 .unwrap_or_default()
