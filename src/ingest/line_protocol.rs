@@ -175,6 +175,10 @@ pub fn parse(
 /// How many layouts a body keeps: enough for the measurements a Telegraf batch interleaves.
 const MAX_LAYOUTS: usize = 8;
 
+/// How many layouts a body learns at most. Learning allocates; a body whose lines keep missing
+/// (more layouts than it keeps, rotating) stops paying for it.
+const MAX_LEARNED: usize = 4 * MAX_LAYOUTS;
+
 /// The layouts of lines the full parser accepted, for the lines that repeat them.
 ///
 /// A body usually repeats a few layouts (one per measurement and set of keys) line after line.
@@ -191,6 +195,8 @@ struct Layouts {
     last: usize,
     /// Where the next layout goes once all places are taken.
     next_slot: usize,
+    /// Layouts learned so far in this body.
+    learned: usize,
 }
 
 #[derive(Debug, PartialEq)]
@@ -243,6 +249,9 @@ impl Layouts {
         parts: &LineParts,
         columns: &[Option<usize>],
     ) {
+        if self.learned == MAX_LEARNED {
+            return;
+        }
         let tags = parts.tags.iter().map(|tag| {
             let kind = (!tag.value.has_backslash).then_some(PartKind::Tag);
             (kind, tag.span)
@@ -275,6 +284,7 @@ impl Layouts {
         if self.layouts.contains(&layout) {
             return;
         }
+        self.learned += 1;
         if self.layouts.len() < MAX_LAYOUTS {
             self.layouts.push(layout);
         } else {
@@ -313,6 +323,13 @@ impl Layout {
                 values.push(Value::Str(unsafe {
                     std::str::from_utf8_unchecked(&line[start..i])
                 }));
+                continue;
+            }
+            if part.kind == PartKind::Float
+                && let Some((value, end)) = scan_plain_decimal(line, start)
+            {
+                values.push(Value::Float(value));
+                i = end;
                 continue;
             }
             while i < line.len() && line[i] != b',' && line[i] != b' ' {
@@ -506,6 +523,10 @@ impl<'a> LineParts<'a> {
 #[inline]
 fn timestamp_from(line: &[u8], i: usize) -> Option<i64> {
     let i = skip_spaces(line, i);
+    // Usually the rest of the line is the timestamp's digits, with nothing to look for.
+    if let Some(value) = short_digits_value(&line[i..]) {
+        return i64::try_from(value).ok();
+    }
     let end = line[i..]
         .iter()
         .position(|&b| b == b' ')
@@ -611,6 +632,9 @@ fn scan_field_value(line: &[u8], start: usize) -> Option<(FieldValue<'_>, usize)
         }
         return Some((FieldValue::Str(text), end));
     }
+    if let Some((value, end)) = scan_plain_decimal(line, start) {
+        return Some((FieldValue::Float(value), end));
+    }
     let end = line
         .get(start..)?
         .iter()
@@ -701,10 +725,13 @@ enum Digits {
     Malformed,
 }
 
-/// `[0-9]+` as a u64. `lexical-core` reads eight digits at a time (timestamps in nanoseconds
-/// have nineteen, and a digit-at-a-time loop was ~6.5 % of a line-protocol load's profile).
+/// `[0-9]+` as a u64. Up to nineteen digits (a timestamp in nanoseconds) are read a word at a
+/// time; longer ones by `lexical-core`.
 #[inline]
 fn parse_digits(digits: &[u8]) -> Digits {
+    if let Some(value) = short_digits_value(digits) {
+        return Digits::Value(value);
+    }
     // The parser would also take a sign; only digits are an integer here.
     if !digits.first().is_some_and(u8::is_ascii_digit) {
         return Digits::Malformed;
@@ -717,6 +744,85 @@ fn parse_digits(digits: &[u8]) -> Digits {
         }
         Err(_) => Digits::Malformed,
     }
+}
+
+/// The value of `bytes` when they are 1 to 19 ASCII digits (which always fit a u64), eight
+/// at a time.
+#[inline]
+fn short_digits_value(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 {
+        return None;
+    }
+    let (words, tail) = bytes.as_chunks::<8>();
+    let mut value = 0u64;
+    for word in words {
+        value = value * 100_000_000 + eight_digits(u64::from_le_bytes(*word))?;
+    }
+    for &byte in tail {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value = value * 10 + u64::from(digit);
+    }
+    Some(value)
+}
+
+/// The value of eight ASCII digits read as a little-endian word (first digit in the lowest
+/// byte), or `None` when a byte is not a digit.
+#[inline]
+fn eight_digits(word: u64) -> Option<u64> {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let digits = word.wrapping_sub(ZEROS);
+    // A byte below `0` wraps to a high bit; one above `9` reaches it when 0x76 is added. The
+    // lowest byte that is not a digit always shows; borrows and carries start only there.
+    if (digits | digits.wrapping_add(0x7676_7676_7676_7676)) & HIGHS != 0 {
+        return None;
+    }
+    // Pairs, then fours, then all eight: each step joins neighbouring lanes.
+    let pairs = (digits * 10 + (digits >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let fours = (pairs * 100 + (pairs >> 16)) & 0x0000_FFFF_0000_FFFF;
+    Some((fours * 10_000 + (fours >> 32)) & 0xFFFF_FFFF)
+}
+
+/// A plain decimal (`-?[0-9]+(\.[0-9]+)?`, at most 15 digits) starting at `start` and ending at
+/// `,`, ` ` or the end of `line`, read in the same pass that finds its end: its value and end.
+/// `None` for anything else (exponents, suffixes, booleans, longer numbers), which
+/// [`classify_bare_value`] reads.
+#[inline]
+fn scan_plain_decimal(line: &[u8], start: usize) -> Option<(f64, usize)> {
+    /// Powers of ten up to 10^15, each exact in an f64.
+    const TENS: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let negative = line.get(start) == Some(&b'-');
+    let digits_start = start + usize::from(negative);
+    let mut i = digits_start;
+    let mut mantissa = 0u64;
+    let mut dot = None;
+    while let Some(&byte) = line.get(i) {
+        let digit = byte.wrapping_sub(b'0');
+        if digit <= 9 {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(digit));
+        } else if byte == b'.' && dot.is_none() && i > digits_start {
+            dot = Some(i);
+        } else if byte == b',' || byte == b' ' {
+            break;
+        } else {
+            return None;
+        }
+        i += 1;
+    }
+    let digits = i - digits_start - usize::from(dot.is_some());
+    let fraction_digits = dot.map_or(0, |dot| i - dot - 1);
+    if digits == 0 || digits > 15 || (dot.is_some() && fraction_digits == 0) {
+        return None;
+    }
+    // Under 10^15 the mantissa is exact in an f64, and so is the power of ten: one division of
+    // exact operands is the correctly rounded value, as a full parser gives.
+    let magnitude = mantissa as f64 / TENS[fraction_digits];
+    Some((if negative { -magnitude } else { magnitude }, i))
 }
 
 /// A finite float, or `None` (infinities and NaN count as text).
@@ -1563,6 +1669,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_body_rotating_through_more_layouts_than_kept_stops_learning() {
+        let lines: Vec<String> = (0..MAX_LEARNED + 8)
+            .map(|n| format!("m{n},host=a f=1.5 1000"))
+            .collect();
+        let mut layouts = Layouts::default();
+        let mut parts = LineParts::default();
+        for (n, line) in lines.iter().enumerate() {
+            assert!(parts.parse(line.as_bytes()));
+            let before = format!("{:?}", layouts.layouts);
+            layouts.learn(
+                &format!("m{n}"),
+                line.as_bytes(),
+                &parts,
+                &[Some(0), Some(1)],
+            );
+            let changed = before != format!("{:?}", layouts.layouts);
+            assert_eq!(changed, n < MAX_LEARNED, "line {n}");
+        }
+        assert_eq!(layouts.layouts.len(), MAX_LAYOUTS);
+
+        // Whatever layouts are kept, every line is read as the full parser reads it.
+        let body: String = lines
+            .iter()
+            .cycle()
+            .take(3 * lines.len())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let batches = parse_ns(&body).unwrap();
+        assert_eq!(batches.len(), lines.len());
+        for batch in &batches {
+            assert_eq!(times(batch), [1, 1, 1]);
+            assert_eq!(column(batch, "host"), [s("a"), s("a"), s("a")]);
+        }
+    }
+
     /// A line as pieces, so that the next line can change one of them.
     #[derive(Debug, Clone)]
     struct LinePieces {
@@ -1702,6 +1844,40 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn digit_words_read_like_the_standard_parser(
+            bytes in prop::collection::vec(
+                prop_oneof![4 => b'0'..=b'9', 1 => any::<u8>()],
+                0..24,
+            ),
+        ) {
+            let all_digits = !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit);
+            let expected = (all_digits && bytes.len() <= 19)
+                .then(|| std::str::from_utf8(&bytes).unwrap().parse::<u64>().unwrap());
+            prop_assert_eq!(short_digits_value(&bytes), expected);
+        }
+
+        #[test]
+        fn plain_decimals_read_like_the_standard_float_parser(
+            text in "-?[0-9]{1,17}(\\.[0-9]{1,17})?|[-0-9.e]{0,8}",
+            end in prop_oneof![Just(""), Just(","), Just(" "), Just("i")],
+        ) {
+            let line = format!("{text}{end}");
+            let (sign, unsigned) = text.strip_prefix('-').map_or(("", text.as_str()), |t| ("-", t));
+            let parts: Vec<&str> = unsigned.split('.').collect();
+            let plain = parts.len() <= 2
+                && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                && unsigned.len() - (parts.len() - 1) <= 15;
+            match scan_plain_decimal(line.as_bytes(), 0) {
+                Some((value, stop)) => {
+                    prop_assert!(plain && end != "i", "{sign}{unsigned}");
+                    prop_assert_eq!(stop, text.len());
+                    prop_assert_eq!(value.to_bits(), text.parse::<f64>().unwrap().to_bits());
+                }
+                None => prop_assert!(!plain || end == "i", "{line} not read"),
+            }
+        }
 
         #[test]
         fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
