@@ -3,9 +3,11 @@
 //! hosts): decoding the line protocol, and a flush's sort and Parquet encoding of a chunk of
 //! ten such requests (the default `ingest.max_buffer_size` of 50,000 rows, every request over
 //! the same times, as when `wrk` posts one body over and over). Prints ns per row for each.
+//! Under that load the server's flushes fall behind the requests and take far larger chunks
+//! (hundreds of requests); `--requests N` times the flush of such a chunk.
 //!
 //! ```text
-//! cargo bench --bench write_path -- [--seconds 5] [--tags 1] [--fields 3] [--runs N]
+//! cargo bench --bench write_path -- [--seconds 5] [--tags 1] [--fields 3] [--runs N] [--requests 10]
 //! ```
 //!
 //! This machine's timings move by ±10 % from run to run; `--runs N` runs each stage exactly N
@@ -21,7 +23,6 @@ use arcdb::flush::parquet::{FlushTarget, ParquetOptions, RowRef, encode_hour};
 use arcdb::ingest::line_protocol::{Precision, parse};
 
 const LINES: usize = 5_000;
-const REQUESTS_PER_CHUNK: usize = 10;
 const BASE_NS: i64 = 1_768_471_200_000_000_000;
 
 /// The same body as `benches/lp_vs_victoriametrics.sh` generates.
@@ -99,6 +100,7 @@ fn main() -> Result<()> {
     };
     let tags = option("--tags", 1)?;
     let fields = option("--fields", 3)?;
+    let requests = option("--requests", 10)?;
 
     let body = body(tags, fields);
     println!(
@@ -114,8 +116,8 @@ fn main() -> Result<()> {
         .pop()
         .context("one measurement")?
         .batch;
-    let batches = vec![batch; REQUESTS_PER_CHUNK];
-    let rows: Vec<RowRef> = (0..REQUESTS_PER_CHUNK as u32)
+    let batches = vec![batch; requests];
+    let rows: Vec<RowRef> = (0..requests as u32)
         .flat_map(|b| (0..LINES as u32).map(move |r| (b, r)))
         .collect();
     let options = ParquetOptions::from_config(&IngestConfig::default());
@@ -127,7 +129,7 @@ fn main() -> Result<()> {
         node_id: "bench".into(),
         log: "bench".into(),
         min_lsn: 1,
-        max_lsn: REQUESTS_PER_CHUNK as u64,
+        max_lsn: requests as u64,
     };
     let hour = BASE_NS / 1000 / 3_600_000_000 * 3_600_000_000;
     let tag_names = vec!["host".to_string()];
