@@ -3,8 +3,9 @@
 //! (records durable in Parquet per second: acknowledged records over the load plus the final
 //! flush), the acknowledged rate, p50 and p99 request latency, the final flush, requests refused
 //! with 503, and the server's peak resident memory. A run is labelled "unsustained" when its
-//! final flush took over 1 s or the server's memory grew through the second half of the load:
-//! its acknowledged rate only held because rows piled up in memory.
+//! final flush took over 1 s or the server's buffer grew through the second half of the load
+//! (`arc_buffer_bytes_buffered`, sampled each second): its acknowledged rate only held because
+//! rows piled up in memory.
 //!
 //! Records are shaped like Arc's benchmark: time, a `host` tag and three float fields.
 //!
@@ -219,34 +220,53 @@ async fn drive(
     })
 }
 
-/// Samples a local server's resident memory once a second until `stop` fires.
-fn watch_memory(
-    server: Option<&common::LocalServer>,
+/// Samples the server's buffered bytes (`arc_buffer_bytes_buffered` from `/metrics`) once a
+/// second until `stop` fires.
+fn watch_buffer(
+    url: &str,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Vec<u64>> {
-    let pid = server.map(common::LocalServer::pid);
+) -> tokio::task::JoinHandle<Result<Vec<u64>>> {
+    let url = format!("{url}/metrics");
     tokio::spawn(async move {
+        let client = common::client_builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
         let mut samples = Vec::new();
-        while let Some(rss) = pid.and_then(|pid| common::memory_kib(pid, "VmRSS")) {
-            samples.push(rss);
+        loop {
+            let metrics = client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            let buffered = metrics
+                .lines()
+                .find_map(|line| line.strip_prefix("arc_buffer_bytes_buffered "))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .context("no arc_buffer_bytes_buffered in /metrics")?;
+            samples.push(buffered as u64);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.wait_for(|stopped| *stopped) => break,
             }
         }
-        samples
+        Ok(samples)
     })
 }
 
-/// Whether memory grew through the second half of the load: the last quarter's mean over the
-/// second quarter's by more than a fifth.
-fn memory_grew(samples: &[u64]) -> bool {
+/// The mean buffered bytes of the second and of the last quarter of the load, in MB, and
+/// whether the buffer grew through the second half: the last quarter's mean over the second
+/// quarter's by more than a fifth.
+fn buffer_growth(samples: &[u64]) -> Option<(f64, f64, bool)> {
     let quarter = samples.len() / 4;
     if quarter == 0 {
-        return false;
+        return None;
     }
-    let mean = |part: &[u64]| part.iter().sum::<u64>() as f64 / part.len() as f64;
-    mean(&samples[samples.len() - quarter..]) > 1.2 * mean(&samples[quarter..2 * quarter])
+    let mean_mb = |part: &[u64]| part.iter().sum::<u64>() as f64 / part.len() as f64 / 1e6;
+    let second = mean_mb(&samples[quarter..2 * quarter]);
+    let last = mean_mb(&samples[samples.len() - quarter..]);
+    Some((second, last, last > 1.2 * second))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -277,7 +297,7 @@ fn main() -> Result<()> {
                 let url = options.url.clone().unwrap_or_else(|| server.as_ref().unwrap().url.clone());
                 let path = if protocol == "msgpack" { "/api/v1/write/msgpack" } else { "/api/v1/write/line-protocol" };
                 let (stop_watching, watching) = tokio::sync::watch::channel(false);
-                let memory = watch_memory(server.as_ref(), watching);
+                let buffer = watch_buffer(&url, watching);
                 let outcome = drive(&url, path, bodies, &options).await?;
                 let _ = stop_watching.send(true);
                 let acknowledged = outcome.records as f64 / outcome.elapsed.as_secs_f64();
@@ -287,18 +307,22 @@ fn main() -> Result<()> {
                 let final_flush = drain.elapsed();
                 let sustained =
                     outcome.records as f64 / (outcome.elapsed + final_flush).as_secs_f64();
-                let samples = memory.await?;
+                let growth = buffer_growth(&buffer.await??);
                 let peak = server
                     .as_ref()
                     .and_then(|s| common::memory_kib(s.pid(), "VmHWM"))
                     .map_or("n/a".to_owned(), |kib| format!("{:.2} GiB", kib as f64 / (1 << 20) as f64));
-                let label = if final_flush > Duration::from_secs(1) || memory_grew(&samples) {
+                let grew = growth.is_some_and(|(_, _, grew)| grew);
+                let label = if final_flush > Duration::from_secs(1) || grew {
                     "  UNSUSTAINED"
                 } else {
                     ""
                 };
+                let buffered = growth.map_or("n/a".to_owned(), |(second, last, _)| {
+                    format!("{second:.0} -> {last:.0} MB")
+                });
                 println!(
-                    "{protocol:>8} {compression:>5}: sustained {sustained:>12.0} records/s  acknowledged {acknowledged:>12.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  final flush {} ms  peak RSS {peak}  ({} requests, {} refused, {} records, {:.1} s){label}",
+                    "{protocol:>8} {compression:>5}: sustained {sustained:>12.0} records/s  acknowledged {acknowledged:>12.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  final flush {} ms  peak RSS {peak}  buffered {buffered}  ({} requests, {} refused, {} records, {:.1} s){label}",
                     percentile(&outcome.latencies_us, 0.50),
                     percentile(&outcome.latencies_us, 0.99),
                     final_flush.as_millis(),
