@@ -257,7 +257,8 @@ fn watch_buffer(
 
 /// The mean buffered bytes of the second and of the last quarter of the load, in MB, and
 /// whether the buffer grew through the second half: the last quarter's mean over the second
-/// quarter's by more than a fifth.
+/// quarter's by more than a fifth and by more than 16 MB (a nearly empty buffer moving by a few
+/// MB is not growth).
 fn buffer_growth(samples: &[u64]) -> Option<(f64, f64, bool)> {
     let quarter = samples.len() / 4;
     if quarter == 0 {
@@ -266,7 +267,7 @@ fn buffer_growth(samples: &[u64]) -> Option<(f64, f64, bool)> {
     let mean_mb = |part: &[u64]| part.iter().sum::<u64>() as f64 / part.len() as f64 / 1e6;
     let second = mean_mb(&samples[quarter..2 * quarter]);
     let last = mean_mb(&samples[samples.len() - quarter..]);
-    Some((second, last, last > 1.2 * second))
+    Some((second, last, last > 1.2 * second && last - second > 16.0))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
